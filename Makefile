@@ -1,0 +1,42 @@
+# twotower: `make demo` and `make test` do all set-up from a fresh clone.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+# torch first, pinned: a CPU build that pip finds on local disk here; a bare `torch` would pull CUDA.
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: install demo test test-slow test-all lint format clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet -e ".[train,serve,dev]"
+	touch $(STAMP)
+
+# Trains on the embedded synthetic log (or DATA=path/to/log.csv) and prints the evaluation.
+demo: install
+	$(PY) scripts/train.py experiment=demo $(if $(DATA),data=csv data.path=$(DATA)) paths.output_dir=runs/demo
+
+test: install
+	$(PY) -m pytest -q
+
+test-slow: install
+	$(PY) -m pytest -q -m slow
+
+test-all: install
+	$(PY) -m pytest -q -m "slow or not slow"
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) runs outputs .pytest_cache

@@ -1,0 +1,53 @@
+"""Shared fixtures: a tiny synthetic log, its encoding and split, and a composed Hydra config."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from twotower.config import CONFIG_DIR, PROJECT_ROOT
+from twotower.data.encode import encode_log
+from twotower.data.splits import leave_last_out
+from twotower.data.synthetic import generate
+
+SHARED_DATA = PROJECT_ROOT.parent / "shared" / "data"
+ML100K = SHARED_DATA / "ml-100k"
+LASTFM = SHARED_DATA / "lastfm-hetrec2011-2k"
+
+needs_ml100k = pytest.mark.skipif(
+    not (ML100K / "u.data").exists(), reason=f"MovieLens 100K not found at {ML100K}"
+)
+
+TINY_DATA = ["data.loader.n_users=120", "data.loader.n_items=60", "data.loader.n_categories=6",
+             "data.loader.mean_events=15"]  # fmt: skip
+FAST_TRAIN = ["trainer.max_epochs=2", "trainer.enable_progress_bar=false", "logger=csv", "model.net.dim=16",
+              "model.net.max_len=20", "datamodule.batch_size=32", "eval.knn_neighbors=[10]",
+              "eval.ease_l2=[10.0]"]  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def tiny_raw():
+    return generate(n_users=80, n_items=50, n_categories=5, mean_events=12, seed=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tiny_raw):
+    return encode_log(tiny_raw, min_events=3)
+
+
+@pytest.fixture(scope="session")
+def tiny_split(tiny_data):
+    return leave_last_out(tiny_data)
+
+
+def compose_config(overrides: list[str], output_dir: Path | None = None):
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        extra = [f"paths.output_dir={output_dir}"] if output_dir else []
+        return compose("train", overrides=overrides + extra)
+
+
+@pytest.fixture
+def tiny_cfg(tmp_path):
+    return compose_config(TINY_DATA + FAST_TRAIN, tmp_path / "run")

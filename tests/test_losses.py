@@ -1,0 +1,84 @@
+"""Softmax losses: full vs sampled, accidental hits, logQ, and the loss going down."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from twotower.losses import SoftmaxLoss
+from twotower.model import TwoTower
+
+
+def small_model(n_items: int = 20) -> TwoTower:
+    torch.manual_seed(0)
+    return TwoTower(n_items=n_items, dim=8, max_len=4, encoder="mean", dropout=0.0)
+
+
+def test_full_softmax_equals_cross_entropy_over_catalog():
+    model = small_model()
+    users = torch.randn(5, 8)
+    targets = torch.tensor([1, 2, 3, 20, 7])
+    loss = SoftmaxLoss(mode="full")(model, users, targets)
+    expected = F.cross_entropy(users @ model.encode_items().T, targets - 1)
+    torch.testing.assert_close(loss, expected)
+
+
+def test_sampled_in_batch_only_without_logq_matches_manual():
+    model = small_model()
+    users = torch.randn(4, 8)
+    targets = torch.tensor([3, 5, 3, 9])
+    loss = SoftmaxLoss(mode="sampled", num_uniform_negatives=0, logq_correction=False)(model, users, targets)
+    candidates = torch.tensor([3, 5, 9])
+    logits = users @ model.encode_items(candidates).T
+    torch.testing.assert_close(loss, F.cross_entropy(logits, torch.tensor([0, 1, 0, 2])))
+
+
+def test_accidental_hits_are_masked_and_logq_applied():
+    model = small_model(n_items=3)
+    loss_fn = SoftmaxLoss(mode="sampled", num_uniform_negatives=64, logq_correction=True)
+    loss_fn.set_item_frequencies(torch.tensor([0, 1, 1, 2]))
+    users = torch.randn(2, 8)
+    targets = torch.tensor([1, 3])
+    torch.manual_seed(0)
+    logits, labels = loss_fn._sampled_logits(model, users, targets, n_items=3)
+    assert labels.tolist() == [0, 1]
+    candidates = torch.cat([torch.tensor([1, 3]), torch.randint(1, 4, (64,), generator=torch.manual_seed(0))])
+    masked = logits <= torch.finfo(logits.dtype).min / 2
+    # a uniform draw equal to the row's own target is masked; the labelled column is not
+    assert masked[0, 2:].tolist() == (candidates[2:] == 1).tolist()
+    assert not masked[0, 0] and not masked[1, 1]
+    # logQ: in-batch column 0 (item 1, p = 0.25) corrected by log(2 * 0.25 + 64 / 3)
+    raw = users @ model.encode_items(torch.tensor([1])).T
+    torch.testing.assert_close(logits[:, 0:1], raw - torch.log(torch.tensor(2 * 0.25 + 64 / 3)))
+
+
+def test_weights_scale_the_loss():
+    model = small_model()
+    users, targets = torch.randn(3, 8), torch.tensor([1, 2, 3])
+    loss_fn = SoftmaxLoss(mode="full")
+    per_row = F.cross_entropy(users @ model.encode_items().T, targets - 1, reduction="none")
+    weights = torch.tensor([1.0, 0.0, 3.0])
+    torch.testing.assert_close(loss_fn(model, users, targets, weights), (per_row * weights).sum() / 4)
+
+
+def test_loss_decreases_when_training(tiny_data, tiny_split):
+    from twotower.data.sequences import SequenceArrays, TrainWindows
+
+    torch.manual_seed(0)
+    windows = TrainWindows(tiny_data, tiny_split, SequenceArrays.from_log(tiny_data), max_len=10)
+    batch = windows.collate([windows[i] for i in range(len(windows))])
+    model = TwoTower(n_items=tiny_data.n_items, n_events=tiny_data.n_events, dim=16, max_len=10, dropout=0.0)
+    for mode in ("full", "sampled"):
+        loss_fn = SoftmaxLoss(mode=mode, num_uniform_negatives=16)
+        loss_fn.set_item_frequencies(torch.from_numpy(windows.target_counts(tiny_data.n_items)))
+        opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+        mask = batch["targets"] > 0
+        losses = []
+        for _ in range(30):
+            states = model.user_states(batch["items"], batch["events"], batch["dwell"], batch["gaps"])
+            loss = loss_fn(model, states[mask], batch["targets"][mask])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss))
+        assert losses[-1] < 0.8 * losses[0], (mode, losses[0], losses[-1])

@@ -1,0 +1,49 @@
+"""Metrics against hand-computed values."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from twotower import metrics
+
+
+def test_target_ranks_ties_count_against_and_nan_is_a_miss():
+    scores = np.array(
+        [
+            [0.9, 0.5, 0.1, 0.3],  # target 1 (0.5): one better -> rank 2
+            [0.2, 0.2, 0.2, 0.1],  # target 0 tied with two others -> rank 3
+            [np.nan, 0.4, 0.3, 0.2],  # target 2: NaN never outranks -> rank 2
+            [0.1, np.nan, 0.3, 0.2],  # target 1 is NaN -> never a hit
+            [0.1, -np.inf, 0.3, 0.2],  # target 1 masked -> never a hit
+        ]
+    )
+    ranks = metrics.target_ranks(scores, np.array([1, 0, 2, 1, 1]))
+    assert ranks.tolist() == [2.0, 3.0, 2.0, math.inf, math.inf]
+
+
+def test_recall_ndcg_mrr_by_hand():
+    ranks = np.array([1.0, 3.0, 11.0, math.inf])
+    assert metrics.recall_at_k(ranks, 10) == 0.5
+    assert metrics.ndcg_at_k(ranks, 10) == pytest.approx((1.0 + 1.0 / 2.0) / 4)  # 1/log2(2), 1/log2(4)
+    assert metrics.ndcg_at_k(ranks, 2) == pytest.approx(0.25)
+    assert metrics.mrr(ranks) == pytest.approx((1 + 1 / 3 + 1 / 11) / 4)
+
+
+def test_top_k_order_and_nan():
+    scores = np.array([[0.1, np.nan, 0.7, 0.3], [5.0, 4.0, 3.0, 2.0]])
+    assert metrics.top_k(scores, 2).tolist() == [[2, 3], [0, 1]]
+
+
+def test_coverage_gini_novelty_by_hand():
+    lists = np.array([[0, 1], [0, 2]])
+    assert metrics.catalog_coverage(lists, 4) == 0.75
+    # exposure counts sorted: [0, 1, 1, 2]; G = sum((2i - n - 1) x_i) / (n * sum x) with i = 1..4
+    expected = ((-3) * 0 + (-1) * 1 + 1 * 1 + 3 * 2) / (4 * 4)
+    assert metrics.gini_exposure(lists, 4) == pytest.approx(expected)
+    assert metrics.gini_exposure(np.array([[0, 1], [2, 3]]), 4) == 0.0  # perfectly even
+    popularity = np.array([0.5, 0.25, 0.125, 1.0])
+    assert metrics.novelty(lists, popularity) == pytest.approx((1 + 2 + 1 + 3) / 4)
+    assert metrics.user_popularity(np.array([0.0, 9.0]), 9).tolist() == [0.1, 1.0]

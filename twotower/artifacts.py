@@ -1,0 +1,67 @@
+"""What a training run leaves beside its checkpoint: model weights with constructor args, vocabularies,
+item table and user histories (everything the export step needs, without re-reading the raw log)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twotower.data.schema import EncodedLog
+from twotower.data.sequences import event_gaps
+from twotower.data.splits import Split
+from twotower.model import TwoTower
+
+MODEL_FILE = "model.pt"
+
+
+def save_model(model: TwoTower, path: Path) -> None:
+    """Weights + constructor config (a plain-tensor dict, loadable with ``weights_only=True``)."""
+    torch.save({"config": model.config, "state_dict": model.state_dict()}, path)
+
+
+def load_model(path: Path, map_location: str = "cpu") -> TwoTower:
+    payload = torch.load(path, map_location=map_location, weights_only=True)
+    model = TwoTower.from_config(payload["config"])
+    model.load_state_dict(payload["state_dict"])
+    return model.eval()
+
+
+def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int) -> None:
+    """vocab.json, items.parquet (ids, categories, title, training counts) and histories.parquet (last events)."""
+    out.mkdir(parents=True, exist_ok=True)
+    vocab = {
+        "dataset": data.name,
+        "users": data.user_ids,
+        "items": data.item_ids,
+        "events": data.event_names,
+        "categories": data.category_names,
+        "has_time": data.has_time,
+    }
+    (out / "vocab.json").write_text(json.dumps(vocab))
+    train = split.train_mask(data)
+    counts = np.bincount(data.items[train], minlength=data.n_items + 1)[1:]
+    cats = [[data.category_names[c] for c in row if c > 0] for row in data.item_categories[1:]]
+    items = pd.DataFrame({"item_id": data.item_ids, "categories": cats, "train_count": counts})
+    if data.item_titles is not None:
+        items["title"] = data.item_titles
+    items.to_parquet(out / "items.parquet", index=False)
+    # The last max_len events of every user (all of them: serving knows the whole log).
+    position = np.arange(data.n_interactions) - data.user_offsets[data.users]
+    length = np.diff(data.user_offsets)[data.users]
+    recent = position >= length - max_len
+    gaps = event_gaps(data)
+    histories = pd.DataFrame(
+        {
+            "user_id": np.asarray(data.user_ids, dtype=object)[data.users[recent]],
+            "item_id": np.asarray(data.item_ids, dtype=object)[data.items[recent] - 1],
+            "event": np.asarray(data.event_names, dtype=object)[data.events[recent]],
+            "dwell_s": data.dwell[recent],
+            "ts": data.ts[recent],
+            "gap_s": gaps[recent],
+        }
+    )
+    histories.to_parquet(out / "histories.parquet", index=False)

@@ -1,0 +1,245 @@
+"""Readers for interaction logs (CSV / Parquet with column mapping) and item tables.
+
+Every reader returns a :class:`RawLog` with canonical column names and string ids. Problems in the
+file raise :class:`DataError` naming the file, the column and the row.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from twotower.data.schema import (
+    CATEGORIES,
+    DWELL,
+    EVENT,
+    ITEM,
+    TIME,
+    TITLE,
+    USER,
+    DataError,
+    LoadReport,
+    RawLog,
+    as_str_ids,
+)
+
+log = logging.getLogger(__name__)
+
+
+def read_table(
+    path: str | Path,
+    sep: str = ",",
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> pd.DataFrame:
+    """Read a CSV/TSV or Parquet file as strings-preserving DataFrame; clear errors when unusable."""
+    path = Path(path)
+    sep = {"\\t": "\t", "tab": "\t"}.get(sep, sep)  # `data.sep='\t'` arrives as two characters from the CLI
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    if path.is_dir():
+        raise DataError(f"{path}: is a directory, expected a CSV or Parquet file")
+    if path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty")
+    suffixes = "".join(path.suffixes).lower()
+    try:
+        if ".parquet" in suffixes or suffixes.endswith(".pq"):
+            frame = pd.read_parquet(path)
+            if names:
+                if len(names) != frame.shape[1]:
+                    raise DataError(f"{path}: {len(names)} names given for {frame.shape[1]} columns")
+                frame.columns = list(names)
+        else:
+            frame = pd.read_csv(
+                path,
+                sep=sep,
+                header=0 if header else None,
+                names=list(names) if names else None,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                encoding=encoding,
+                engine="c" if len(sep) == 1 else "python",
+                skip_blank_lines=True,
+            )
+    except DataError:
+        raise
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError, OSError) as exc:
+        raise DataError(f"{path}: cannot be parsed ({type(exc).__name__}: {exc})") from exc
+    if frame.empty:
+        raise DataError(f"{path}: no data rows")
+    frame.columns = [str(c).strip() for c in frame.columns]
+    return frame
+
+
+def _row_label(path: Path, index: int, header: bool) -> str:
+    """Human row reference: the line number in a text file, the 1-based row in Parquet."""
+    if path.suffix.lower() in {".parquet", ".pq"}:
+        return f"row {index + 1}"
+    return f"line {index + 1 + int(header)}"
+
+
+def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | None]) -> None:
+    """Fail naming the option and the column when a mapped column is absent."""
+    for option, column in columns.items():
+        if column is not None and column not in frame.columns:
+            raise DataError(
+                f"{path}: column {column!r} (data.{option}) not found; columns are {list(frame.columns)}"
+            )
+
+
+def _ids(frame: pd.DataFrame, column: str, path: Path, header: bool) -> pd.Series:
+    values = frame[column]
+    missing = values.isna()
+    if not pd.api.types.is_numeric_dtype(values):
+        missing |= values.astype(str).str.strip().eq("")
+    if missing.any():
+        row = int(np.flatnonzero(missing.to_numpy())[0])
+        raise DataError(f"{path}: empty id in column {column!r} at {_row_label(path, row, header)}")
+    return as_str_ids(values).str.strip() if values.dtype == object else as_str_ids(values)
+
+
+def parse_time(
+    values: pd.Series, path: Path, column: str, header: bool, time_format: str | None
+) -> np.ndarray:
+    """Unix seconds (int/float) or date-time strings -> float64 seconds; the first bad row is named."""
+    as_number = pd.to_numeric(values, errors="coerce")
+    if as_number.notna().all():
+        seconds = as_number.to_numpy(dtype=np.float64)
+    else:
+        numeric_share = as_number.notna().mean()
+        if numeric_share > 0.5:  # mostly numbers: the non-numbers are errors, not dates
+            bad = int(np.flatnonzero(as_number.isna().to_numpy())[0])
+            raise DataError(
+                f"{path}: unparsable timestamp {values.iloc[bad]!r} in column {column!r} at "
+                f"{_row_label(path, bad, header)}"
+            )
+        parsed = pd.to_datetime(values, errors="coerce", format=time_format or "mixed", utc=True)
+        if parsed.isna().any():
+            bad = int(np.flatnonzero(parsed.isna().to_numpy())[0])
+            raise DataError(
+                f"{path}: unparsable timestamp {values.iloc[bad]!r} in column {column!r} at "
+                f"{_row_label(path, bad, header)}"
+            )
+        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
+    if not np.isfinite(seconds).all():
+        bad = int(np.flatnonzero(~np.isfinite(seconds))[0])
+        raise DataError(
+            f"{path}: non-finite timestamp in column {column!r} at {_row_label(path, bad, header)}"
+        )
+    return seconds
+
+
+def parse_dwell(values: pd.Series, path: Path, column: str, header: bool) -> np.ndarray:
+    """Dwell seconds: empty means unknown (-1); text or negative values are errors."""
+    raw = values.astype(str).str.strip() if values.dtype == object else values
+    empty = values.isna() | (raw.eq("") if values.dtype == object else False)
+    numbers = pd.to_numeric(values.where(~empty), errors="coerce")
+    bad_mask = (numbers.isna() & ~empty) | (numbers < 0) | ~np.isfinite(numbers.fillna(0))
+    if bad_mask.any():
+        bad = int(np.flatnonzero(bad_mask.to_numpy())[0])
+        raise DataError(
+            f"{path}: invalid dwell time {values.iloc[bad]!r} in column {column!r} at "
+            f"{_row_label(path, bad, header)} (expected seconds >= 0 or empty)"
+        )
+    return numbers.fillna(-1.0).to_numpy(dtype=np.float32)
+
+
+def load_events(
+    path: str | Path,
+    user_col: str = "user_id",
+    item_col: str = "item_id",
+    time_col: str | None = "timestamp",
+    event_col: str | None = None,
+    dwell_col: str | None = None,
+    sep: str = ",",
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    time_format: str | None = None,
+    encoding: str = "utf-8",
+) -> pd.DataFrame:
+    """Read an interaction log and map its columns to the canonical ones (ids kept as strings)."""
+    path = Path(path)
+    frame = read_table(path, sep=sep, header=header, names=names, encoding=encoding)
+    require_columns(
+        frame,
+        path,
+        {
+            "user_col": user_col,
+            "item_col": item_col,
+            "time_col": time_col,
+            "event_col": event_col,
+            "dwell_col": dwell_col,
+        },
+    )
+    out = pd.DataFrame({USER: _ids(frame, user_col, path, header), ITEM: _ids(frame, item_col, path, header)})
+    if time_col is None:
+        log.warning("%s: no time column; file order is used as the event order", path)
+        out[TIME] = np.arange(len(frame), dtype=np.float64)
+    else:
+        out[TIME] = parse_time(frame[time_col], path, time_col, header, time_format)
+    if event_col is not None:
+        events = frame[event_col].astype("string").str.strip()
+        out[EVENT] = events.where(events.notna() & events.ne(""), None).astype(object)
+    if dwell_col is not None:
+        out[DWELL] = parse_dwell(frame[dwell_col], path, dwell_col, header)
+    return out
+
+
+def load_items(
+    path: str | Path,
+    item_col: str = "item_id",
+    category_col: str | None = "category",
+    category_sep: str | None = "|",
+    title_col: str | None = None,
+    sep: str = ",",
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> pd.DataFrame:
+    """Read an item table: id, categories (multi-valued with ``category_sep``) and an optional title."""
+    path = Path(path)
+    frame = read_table(path, sep=sep, header=header, names=names, encoding=encoding)
+    require_columns(
+        frame,
+        path,
+        {"items.item_col": item_col, "items.category_col": category_col, "items.title_col": title_col},
+    )
+    out = pd.DataFrame({ITEM: _ids(frame, item_col, path, header)})
+    if category_col is not None:
+        cats = frame[category_col].astype("string").fillna("")
+        split = cats.str.split(category_sep, regex=False) if category_sep else cats.map(lambda c: [c])
+        out[CATEGORIES] = [[c.strip() for c in row if c.strip()] for row in split]
+    else:
+        out[CATEGORIES] = [[] for _ in range(len(frame))]
+    if title_col is not None:
+        out[TITLE] = frame[title_col].astype("string").fillna("").astype(object)
+    duplicated = out[ITEM].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise DataError(
+            f"{path}: duplicate item id {out[ITEM].iloc[row]!r} at {_row_label(path, row, header)}"
+        )
+    return out
+
+
+def load_csv_log(
+    path: str | Path,
+    items_path: str | Path | None = None,
+    name: str | None = None,
+    items: dict | None = None,
+    **columns,
+) -> RawLog:
+    """Hydra-facing loader for ``data=csv``: events file plus an optional item table."""
+    events = load_events(path, **columns)
+    item_frame = load_items(items_path, **(items or {})) if items_path else None
+    report = LoadReport(rows_read=len(events))
+    has_time = columns.get("time_col", "timestamp") is not None
+    return RawLog(
+        events=events, items=item_frame, name=name or Path(path).stem, report=report, has_time=has_time
+    )

@@ -1,0 +1,182 @@
+"""Sequence views of a split log for training and evaluation (numpy in, padded torch batches out).
+
+Training: each user's training prefix is cut into windows of ``max_len + 1`` events from the most recent
+backwards; within a window, position t is trained to predict event t + 1 from events up to t only.
+Evaluation: one query per user with a target; the model reads the last ``max_len`` events before the target
+and every earlier item of the user is excluded from the ranking.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from twotower.data.schema import EncodedLog
+from twotower.data.splits import Split
+
+
+def event_gaps(data: EncodedLog) -> np.ndarray:
+    """(E,) seconds since the user's previous event; -1 for a first event or when the log has no time."""
+    gaps = np.full(data.n_interactions, -1.0, dtype=np.float32)
+    if data.has_time and data.n_interactions > 1:
+        diff = np.diff(data.ts).astype(np.float32)
+        same_user = data.users[1:] == data.users[:-1]
+        gaps[1:] = np.where(same_user, np.maximum(diff, 0.0), -1.0)
+    return gaps
+
+
+@dataclass
+class SequenceArrays:
+    """Flat per-event arrays the datasets slice from."""
+
+    items: np.ndarray
+    events: np.ndarray
+    dwell: np.ndarray
+    gaps: np.ndarray
+    weights: np.ndarray  # (E,) training weight of an event when it is a target
+
+    @classmethod
+    def from_log(cls, data: EncodedLog, event_weights: dict[str, float] | None = None) -> SequenceArrays:
+        weights = np.ones(data.n_interactions, dtype=np.float32)
+        if event_weights:
+            table = np.array(
+                [float(event_weights.get(name, 1.0)) for name in data.event_names], dtype=np.float32
+            )
+            weights = table[data.events]
+        return cls(data.items, data.events, data.dwell, event_gaps(data), weights)
+
+
+def pad_rows(rows: list[np.ndarray], dtype, fill=0) -> np.ndarray:
+    """Right-pad 1-D arrays into (B, max_len)."""
+    width = max(1, max(len(r) for r in rows))
+    out = np.full((len(rows), width), fill, dtype=dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+class TrainWindows(Dataset):
+    """Windows over training prefixes; an item is (start, end) absolute event indices."""
+
+    def __init__(self, data: EncodedLog, split: Split, arrays: SequenceArrays, max_len: int) -> None:
+        self.arrays = arrays
+        windows = []
+        starts = data.user_offsets[:-1]
+        for u in range(data.n_users):
+            first, end = int(starts[u]), int(split.train_end[u])
+            while end - first >= 2:  # at least one (history, target) pair
+                begin = max(first, end - max_len - 1)
+                windows.append((begin, end))
+                end = begin + 1  # the next window's last event is this window's first input
+        self.windows = np.asarray(windows, dtype=np.int64).reshape(-1, 2)
+        self.n_targets = int((self.windows[:, 1] - self.windows[:, 0] - 1).sum()) if len(self.windows) else 0
+
+    def __len__(self) -> int:
+        return len(self.windows)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """(W,) number of targets in each window."""
+        return self.windows[:, 1] - self.windows[:, 0] - 1
+
+    def __getitem__(self, index: int) -> tuple[int, int]:
+        begin, end = self.windows[index]
+        return int(begin), int(end)
+
+    def target_counts(self, n_items: int) -> np.ndarray:
+        """(N + 1,) how often each item is a training target (for logQ)."""
+        counts = np.zeros(n_items + 1, dtype=np.int64)
+        for begin, end in self.windows:
+            np.add.at(counts, self.arrays.items[begin + 1 : end], 1)
+        return counts
+
+    def collate(self, batch: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
+        a = self.arrays
+        inputs = [slice(b, e - 1) for b, e in batch]
+        outputs = [slice(b + 1, e) for b, e in batch]
+        return {
+            "items": torch.from_numpy(pad_rows([a.items[s] for s in inputs], np.int64)),  # (B, L)
+            "events": torch.from_numpy(pad_rows([a.events[s] for s in inputs], np.int64)),
+            "dwell": torch.from_numpy(pad_rows([a.dwell[s] for s in inputs], np.float32, -1.0)),
+            "gaps": torch.from_numpy(pad_rows([a.gaps[s] for s in inputs], np.float32, -1.0)),
+            "targets": torch.from_numpy(pad_rows([a.items[s] for s in outputs], np.int64)),  # (B, L), 0 = pad
+            "weights": torch.from_numpy(pad_rows([a.weights[s] for s in outputs], np.float32, 0.0)),
+        }
+
+
+class LengthGroupedBatches(Sampler[list[int]]):
+    """Random batches of similar length (less padding): shuffle, sort inside pools of ``pool`` batches,
+    cut into batches, shuffle the batch order. A new permutation every epoch, reproducible from ``seed``."""
+
+    def __init__(self, lengths: np.ndarray, batch_size: int, pool: int = 50, seed: int = 0) -> None:
+        self.lengths, self.batch_size, self.pool, self.seed = np.asarray(lengths), batch_size, pool, seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+    def __iter__(self):
+        rng = np.random.default_rng((self.seed, self.epoch))
+        self.epoch += 1
+        order = rng.permutation(len(self.lengths))
+        size = self.batch_size * self.pool
+        batches = []
+        for start in range(0, len(order), size):
+            chunk = order[start : start + size]
+            chunk = chunk[np.argsort(self.lengths[chunk], kind="stable")]
+            batches += [
+                chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size)
+            ]
+        for index in rng.permutation(len(batches)):
+            yield batches[index]
+
+
+class EvalQueries(Dataset):
+    """One query per (user, target position): history = the user's events before the target."""
+
+    def __init__(
+        self,
+        data: EncodedLog,
+        split: Split,
+        stage: str,
+        arrays: SequenceArrays,
+        max_len: int,
+        max_users: int | None = None,
+        seed: int = 0,
+    ) -> None:
+        users, positions = split.targets(stage)
+        if max_users is not None and len(users) > max_users:
+            keep = np.sort(np.random.default_rng(seed).choice(len(users), size=max_users, replace=False))
+            users, positions = users[keep], positions[keep]
+        self.users, self.positions = users, positions
+        self.starts = data.user_offsets[users]
+        self.arrays, self.max_len = arrays, max_len
+        self.targets = arrays.items[positions]
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def __getitem__(self, index: int) -> int:
+        return index
+
+    def history_items(self, index: int) -> np.ndarray:
+        """Every item the user had before the target (excluded from ranking)."""
+        return self.arrays.items[self.starts[index] : self.positions[index]]
+
+    def collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
+        a = self.arrays
+        windows = [
+            slice(max(self.starts[i], self.positions[i] - self.max_len), self.positions[i]) for i in batch
+        ]
+        return {
+            "index": torch.as_tensor(batch, dtype=torch.long),
+            "items": torch.from_numpy(pad_rows([a.items[s] for s in windows], np.int64)),  # (B, L)
+            "events": torch.from_numpy(pad_rows([a.events[s] for s in windows], np.int64)),
+            "dwell": torch.from_numpy(pad_rows([a.dwell[s] for s in windows], np.float32, -1.0)),
+            "gaps": torch.from_numpy(pad_rows([a.gaps[s] for s in windows], np.float32, -1.0)),
+            "exclude": torch.from_numpy(pad_rows([self.history_items(i) for i in batch], np.int64)),  # (B, H)
+            "targets": torch.from_numpy(self.targets[batch]),  # (B,)
+        }

@@ -1,0 +1,108 @@
+"""Causal sequence encoders for the user tower: every position sees only itself and earlier positions.
+
+All encoders map ``x`` (B, L, D) with right padding (``valid`` (B, L) bool, padding after the events) to
+per-position states (B, L, D). Right padding keeps causality simple: no real position ever sees a pad.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class MeanEncoder(nn.Module):
+    """Running mean of the event embeddings followed by a small MLP (a strong, order-free baseline)."""
+
+    def __init__(self, dim: int, dropout: float = 0.1, **_: object) -> None:
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Dropout(dropout), nn.Linear(dim, dim))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        mask = valid.unsqueeze(-1).to(x.dtype)  # (B, L, 1)
+        total = torch.cumsum(x * mask, dim=1)  # (B, L, D)
+        count = torch.cumsum(mask, dim=1).clamp_min(1.0)  # (B, L, 1)
+        mean = total / count  # (B, L, D)
+        return self.norm(mean + self.mlp(mean))
+
+
+class GRUEncoder(nn.Module):
+    """GRU over the events (GRU4Rec-style)."""
+
+    def __init__(self, dim: int, num_layers: int = 1, dropout: float = 0.1, **_: object) -> None:
+        super().__init__()
+        self.gru = nn.GRU(
+            dim, dim, num_layers=num_layers, batch_first=True, dropout=dropout if num_layers > 1 else 0.0
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        out, _ = self.gru(x)  # (B, L, D); pads come after the events, so they never feed a real state
+        return self.norm(out)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+        self.dropout = dropout
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, length, d = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, L, D)
+        q, k, v = (t.reshape(b, length, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        drop = self.dropout if self.training else 0.0
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, H, L, Dh)
+        out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
+        return self.proj(out)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(
+        self, dim: int, num_heads: int, dropout: float, attn_dropout: float = 0.0, ff_mult: int = 2
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = CausalSelfAttention(dim, num_heads, attn_dropout)
+        self.norm2 = nn.LayerNorm(dim)
+        self.ff = nn.Sequential(nn.Linear(dim, ff_mult * dim), nn.GELU(), nn.Linear(ff_mult * dim, dim))
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x)))  # (B, L, D)
+        return x + self.drop(self.ff(self.norm2(x)))
+
+
+class TransformerEncoder(nn.Module):
+    """Pre-LayerNorm causal transformer (SASRec-style)."""
+
+    def __init__(
+        self, dim: int, num_layers: int = 2, num_heads: int = 2, dropout: float = 0.1, **_: object
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(TransformerBlock(dim, num_heads, dropout) for _ in range(num_layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        for block in self.blocks:
+            x = block(x)  # (B, L, D)
+        return self.norm(x)
+
+
+ENCODERS: dict[str, type[nn.Module]] = {
+    "mean": MeanEncoder,
+    "gru": GRUEncoder,
+    "transformer": TransformerEncoder,
+}
+
+
+def build_encoder(name: str, dim: int, **kwargs: object) -> nn.Module:
+    if name not in ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
+    return ENCODERS[name](dim=dim, **kwargs)

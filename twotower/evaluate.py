@@ -1,0 +1,85 @@
+"""Full-catalog evaluation shared by the model and the baselines.
+
+A scorer maps an evaluation batch (see :class:`~twotower.data.sequences.EvalQueries`) to a (B, N) score
+matrix whose column j is item index j + 1. Every item the user had before the target is masked, the
+target's rank over the whole remaining catalog gives Recall/NDCG/MRR, and the top-10 lists give coverage,
+Gini of exposure and novelty.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from twotower import metrics
+from twotower.data.sequences import EvalQueries
+from twotower.model import TwoTower
+
+log = logging.getLogger(__name__)
+
+Scorer = Callable[[dict[str, torch.Tensor]], np.ndarray]
+KS = (10, 20, 50, 100)
+
+
+def mask_history(scores: np.ndarray, exclude: np.ndarray) -> np.ndarray:
+    """Set the score of every history item (exclude (B, H) item indices, 0 = pad) to -inf, in place."""
+    rows, cols = np.nonzero(exclude)
+    scores[rows, exclude[rows, cols] - 1] = -np.inf
+    return scores
+
+
+def evaluate_scorer(
+    scorer: Scorer,
+    queries: EvalQueries,
+    n_items: int,
+    popularity: np.ndarray,
+    ks: tuple[int, ...] = KS,
+    batch_size: int = 256,
+    exclude_history: bool = True,
+    desc: str = "evaluate",
+) -> dict[str, float]:
+    """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics."""
+    loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate)
+    ranks, tops = [], []
+    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
+        scores = np.array(scorer(batch), dtype=np.float32, copy=True)  # (B, N)
+        if scores.shape != (len(batch["targets"]), n_items):
+            raise ValueError(f"scorer returned {scores.shape}, expected ({len(batch['targets'])}, {n_items})")
+        if exclude_history:
+            mask_history(scores, batch["exclude"].numpy())
+        ranks.append(metrics.target_ranks(scores, batch["targets"].numpy() - 1))
+        tops.append(metrics.top_k(scores, 10))
+    all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
+    top_lists = np.concatenate(tops) if tops else np.zeros((0, 10), dtype=np.int64)
+    out = metrics.ranking_metrics(all_ranks, ks)
+    out.update(metrics.beyond_accuracy(top_lists, n_items, popularity, k=10))
+    out["queries"] = len(all_ranks)
+    return out
+
+
+class ModelScorer:
+    """Scores a batch with a :class:`TwoTower` (item vectors computed once, eval mode, no grad)."""
+
+    def __init__(self, model: TwoTower, device: torch.device | str | None = None) -> None:
+        self.model = model
+        self.device = torch.device(device) if device is not None else next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            self.item_vectors = model.encode_items().to(self.device)  # (N, D)
+        model.train(was_training)
+
+    @torch.no_grad()
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        was_training = self.model.training
+        self.model.eval()
+        inputs = [batch[k].to(self.device) for k in ("items", "events", "dwell", "gaps")]
+        users = self.model.encode_user(*inputs)  # (B, D)
+        scores = self.model.score(users, self.item_vectors)  # (B, N)
+        self.model.train(was_training)
+        return scores.float().cpu().numpy()

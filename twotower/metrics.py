@@ -1,0 +1,93 @@
+"""Ranking and beyond-accuracy metrics in numpy (checked against hand-computed values in the tests).
+
+Conventions: one target per query; rank 1 is best; ties count against the model (an item scoring exactly as
+the target is ranked above it); a NaN target score is never a hit (rank = inf); NaN scores of other items
+never outrank anything.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """scores (B, N), targets (B,) column indices -> (B,) float ranks (1 = best, inf = never a hit)."""
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets]  # (B,)
+    with np.errstate(invalid="ignore"):
+        at_least = (scores >= target_scores[:, None]).sum(axis=1)  # (B,) includes the target itself
+    ranks = at_least.astype(np.float64)
+    ranks[np.isnan(target_scores) | np.isneginf(target_scores)] = np.inf
+    return ranks
+
+
+def recall_at_k(ranks: np.ndarray, k: int) -> float:
+    """Share of queries whose single target is in the top k (hit rate)."""
+    return float(np.mean(ranks <= k)) if len(ranks) else 0.0
+
+
+def ndcg_at_k(ranks: np.ndarray, k: int) -> float:
+    """NDCG@k with one relevant item: 1 / log2(rank + 1) inside the top k, else 0."""
+    if not len(ranks):
+        return 0.0
+    gains = np.where(ranks <= k, 1.0 / np.log2(np.minimum(ranks, 1e300) + 1.0), 0.0)
+    return float(np.mean(gains))
+
+
+def mrr(ranks: np.ndarray) -> float:
+    """Mean reciprocal rank over the full catalog (0 for a never-hit target)."""
+    return float(np.mean(1.0 / ranks)) if len(ranks) else 0.0
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """(B, N) -> (B, k) column indices of the best scores, best first; NaN and -inf never beat a real score."""
+    k = min(k, scores.shape[1])
+    clean = np.where(np.isnan(scores), -np.inf, scores)
+    part = np.argpartition(-clean, k - 1, axis=1)[:, :k]  # (B, k) unordered
+    order = np.argsort(-np.take_along_axis(clean, part, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(part, order, axis=1)
+
+
+def catalog_coverage(top_lists: np.ndarray, n_items: int) -> float:
+    """Share of the catalog that appears in at least one list."""
+    return float(len(np.unique(top_lists)) / n_items) if n_items else 0.0
+
+
+def gini_exposure(top_lists: np.ndarray, n_items: int) -> float:
+    """Gini coefficient of how often each catalog item is recommended (0 = even, 1 = one item gets all)."""
+    counts = np.sort(np.bincount(top_lists.ravel(), minlength=n_items)[:n_items]).astype(np.float64)
+    total = counts.sum()
+    if total == 0 or n_items < 2:
+        return 0.0
+    index = np.arange(1, n_items + 1)
+    return float(np.sum((2 * index - n_items - 1) * counts) / (n_items * total))
+
+
+def novelty(top_lists: np.ndarray, item_popularity: np.ndarray) -> float:
+    """Mean self-information -log2 p(i) of recommended items; p = share of training users who had the item."""
+    return float(np.mean(-np.log2(item_popularity[top_lists]))) if top_lists.size else 0.0
+
+
+def user_popularity(item_user_counts: np.ndarray, n_users: int) -> np.ndarray:
+    """Smoothed p(i) = (users with i + 1) / (users + 1), so unseen items have finite novelty."""
+    return (item_user_counts + 1.0) / (n_users + 1.0)
+
+
+def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20, 50, 100)) -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k in ks:
+        out[f"recall@{k}"] = recall_at_k(ranks, k)
+        out[f"ndcg@{k}"] = ndcg_at_k(ranks, k)
+    out["mrr"] = mrr(ranks)
+    return out
+
+
+def beyond_accuracy(
+    top_lists: np.ndarray, n_items: int, popularity: np.ndarray, k: int = 10
+) -> dict[str, float]:
+    lists = top_lists[:, :k]
+    return {
+        f"coverage@{k}": catalog_coverage(lists, n_items),
+        f"gini@{k}": gini_exposure(lists, n_items),
+        f"novelty@{k}": novelty(lists, popularity),
+    }

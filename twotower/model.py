@@ -1,0 +1,204 @@
+"""The two-tower model as plain ``nn.Module`` code (no Lightning).
+
+- :class:`ItemTower`: item id embedding + mean of its category embeddings.
+- :class:`UserTower`: the last ``max_len`` events (item, event type, dwell bucket, time-gap bucket, position)
+  through a causal encoder; the user vector is the state at the last event.
+- :class:`TwoTower`: both towers, ``encode_user`` / ``encode_items`` and the dot-product score.
+
+Item index 0 is padding everywhere. Dwell and gap are raw seconds (-1 = unknown); they are bucketed inside
+the model with comparisons, so the exported graph takes raw values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from twotower.encoders import build_encoder
+
+# Log-spaced bucket edges in seconds. Bucket 0 = unknown (negative value).
+DWELL_EDGES = [1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0]
+GAP_EDGES = [10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0, 3 * 86400.0, 7 * 86400.0,
+             30 * 86400.0]  # fmt: skip
+
+
+def bucketize(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """(…) seconds -> (…) int64 bucket: 0 if unknown (< 0), else 1 + number of edges <= value."""
+    known = values >= 0  # (...)
+    index = (values.unsqueeze(-1) >= edges).sum(-1) + 1  # (...)
+    return torch.where(known, index, torch.zeros_like(index))
+
+
+class ItemTower(nn.Module):
+    """Item vector = id embedding + mean of category embeddings (categories alone encode a new item)."""
+
+    def __init__(self, n_items: int, item_categories: torch.Tensor, n_categories: int, dim: int) -> None:
+        super().__init__()
+        self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
+        nn.init.normal_(self.id_embedding.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.id_embedding.weight[0].zero_()
+        self.category_embedding = nn.Embedding(max(n_categories, 1), dim, padding_idx=0)
+        nn.init.normal_(self.category_embedding.weight, std=dim**-0.5)
+        with torch.no_grad():
+            self.category_embedding.weight[0].zero_()
+        self.register_buffer("item_categories", item_categories.long(), persistent=True)  # (N + 1, C)
+
+    def encode_categories(self, categories: torch.Tensor) -> torch.Tensor:
+        """(…, C) category indices (0 = none) -> (…, D) mean category embedding."""
+        emb = self.category_embedding(categories)  # (..., C, D)
+        mask = (categories > 0).unsqueeze(-1).to(emb.dtype)  # (..., C, 1)
+        return (emb * mask).sum(-2) / mask.sum(-2).clamp_min(1.0)  # (..., D)
+
+    def forward(self, items: torch.Tensor) -> torch.Tensor:
+        """(…) item indices -> (…, D)."""
+        return self.id_embedding(items) + self.encode_categories(self.item_categories[items])
+
+
+class UserTower(nn.Module):
+    def __init__(
+        self,
+        item_tower: ItemTower,
+        n_events: int,
+        dim: int,
+        max_len: int,
+        encoder: str,
+        encoder_kwargs: dict[str, Any],
+        dropout: float,
+        use_events: bool,
+        use_dwell: bool,
+        use_time: bool,
+    ) -> None:
+        super().__init__()
+        self.item_tower = item_tower  # shared: history items are read through the item tower
+        self.max_len = max_len
+        self.use_events, self.use_dwell, self.use_time = use_events, use_dwell, use_time
+        self.event_embedding = nn.Embedding(max(n_events, 1), dim)
+        self.dwell_embedding = nn.Embedding(len(DWELL_EDGES) + 2, dim)
+        self.gap_embedding = nn.Embedding(len(GAP_EDGES) + 2, dim)
+        self.position_embedding = nn.Embedding(max_len, dim)
+        for emb in (self.event_embedding, self.dwell_embedding, self.gap_embedding, self.position_embedding):
+            nn.init.normal_(emb.weight, std=0.02)
+        self.register_buffer("dwell_edges", torch.tensor(DWELL_EDGES), persistent=False)
+        self.register_buffer("gap_edges", torch.tensor(GAP_EDGES), persistent=False)
+        self.input_norm = nn.LayerNorm(dim)
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = build_encoder(encoder, dim, dropout=dropout, **encoder_kwargs)
+
+    def states(
+        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-position user states (B, L, D); position t summarises events 0..t. Inputs are (B, L), right-padded."""
+        length = items.shape[1]
+        x = self.item_tower(items)  # (B, L, D)
+        if self.use_events:
+            x = x + self.event_embedding(events)
+        if self.use_dwell:
+            x = x + self.dwell_embedding(bucketize(dwell, self.dwell_edges))
+        if self.use_time:
+            x = x + self.gap_embedding(bucketize(gaps, self.gap_edges))
+        positions = torch.arange(length, device=items.device).clamp_max(self.max_len - 1)  # (L,)
+        x = self.dropout(self.input_norm(x + self.position_embedding(positions)))  # (B, L, D)
+        return self.encoder(x, items > 0)  # (B, L, D)
+
+    def forward(
+        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """User vector (B, D): the state at each row's last real event (rows need >= 1 event)."""
+        states = self.states(items, events, dwell, gaps)  # (B, L, D)
+        last = ((items > 0).sum(1) - 1).clamp_min(0)  # (B,)
+        index = last.view(-1, 1, 1).expand(-1, 1, states.shape[-1])  # (B, 1, D)
+        return states.gather(1, index).squeeze(1)  # (B, D)
+
+
+class TwoTower(nn.Module):
+    """Two towers in one space; ``score = <user, item> / temperature`` (cosine when ``normalize``)."""
+
+    def __init__(
+        self,
+        n_items: int,
+        item_categories: torch.Tensor | None = None,
+        n_categories: int = 1,
+        n_events: int = 1,
+        dim: int = 64,
+        max_len: int = 50,
+        encoder: str = "transformer",
+        num_layers: int = 2,
+        num_heads: int = 2,
+        dropout: float = 0.2,
+        use_events: bool = True,
+        use_dwell: bool = True,
+        use_time: bool = True,
+        normalize: bool = False,
+        temperature: float = 1.0,
+        learn_temperature: bool = False,
+    ) -> None:
+        super().__init__()
+        if item_categories is None:
+            item_categories = torch.zeros(n_items + 1, 1, dtype=torch.long)
+        # Constructor arguments, saved beside the weights so the model can be rebuilt from the artifact alone.
+        self.config: dict[str, Any] = {
+            "n_items": n_items, "n_categories": n_categories, "max_categories": int(item_categories.shape[1]),
+            "n_events": n_events, "dim": dim, "max_len": max_len, "encoder": encoder, "num_layers": num_layers,
+            "num_heads": num_heads, "dropout": dropout, "use_events": use_events, "use_dwell": use_dwell,
+            "use_time": use_time, "normalize": normalize, "temperature": temperature,
+            "learn_temperature": learn_temperature,
+        }  # fmt: skip
+        self.normalize = normalize
+        self.item_tower = ItemTower(n_items, torch.as_tensor(item_categories), n_categories, dim)
+        encoder_kwargs = {"num_layers": num_layers, "num_heads": num_heads}
+        self.user_tower = UserTower(
+            self.item_tower,
+            n_events,
+            dim,
+            max_len,
+            encoder,
+            encoder_kwargs,
+            dropout,
+            use_events,
+            use_dwell,
+            use_time,
+        )
+        log_t = torch.tensor(float(temperature)).log()
+        self.log_temperature = nn.Parameter(log_t, requires_grad=learn_temperature)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> TwoTower:
+        """Rebuild an untrained model of the saved shape (then ``load_state_dict``)."""
+        kwargs = dict(config)
+        max_categories = kwargs.pop("max_categories")
+        categories = torch.zeros(kwargs["n_items"] + 1, max_categories, dtype=torch.long)
+        return cls(item_categories=categories, **kwargs)
+
+    @property
+    def temperature(self) -> torch.Tensor:
+        return self.log_temperature.exp()
+
+    def _out(self, vectors: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
+
+    def user_states(self, items, events, dwell, gaps) -> torch.Tensor:
+        """(B, L, D) output-space user vectors after every event (training)."""
+        return self._out(self.user_tower.states(items, events, dwell, gaps))
+
+    def encode_user(
+        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """(B, L) right-padded history -> (B, D) user vectors."""
+        return self._out(self.user_tower(items, events, dwell, gaps))
+
+    def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
+        """(…) item indices (default: the whole catalog 1..N) -> (…, D) item vectors."""
+        if items is None:
+            items = torch.arange(1, self.config["n_items"] + 1, device=self.log_temperature.device)
+        return self._out(self.item_tower(items))
+
+    def encode_new_items(self, categories: torch.Tensor) -> torch.Tensor:
+        """(M, C) category indices of items unseen in training -> (M, D) vectors from side features only."""
+        return self._out(self.item_tower.encode_categories(categories))
+
+    def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
+        """(B, D) x (N, D) -> (B, N) logits."""
+        return users @ items.T / self.temperature
