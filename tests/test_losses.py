@@ -40,7 +40,7 @@ def test_accidental_hits_are_masked_and_logq_applied():
     users = torch.randn(2, 8)
     targets = torch.tensor([1, 3])
     torch.manual_seed(0)
-    logits, labels = loss_fn._sampled_logits(model, users, targets, n_items=3)
+    _, logits, labels = loss_fn._sampled_logits(model, users, targets, n_items=3)
     assert labels.tolist() == [0, 1]
     candidates = torch.cat([torch.tensor([1, 3]), torch.randint(1, 4, (64,), generator=torch.manual_seed(0))])
     masked = logits <= torch.finfo(logits.dtype).min / 2
@@ -82,3 +82,37 @@ def test_loss_decreases_when_training(tiny_data, tiny_split):
             opt.step()
             losses.append(float(loss))
         assert losses[-1] < 0.8 * losses[0], (mode, losses[0], losses[-1])
+
+
+def test_window_history_seen_by_hand():
+    from twotower.losses import WindowHistory
+
+    inputs = torch.tensor([[3, 1, 3, 0], [2, 2, 0, 0]])  # (B=2, L=4), 0 = pad
+    rows, positions = torch.tensor([0, 0, 1]), torch.tensor([0, 2, 1])
+    seen = WindowHistory(inputs, rows, positions).seen(None, n_items=4)  # (3, 4) over items 1..4
+    assert seen.tolist() == [
+        [False, False, True, False],  # window 0 at position 0 has seen item 3
+        [True, False, True, False],  # position 2: items 3, 1, 3
+        [False, True, False, False],  # window 1 at position 1: item 2
+    ]
+    cand = WindowHistory(inputs, rows, positions).seen(torch.tensor([1, 4, 3]), n_items=4)
+    assert cand.tolist() == [[False, False, True], [True, False, True], [False, False, False]]
+
+
+def test_mask_history_drops_seen_negatives_but_keeps_a_repeated_target():
+    model = small_model(n_items=5)
+    users = torch.randn(2, 8)
+    inputs = torch.tensor([[1, 2]])
+    history = WindowHistoryFor(inputs, rows=[0, 0], positions=[0, 1])
+    targets = torch.tensor([2, 1])  # row 1 repeats item 1, which it has seen: it stays the label
+    loss = SoftmaxLoss(mode="full", mask_history=True)(model, users, targets, history=history)
+    logits = users @ model.encode_items().T
+    logits[0, 0] = float("-inf")  # row 0 has seen item 1
+    logits[1, 1] = float("-inf")  # row 1 has seen items 1 (its target) and 2
+    torch.testing.assert_close(loss, F.cross_entropy(logits, targets - 1))
+
+
+def WindowHistoryFor(inputs, rows, positions):  # noqa: N802 - reads like the class it builds
+    from twotower.losses import WindowHistory
+
+    return WindowHistory(inputs, torch.tensor(rows), torch.tensor(positions))

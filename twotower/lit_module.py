@@ -8,7 +8,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
-from twotower.losses import SoftmaxLoss
+from twotower.losses import SoftmaxLoss, WindowHistory
 from twotower.model import TwoTower
 
 
@@ -42,7 +42,9 @@ class TwoTowerModule(pl.LightningModule):
             batch["items"], batch["events"], batch["dwell"], batch["gaps"]
         )  # (B, L, D)
         mask = batch["targets"] > 0  # (B, L)
-        return self.loss(self.net, states[mask], batch["targets"][mask], batch["weights"][mask])
+        rows, positions = mask.nonzero(as_tuple=True)  # (M,), (M,)
+        history = WindowHistory(batch["items"], rows, positions)
+        return self.loss(self.net, states[mask], batch["targets"][mask], batch["weights"][mask], history)
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch)

@@ -200,5 +200,5 @@ class TwoTower(nn.Module):
         return self._out(self.item_tower.encode_categories(categories))
 
     def score(self, users: torch.Tensor, items: torch.Tensor) -> torch.Tensor:
-        """(B, D) x (N, D) -> (B, N) logits."""
-        return users @ items.T / self.temperature
+        """(B, D) x (N, D) -> (B, N) logits (scaling the smaller side by 1 / temperature)."""
+        return (users / self.temperature) @ items.T
