@@ -68,3 +68,19 @@ def test_event_gaps(tiny_data):
     assert (gaps[tiny_data.user_offsets[:-1]] == -1).all()
     i = tiny_data.user_offsets[0] + 1
     assert gaps[i] == np.float32(tiny_data.ts[i] - tiny_data.ts[i - 1])
+
+
+def test_shuffled_ties_keep_time_order_and_events(tiny_data, tiny_split):
+    arrays = SequenceArrays.from_log(tiny_data)
+    windows = TrainWindows(tiny_data, tiny_split, arrays, max_len=50, shuffle_ties=True, seed=1)
+    begin, end = windows.windows[0]
+    ts = tiny_data.ts.copy()
+    ts[begin:end] = ts[begin]  # make the whole window one tie group
+    windows.ts = ts
+    orders = {tuple(windows._window_order(begin, end)) for _ in range(5)}
+    assert len(orders) > 1  # ties are reshuffled
+    for order in orders:
+        assert sorted(order) == list(range(begin, end))
+    windows.ts = tiny_data.ts  # strictly increasing times (synthetic): nothing moves
+    strictly = np.all(np.diff(tiny_data.ts[begin:end]) > 0)
+    assert not strictly or list(windows._window_order(begin, end)) == list(range(begin, end))

@@ -23,6 +23,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         event_weights: dict[str, float] | None = None,
         val_max_users: int | None = 10000,
         group_by_length: bool = True,
+        shuffle_ties: bool = True,
         seed: int = 0,
     ) -> None:
         super().__init__()
@@ -32,7 +33,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self._train_batches: LengthGroupedBatches | None = None
         self.arrays = SequenceArrays.from_log(data, dict(event_weights) if event_weights else None)
-        self.train_set = TrainWindows(data, split, self.arrays, max_len)
+        self.train_set = TrainWindows(data, split, self.arrays, max_len, shuffle_ties=shuffle_ties, seed=seed)
         self.val_set = self.queries("val", max_users=val_max_users)
         if len(self.train_set) == 0:
             raise ValueError("no training windows: every user needs at least 2 training events")

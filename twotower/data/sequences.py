@@ -61,8 +61,20 @@ def pad_rows(rows: list[np.ndarray], dtype, fill=0) -> np.ndarray:
 class TrainWindows(Dataset):
     """Windows over training prefixes; an item is (start, end) absolute event indices."""
 
-    def __init__(self, data: EncodedLog, split: Split, arrays: SequenceArrays, max_len: int) -> None:
+    def __init__(
+        self,
+        data: EncodedLog,
+        split: Split,
+        arrays: SequenceArrays,
+        max_len: int,
+        shuffle_ties: bool = False,
+        seed: int = 0,
+    ) -> None:
         self.arrays = arrays
+        # Events with the same timestamp have no true order (file order breaks the tie); reshuffling them
+        # in every batch is an augmentation that stops the model from learning that arbitrary order.
+        self.ts = data.ts if shuffle_ties and data.has_time else None
+        self.rng = np.random.default_rng(seed)
         windows = []
         starts = data.user_offsets[:-1]
         for u in range(data.n_users):
@@ -93,15 +105,24 @@ class TrainWindows(Dataset):
             np.add.at(counts, self.arrays.items[begin + 1 : end], 1)
         return counts
 
+    def _window_order(self, begin: int, end: int) -> np.ndarray:
+        """Absolute event indices of a window: in time order, ties in a random order when shuffling."""
+        index = np.arange(begin, end)
+        if self.ts is None:
+            return index
+        return index[np.lexsort((self.rng.random(end - begin), self.ts[begin:end]))]
+
     def collate(self, batch: list[tuple[int, int]]) -> dict[str, torch.Tensor]:
         a = self.arrays
-        inputs = [slice(b, e - 1) for b, e in batch]
-        outputs = [slice(b + 1, e) for b, e in batch]
+        orders = [self._window_order(b, e) for b, e in batch]
+        inputs, outputs = [o[:-1] for o in orders], [o[1:] for o in orders]
+        # gaps stay positional: inside a tie group every gap is 0 whatever the order
+        gaps = [a.gaps[b : e - 1] for b, e in batch]
         return {
             "items": torch.from_numpy(pad_rows([a.items[s] for s in inputs], np.int64)),  # (B, L)
             "events": torch.from_numpy(pad_rows([a.events[s] for s in inputs], np.int64)),
             "dwell": torch.from_numpy(pad_rows([a.dwell[s] for s in inputs], np.float32, -1.0)),
-            "gaps": torch.from_numpy(pad_rows([a.gaps[s] for s in inputs], np.float32, -1.0)),
+            "gaps": torch.from_numpy(pad_rows(gaps, np.float32, -1.0)),
             "targets": torch.from_numpy(pad_rows([a.items[s] for s in outputs], np.int64)),  # (B, L), 0 = pad
             "weights": torch.from_numpy(pad_rows([a.weights[s] for s in outputs], np.float32, 0.0)),
         }
