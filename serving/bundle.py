@@ -1,0 +1,109 @@
+"""The bundle: the contract between training and serving, and the only code that knows its files.
+
+A bundle is one directory without pickles: ``manifest.json`` (format version, model hyper-parameters, dims,
+event vocabulary, index description, counts, metrics, library versions, sha256 of every other file),
+``user_tower.onnx``, ``item_embeddings.npy``, ``item_ids.json``, ``items.parquet``, ``histories.parquet`` and
+``index.faiss``. :meth:`Bundle.load` verifies checksums and dims and names the file at fault.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pandas as pd
+
+FORMAT_VERSION = 1
+MANIFEST = "manifest.json"
+USER_TOWER = "user_tower.onnx"
+ITEM_EMBEDDINGS = "item_embeddings.npy"
+ITEM_IDS = "item_ids.json"
+ITEMS = "items.parquet"
+HISTORIES = "histories.parquet"
+INDEX = "index.faiss"
+FILES = (USER_TOWER, ITEM_EMBEDDINGS, ITEM_IDS, ITEMS, HISTORIES, INDEX)
+
+
+class BundleError(ValueError):
+    """A bundle is missing, corrupt or inconsistent; the message names the file."""
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def file_entries(directory: Path) -> dict[str, dict[str, Any]]:
+    """{file: {sha256, bytes}} for every bundle file present in ``directory``."""
+    return {
+        name: {"sha256": sha256(directory / name), "bytes": (directory / name).stat().st_size}
+        for name in FILES
+        if (directory / name).exists()
+    }
+
+
+@dataclass
+class Bundle:
+    path: Path
+    manifest: dict[str, Any]
+    item_ids: list[str]
+    item_vectors: np.ndarray  # (N, D) float32
+    items: pd.DataFrame
+    histories: pd.DataFrame
+    index: faiss.Index
+
+    @property
+    def dim(self) -> int:
+        return int(self.manifest["dim"])
+
+    @property
+    def onnx_path(self) -> Path:
+        return self.path / USER_TOWER
+
+    @classmethod
+    def load(cls, path: str | Path, verify: bool = True) -> Bundle:
+        root = Path(path)
+        manifest_file = root / MANIFEST
+        if not manifest_file.exists():
+            raise BundleError(f"{manifest_file}: not found (is {root} a twotower bundle?)")
+        try:
+            manifest = json.loads(manifest_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"{manifest_file}: not valid JSON ({exc})") from exc
+        if manifest.get("format_version") != FORMAT_VERSION:
+            raise BundleError(
+                f"{manifest_file}: format_version {manifest.get('format_version')!r}, this runtime reads {FORMAT_VERSION}"
+            )
+        for name in FILES:
+            entry = manifest.get("files", {}).get(name)
+            if entry is None or not (root / name).exists():
+                raise BundleError(f"{root / name}: missing from the bundle")
+            if verify and sha256(root / name) != entry["sha256"]:
+                raise BundleError(
+                    f"{root / name}: sha256 does not match manifest.json (corrupt or replaced file)"
+                )
+        item_ids = json.loads((root / ITEM_IDS).read_text())
+        vectors = np.load(root / ITEM_EMBEDDINGS, allow_pickle=False)
+        dim = int(manifest["dim"])
+        if vectors.dtype != np.float32 or vectors.ndim != 2 or vectors.shape != (len(item_ids), dim):
+            raise BundleError(
+                f"{root / ITEM_EMBEDDINGS}: expected float32 ({len(item_ids)}, {dim}), got {vectors.dtype} {vectors.shape}"
+            )
+        index = faiss.read_index(str(root / INDEX))
+        if index.ntotal != len(item_ids) or index.d != dim:
+            raise BundleError(
+                f"{root / INDEX}: holds {index.ntotal} x {index.d}, expected {len(item_ids)} x {dim}"
+            )
+        items = pd.read_parquet(root / ITEMS)
+        if items["item_id"].astype(str).tolist() != item_ids:
+            raise BundleError(f"{root / ITEMS}: item order differs from {ITEM_IDS}")
+        histories = pd.read_parquet(root / HISTORIES)
+        return cls(root, manifest, item_ids, vectors, items, histories, index)

@@ -1,0 +1,159 @@
+"""FAISS index construction and filtered search (no torch). FAISS names (xb, xq, D, I, k) live here only.
+
+Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat`` and ``ivf_pq``
+(inverted lists, the latter with product-quantised codes). ``auto`` picks exact search below
+``EXACT_MAX_ITEMS`` items and HNSW above. Filters run inside the search through an ``IDSelector``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import faiss
+import numpy as np
+
+EXACT_MAX_ITEMS = 50_000
+
+
+@dataclass
+class IndexSpec:
+    kind: str = "auto"  # auto | flat | hnsw | ivf_flat | ivf_pq
+    hnsw_m: int = 32
+    ef_construction: int = 200
+    ef_search: int = 64
+    nlist: int | None = None  # default: about 4 * sqrt(N)
+    nprobe: int = 16
+    pq_m: int | None = None  # default: D / 4 sub-quantisers (must divide D)
+
+    def resolve(self, n_items: int, dim: int) -> IndexSpec:
+        """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
+        spec = IndexSpec(**asdict(self))
+        if spec.kind == "auto":
+            spec.kind = "flat" if n_items <= EXACT_MAX_ITEMS else "hnsw"
+        if spec.kind in ("ivf_flat", "ivf_pq") and spec.nlist is None:
+            spec.nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39 or 1))
+        if spec.kind == "ivf_pq" and spec.pq_m is None:
+            spec.pq_m = next(m for m in (dim // 4, dim // 2, dim) if m and dim % m == 0)
+        return spec
+
+    def factory_string(self) -> str:
+        if self.kind == "flat":
+            return "Flat"
+        if self.kind == "hnsw":
+            return f"HNSW{self.hnsw_m},Flat"
+        if self.kind == "ivf_flat":
+            return f"IVF{self.nlist},Flat"
+        if self.kind == "ivf_pq":
+            return f"IVF{self.nlist},PQ{self.pq_m}x8"
+        raise ValueError(f"unknown index kind {self.kind!r}; expected auto, flat, hnsw, ivf_flat or ivf_pq")
+
+
+def build_index(xb: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.Index, IndexSpec]:
+    """Inner-product index over ``xb`` (N, D) float32; row i gets id i."""
+    xb = np.ascontiguousarray(xb, dtype=np.float32)
+    n, dim = xb.shape
+    spec = spec.resolve(n, dim)
+    index = faiss.index_factory(dim, spec.factory_string(), faiss.METRIC_INNER_PRODUCT)
+    if spec.kind == "hnsw":
+        faiss.downcast_index(index).hnsw.efConstruction = spec.ef_construction
+    if not index.is_trained:
+        rng = np.random.default_rng(seed)
+        sample = xb[rng.choice(n, size=min(n, 256 * max(spec.nlist or 1, 1)), replace=False)]
+        index.train(sample)
+    index.add(xb)
+    return index, spec
+
+
+def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSelector | None = None):
+    """Per-query parameters (efSearch / nprobe) with an optional id selector."""
+    if spec.kind == "hnsw":
+        params = faiss.SearchParametersHNSW()
+        params.efSearch = spec.ef_search
+    elif spec.kind in ("ivf_flat", "ivf_pq"):
+        params = faiss.SearchParametersIVF()
+        params.nprobe = spec.nprobe
+    else:
+        params = faiss.SearchParameters()
+    if selector is not None:
+        params.sel = selector
+    return params
+
+
+class Selector:
+    """An id filter (allow-list and/or exclusion) that keeps its numpy buffers alive while FAISS uses it."""
+
+    def __init__(self, exclude: Iterable[int] = (), allow: Iterable[int] | None = None) -> None:
+        self._exclude = np.unique(np.fromiter(exclude, dtype=np.int64))
+        self._allow = None if allow is None else np.unique(np.fromiter(allow, dtype=np.int64))
+        parts = []
+        if self._allow is not None:
+            parts.append(faiss.IDSelectorBatch(len(self._allow), faiss.swig_ptr(self._allow)))
+        if len(self._exclude):
+            self._excluded = faiss.IDSelectorBatch(len(self._exclude), faiss.swig_ptr(self._exclude))
+            parts.append(faiss.IDSelectorNot(self._excluded))
+        self._parts = parts
+        self.selector = None
+        if len(parts) == 1:
+            self.selector = parts[0]
+        elif len(parts) == 2:
+            self.selector = faiss.IDSelectorAnd(parts[0], parts[1])
+
+    def available(self, n_items: int) -> int:
+        """How many items pass the filter (an upper bound on what a search can return)."""
+        if self._allow is not None:
+            return int(
+                len(np.setdiff1d(self._allow[self._allow < n_items], self._exclude, assume_unique=True))
+            )
+        return n_items - int(np.count_nonzero(self._exclude < n_items))
+
+    def mask(self, n_items: int) -> np.ndarray:
+        """(N,) bool of the items that pass (for the exact path)."""
+        keep = np.zeros(n_items, dtype=bool) if self._allow is not None else np.ones(n_items, dtype=bool)
+        if self._allow is not None:
+            keep[self._allow[(self._allow >= 0) & (self._allow < n_items)]] = True
+        keep[self._exclude[(self._exclude >= 0) & (self._exclude < n_items)]] = False
+        return keep
+
+
+def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = None):
+    """Brute-force inner product (the exact twin of every index): (D, I) like ``index.search``."""
+    scores = xq @ xb.T  # (Q, N)
+    if keep is not None:
+        scores = np.where(keep[None, :], scores, -np.inf)
+    k = min(k, xb.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    ids = np.take_along_axis(top, order, axis=1)
+    dist = np.take_along_axis(scores, ids, axis=1)
+    ids = np.where(np.isfinite(dist), ids, -1)
+    return dist.astype(np.float32), ids.astype(np.int64)
+
+
+OVERFETCH_ROUNDS = 3
+
+
+def filtered_search(
+    index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.ndarray, k: int, selector: Selector
+) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of one query among the ids passing ``selector``: exactly min(k, available) results.
+
+    The filter runs inside the FAISS search; graph and IVF searches under a tight filter can come back short,
+    so the search is repeated with a 4x larger k, and as a last resort the exact twin answers.
+    """
+    n = index.ntotal
+    want = min(k, selector.available(n))
+    if want <= 0:
+        return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    xq = xq.reshape(1, -1).astype(np.float32)
+    params = search_parameters(index, spec, selector.selector)
+    fetch = want
+    for _ in range(OVERFETCH_ROUNDS):
+        D, I = index.search(xq, fetch, params=params)
+        found = I[0] >= 0
+        if found.sum() >= want:
+            return D[0][found][:want], I[0][found][:want]
+        fetch = min(n, fetch * 4)
+    D, I = exact_search(xb, xq, want, selector.mask(n))
+    return D[0], I[0]

@@ -1,0 +1,210 @@
+"""In-process recommender over a bundle: ONNX user tower + FAISS search with filters + popularity fallback.
+
+No torch, Lightning or Hydra. Per-request work is single-threaded (ORT intra-op 1, FAISS omp 1).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+
+from serving.bundle import Bundle
+from serving.index import IndexSpec, Selector, filtered_search
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Recommendation:
+    """What ``recommend_detailed`` returns: the items plus how they were made."""
+
+    items: list[dict]
+    source: str  # "model" or "popularity" (fallback for unknown users / empty histories)
+    unknown_items: list[str] = field(default_factory=list)  # history ids not in the catalog (ignored)
+    history_length: int = 0
+
+
+@dataclass
+class History:
+    """A history as the user tower reads it (rows are 0-based catalog rows)."""
+
+    rows: np.ndarray  # (L,) int64
+    events: np.ndarray  # (L,) int64
+    dwell: np.ndarray  # (L,) float32
+    ts: np.ndarray  # (L,) float64, NaN when unknown
+
+
+class Recommender:
+    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+        self.bundle = bundle
+        self.manifest = bundle.manifest
+        self.model_version = str(self.manifest.get("model_version", "unknown"))
+        self.max_len = int(self.manifest["max_len"])
+        self.item_ids = bundle.item_ids
+        self.row_of = {item: i for i, item in enumerate(self.item_ids)}
+        self.event_of = {name: i for i, name in enumerate(self.manifest["events"])}
+        self.vectors = bundle.item_vectors
+        self.index = bundle.index
+        self.spec = IndexSpec(
+            **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
+        )
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        self.session = ort.InferenceSession(
+            str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
+        )
+        faiss.omp_set_num_threads(threads)
+        counts = (
+            bundle.items["train_count"].to_numpy()
+            if "train_count" in bundle.items
+            else np.zeros(len(self.item_ids))
+        )
+        self.popular_rows = np.argsort(-counts, kind="stable")
+        self.popularity = counts.astype(np.float32)
+        self.histories = self._load_histories()
+        probe = self.encode_rows(
+            History(np.array([0]), np.array([0]), np.array([-1.0], np.float32), np.array([np.nan]))
+        )
+        if probe.shape != (bundle.dim,):
+            raise ValueError(
+                f"{bundle.onnx_path}: user vector has shape {probe.shape}, manifest dim is {bundle.dim}"
+            )
+
+    @classmethod
+    def load(cls, bundle_dir: str | Path, threads: int = 1, verify: bool = True) -> Recommender:
+        return cls(Bundle.load(bundle_dir, verify=verify), threads=threads)
+
+    def _load_histories(self) -> dict[str, History]:
+        frame = self.bundle.histories
+        out: dict[str, History] = {}
+        for user, group in frame.groupby("user_id", sort=False):
+            rows = np.array([self.row_of.get(i, -1) for i in group["item_id"]], dtype=np.int64)
+            keep = rows >= 0
+            out[str(user)] = History(
+                rows[keep],
+                np.array([self.event_of.get(e, 0) for e in group["event"]], dtype=np.int64)[keep],
+                group["dwell_s"].to_numpy(np.float32)[keep],
+                group["ts"].to_numpy(np.float64)[keep],
+            )
+        return out
+
+    # ---- encoding -------------------------------------------------------------------------------------
+    def to_history(
+        self,
+        items: Sequence[str],
+        events: Sequence[str] | None = None,
+        dwell: Sequence[float] | None = None,
+        ts: Sequence[float] | None = None,
+    ) -> tuple[History, list[str]]:
+        """External ids -> catalog rows; unknown items are dropped and returned; unknown events map to 'other'."""
+        n = len(items)
+        for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} values for {n} items")
+        rows = np.array([self.row_of.get(str(i), -1) for i in items], dtype=np.int64)
+        known = rows >= 0
+        unknown = [str(i) for i, k in zip(items, known, strict=True) if not k]
+        ev = (
+            np.array([self.event_of.get(str(e), 0) for e in events], dtype=np.int64)
+            if events
+            else np.zeros(n, np.int64)
+        )
+        dw = np.asarray(dwell, dtype=np.float32) if dwell is not None else np.full(n, -1.0, np.float32)
+        tt = np.asarray(ts, dtype=np.float64) if ts is not None else np.full(n, np.nan)
+        return History(rows[known], ev[known], dw[known], tt[known]), unknown
+
+    def encode_rows(self, history: History) -> np.ndarray:
+        """(D,) float32 user vector from the last ``max_len`` events of a history."""
+        h = slice(max(0, len(history.rows) - self.max_len), len(history.rows))
+        ts = history.ts[h]
+        gaps = np.full(len(ts), -1.0, dtype=np.float32)
+        if len(ts) > 1 and self.manifest.get("has_time", True):
+            diff = np.diff(ts)
+            gaps[1:] = np.where(np.isfinite(diff), np.maximum(diff, 0.0), -1.0)
+        feeds = {
+            "items": (history.rows[h] + 1)[None, :],
+            "events": history.events[h][None, :],
+            "dwell": np.nan_to_num(history.dwell[h], nan=-1.0).astype(np.float32)[None, :],
+            "gaps": gaps[None, :],
+        }
+        return self.session.run(None, feeds)[0][0]
+
+    def encode_history(self, items, events=None, dwell=None, ts=None) -> np.ndarray:
+        """(D,) float32 user vector of a raw history (external item ids, oldest first)."""
+        history, _ = self.to_history(items, events, dwell, ts)
+        if not len(history.rows):
+            raise ValueError("no known item in the history")
+        return self.encode_rows(history)
+
+    # ---- retrieval ------------------------------------------------------------------------------------
+    def search(self, query: np.ndarray, k: int, selector: Selector) -> tuple[np.ndarray, np.ndarray]:
+        """Top-k (scores, rows) passing the selector (see :func:`serving.index.filtered_search`)."""
+        return filtered_search(self.index, self.spec, self.vectors, query, k, selector)
+
+    def recommend_detailed(
+        self,
+        user_id: str | None = None,
+        history: Sequence[str] | None = None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: Iterable[str] = (),
+        allow_items: Iterable[str] | None = None,
+        events: Sequence[str] | None = None,
+        dwell: Sequence[float] | None = None,
+        ts: Sequence[float] | None = None,
+    ) -> Recommendation:
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        unknown: list[str] = []
+        if history is not None:
+            rows, unknown = self.to_history(history, events, dwell, ts)
+        else:
+            rows = self.histories.get(str(user_id)) if user_id is not None else None
+        exclude = {self.row_of[i] for i in map(str, exclude_items) if i in self.row_of}
+        allow = (
+            None
+            if allow_items is None
+            else {self.row_of[i] for i in map(str, allow_items) if i in self.row_of}
+        )
+        if rows is None or not len(rows.rows):
+            return Recommendation(self._popular(k, exclude, allow), "popularity", unknown, 0)
+        if exclude_seen:
+            exclude |= set(rows.rows.tolist())
+        query = self.encode_rows(rows)
+        scores, found = self.search(query, k, Selector(exclude, allow))
+        items = [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]
+        return Recommendation(items, "model", unknown, len(rows.rows))
+
+    def recommend(
+        self, user_id=None, history=None, k=10, exclude_seen=True, exclude_items=(), allow_items=None
+    ):
+        """Top-k ``[{"item_id", "score"}]``; exactly k whenever the filters leave k items."""
+        return self.recommend_detailed(user_id, history, k, exclude_seen, exclude_items, allow_items).items
+
+    def _popular(self, k: int, exclude: set[int], allow: set[int] | None) -> list[dict]:
+        """Fallback: most-interacted training items passing the filters (score = training count)."""
+        out = []
+        for row in self.popular_rows:
+            if row in exclude or (allow is not None and row not in allow):
+                continue
+            out.append({"item_id": self.item_ids[row], "score": float(self.popularity[row])})
+            if len(out) == k:
+                break
+        return out
+
+    def similar_items(self, item_id: str, k: int = 10) -> list[dict]:
+        """Items whose vectors are closest to this item's (the item itself excluded)."""
+        row = self.row_of.get(str(item_id))
+        if row is None:
+            raise KeyError(f"unknown item {item_id!r}")
+        scores, found = self.search(self.vectors[row], k, Selector({row}))
+        return [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]

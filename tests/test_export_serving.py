@@ -1,0 +1,155 @@
+"""Export + torch-free serving: ONNX parity, ANN vs exact, filters, fallback, bundle verification."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+from serving import BundleError, Recommender
+from serving.index import IndexSpec, Selector, build_index, exact_search, search_parameters
+from tests.conftest import FAST_TRAIN, TINY_DATA, compose_config
+from twotower.artifacts import load_model
+from twotower.config import PROJECT_ROOT
+from twotower.export import export_bundle, onnx_parity, random_histories
+from twotower.train import train
+
+
+@pytest.fixture(scope="module")
+def run_and_bundle(tmp_path_factory):
+    root = tmp_path_factory.mktemp("export")
+    train(compose_config(TINY_DATA + FAST_TRAIN + ["eval.baselines=[popularity]"], root / "run"))
+    manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
+    return root / "run", root / "bundle", manifest
+
+
+@pytest.fixture(scope="module")
+def rec(run_and_bundle):
+    return Recommender.load(run_and_bundle[1])
+
+
+def test_manifest_and_onnx_parity(run_and_bundle):
+    run, bundle, manifest = run_and_bundle
+    assert manifest["onnx_parity_max_abs"] <= 1e-5
+    assert set(manifest["files"]) == {"user_tower.onnx", "item_embeddings.npy", "item_ids.json", "items.parquet",
+                                      "histories.parquet", "index.faiss"}  # fmt: skip
+    assert manifest["index"]["factory"] == "HNSW32,Flat" and manifest["index"]["recall@10_vs_exact"] >= 0.95
+    assert not list(bundle.glob("*.pkl")) and not list(bundle.glob("*.pt"))
+    net = load_model(run / "model.pt")
+    assert onnx_parity(net, bundle / "user_tower.onnx", []) <= 1e-5
+
+
+def test_encode_history_matches_torch(run_and_bundle, rec):
+    net = load_model(run_and_bundle[0] / "model.pt")
+    items = rec.item_ids[:5]
+    vector = rec.encode_history(
+        items, events=["click"] * 5, dwell=[3.0, 10, -1, 50, 7], ts=[0, 10, 20, 4000, 4001]
+    )
+    rows = torch.tensor([[rec.row_of[i] + 1 for i in items]])
+    events = torch.tensor([[rec.event_of["click"]] * 5])
+    with torch.no_grad():
+        ref = net.encode_user(rows, events, torch.tensor([[3.0, 10, -1, 50, 7]]),
+                              torch.tensor([[-1.0, 10, 10, 3980, 1]]))[0].numpy()  # fmt: skip
+    np.testing.assert_allclose(vector, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat"])
+def test_ann_agrees_with_exact(kind):
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(20, 32)).astype(np.float32)
+    xb = centers[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 32)).astype(np.float32)
+    xq = xb[rng.choice(5000, 100)] + 0.1 * rng.normal(size=(100, 32)).astype(np.float32)
+    index, spec = build_index(xb, IndexSpec(kind=kind, nprobe=16))
+    _, exact = exact_search(xb, xq, 10)
+    _, approx = index.search(xq, 10, params=search_parameters(index, spec))
+    recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
+    assert recall >= 0.95, (kind, recall)
+
+
+def test_filters_always_give_k(rec):
+    user = next(iter(rec.histories))
+    seen = {rec.item_ids[r] for r in rec.histories[user].rows}
+    top = rec.recommend(user_id=user, k=10)
+    assert len(top) == 10 and not seen & {x["item_id"] for x in top}
+    banned = [x["item_id"] for x in top[:5]]
+    again = rec.recommend(user_id=user, k=10, exclude_items=banned)
+    assert len(again) == 10 and not set(banned) & {x["item_id"] for x in again}
+    allow = [i for i in rec.item_ids if i not in seen][:12]
+    allowed = rec.recommend(user_id=user, k=10, allow_items=allow)
+    assert len(allowed) == 10 and {x["item_id"] for x in allowed} <= set(allow)
+    # the allowed items are ranked exactly as brute force would
+    query = rec.encode_rows(rec.histories[user])
+    rows = [rec.row_of[i] for i in allow]
+    expected = [allow[j] for j in np.argsort(-(rec.vectors[rows] @ query), kind="stable")[:10]]
+    assert [x["item_id"] for x in allowed] == expected
+    # fewer allowed than k: all of them, never an excluded one
+    few = rec.recommend(user_id=user, k=10, allow_items=allow[:3])
+    assert {x["item_id"] for x in few} == set(allow[:3])
+
+
+def test_scores_are_sorted_and_match_exact(rec):
+    user = next(iter(rec.histories))
+    top = rec.recommend(user_id=user, k=5, exclude_seen=False)
+    scores = [x["score"] for x in top]
+    assert scores == sorted(scores, reverse=True)
+    query = rec.encode_rows(rec.histories[user])
+    _, exact = exact_search(rec.vectors, query[None, :], 5)
+    assert [x["item_id"] for x in top] == [rec.item_ids[i] for i in exact[0]]
+
+
+def test_fallback_and_unknown_items(rec):
+    anon = rec.recommend_detailed(user_id="no-such-user", k=5)
+    assert anon.source == "popularity" and len(anon.items) == 5
+    empty = rec.recommend_detailed(history=[], k=5)
+    assert empty.items == anon.items
+    mixed = rec.recommend_detailed(history=[rec.item_ids[0], "ghost"], k=5)
+    assert mixed.source == "model" and mixed.unknown_items == ["ghost"] and mixed.history_length == 1
+    assert len(rec.similar_items(rec.item_ids[0], 4)) == 4
+    with pytest.raises(KeyError):
+        rec.similar_items("ghost")
+
+
+def test_selector_counts():
+    sel = Selector(exclude=[1, 2], allow=[2, 3, 4])
+    assert sel.available(10) == 2 and sel.mask(5).tolist() == [False, False, False, True, True]
+
+
+def test_corrupt_or_mismatched_bundle_fails_at_load(run_and_bundle, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "b"
+    shutil.copytree(run_and_bundle[1], bundle)
+    with open(bundle / "item_ids.json", "a") as handle:
+        handle.write(" ")
+    with pytest.raises(BundleError, match="item_ids.json: sha256"):
+        Recommender.load(bundle)
+    shutil.copyfile(run_and_bundle[1] / "item_ids.json", bundle / "item_ids.json")
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["dim"] = 7
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="item_embeddings.npy: expected float32"):
+        Recommender.load(bundle)
+    (bundle / "index.faiss").unlink()
+    with pytest.raises(BundleError, match="index.faiss: missing"):
+        Recommender.load(bundle)
+
+
+def test_serving_imports_no_torch(run_and_bundle):
+    code = (
+        "import sys; from serving import Recommender; r = Recommender.load(sys.argv[1]); r.recommend(k=3); "
+        "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pytorch_lightning', 'lightning', 'hydra')]; "
+        "print(heavy); sys.exit(1 if heavy else 0)"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(run_and_bundle[1])], cwd=PROJECT_ROOT,
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_random_histories_shapes(run_and_bundle):
+    net = load_model(run_and_bundle[0] / "model.pt")
+    items, events, dwell, gaps = random_histories(net, 2, 3)
+    assert items.shape == events.shape == dwell.shape == gaps.shape == (2, 3)
