@@ -51,3 +51,16 @@ def compose_config(overrides: list[str], output_dir: Path | None = None):
 @pytest.fixture
 def tiny_cfg(tmp_path):
     return compose_config(TINY_DATA + FAST_TRAIN, tmp_path / "run")
+
+
+@pytest.fixture(scope="session")
+def run_and_bundle(tmp_path_factory):
+    """A tiny trained run and its exported HNSW bundle: (run_dir, bundle_dir, manifest)."""
+    from serving.index import IndexSpec
+    from twotower.export import export_bundle
+    from twotower.train import train
+
+    root = tmp_path_factory.mktemp("export")
+    train(compose_config(TINY_DATA + FAST_TRAIN + ["eval.baselines=[popularity]"], root / "run"))
+    manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
+    return root / "run", root / "bundle", manifest

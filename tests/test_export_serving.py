@@ -12,19 +12,9 @@ import torch
 
 from serving import BundleError, Recommender
 from serving.index import IndexSpec, Selector, build_index, exact_search, search_parameters
-from tests.conftest import FAST_TRAIN, TINY_DATA, compose_config
 from twotower.artifacts import load_model
 from twotower.config import PROJECT_ROOT
-from twotower.export import export_bundle, onnx_parity, random_histories
-from twotower.train import train
-
-
-@pytest.fixture(scope="module")
-def run_and_bundle(tmp_path_factory):
-    root = tmp_path_factory.mktemp("export")
-    train(compose_config(TINY_DATA + FAST_TRAIN + ["eval.baselines=[popularity]"], root / "run"))
-    manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
-    return root / "run", root / "bundle", manifest
+from twotower.export import onnx_parity, random_histories
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,31 @@
+"""`python -m serving --bundle BUNDLE [--host 127.0.0.1] [--port 8000]` (flags override TWOTOWER_* variables)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+
+from serving.app import create_app
+from serving.settings import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--bundle", help="bundle directory (TWOTOWER_BUNDLE)")
+    parser.add_argument("--host", help="bind address (TWOTOWER_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="port (TWOTOWER_PORT, default 8000)")
+    parser.add_argument("--threads", type=int, help="threads per request (TWOTOWER_THREADS, default 1)")
+    args = parser.parse_args(argv)
+    settings = Settings.from_env(bundle=args.bundle, host=args.host, port=args.port, threads=args.threads)
+    if not settings.bundle:
+        parser.error("no bundle: pass --bundle or set TWOTOWER_BUNDLE")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvicorn.run(
+        create_app(settings), host=settings.host, port=settings.port, log_level="warning", access_log=False
+    )
+
+
+if __name__ == "__main__":
+    main()
