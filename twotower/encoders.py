@@ -62,6 +62,18 @@ class CausalSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.proj(out)
 
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """Attention output of one query per row, at position ``last`` (B,), over keys 0..last -> (B, D)."""
+        b, length, d = x.shape
+        h = self.num_heads
+        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, L, D)
+        q = q.gather(1, last.view(b, 1, 1).expand(b, 1, d))  # (B, 1, D)
+        q = q.reshape(b, 1, h, d // h).transpose(1, 2)  # (B, H, 1, Dh)
+        k, v = (t.reshape(b, length, h, d // h).transpose(1, 2) for t in (k, v))  # (B, H, L, Dh)
+        visible = torch.arange(length, device=x.device).unsqueeze(0) <= last.unsqueeze(1)  # (B, L)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])  # (B, H, 1, Dh)
+        return self.proj(out.transpose(1, 2).reshape(b, d))  # (B, D)
+
 
 class TransformerBlock(nn.Module):
     def __init__(
@@ -78,6 +90,13 @@ class TransformerBlock(nn.Module):
         x = x + self.drop(self.attn(self.norm1(x)))  # (B, L, D)
         return x + self.drop(self.ff(self.norm2(x)))
 
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """The block's output at position ``last`` only (B, D): the same numbers, a fraction of the work."""
+        b, _, d = x.shape
+        here = x.gather(1, last.view(b, 1, 1).expand(b, 1, d)).squeeze(1)  # (B, D)
+        here = here + self.drop(self.attn.forward_last(self.norm1(x), last))
+        return here + self.drop(self.ff(self.norm2(here)))
+
 
 class TransformerEncoder(nn.Module):
     """Pre-LayerNorm causal transformer (SASRec-style)."""
@@ -93,6 +112,12 @@ class TransformerEncoder(nn.Module):
         for block in self.blocks:
             x = block(x)  # (B, L, D)
         return self.norm(x)
+
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+        """State at position ``last`` (B,) only: earlier blocks run on every position, the final block on one."""
+        for block in self.blocks[:-1]:
+            x = block(x)  # (B, L, D)
+        return self.norm(self.blocks[-1].forward_last(x, last))  # (B, D)
 
 
 ENCODERS: dict[str, type[nn.Module]] = {

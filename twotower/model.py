@@ -87,10 +87,10 @@ class UserTower(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.encoder = build_encoder(encoder, dim, dropout=dropout, **encoder_kwargs)
 
-    def states(
+    def embed(
         self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
     ) -> torch.Tensor:
-        """Per-position user states (B, L, D); position t summarises events 0..t. Inputs are (B, L), right-padded."""
+        """Per-event inputs (B, L, D): item vector + event, dwell and gap buckets + position."""
         length = items.shape[1]
         x = self.item_tower(items)  # (B, L, D)
         if self.use_events:
@@ -100,17 +100,24 @@ class UserTower(nn.Module):
         if self.use_time:
             x = x + self.gap_embedding(bucketize(gaps, self.gap_edges))
         positions = torch.arange(length, device=items.device).clamp_max(self.max_len - 1)  # (L,)
-        x = self.dropout(self.input_norm(x + self.position_embedding(positions)))  # (B, L, D)
-        return self.encoder(x, items > 0)  # (B, L, D)
+        return self.dropout(self.input_norm(x + self.position_embedding(positions)))  # (B, L, D)
+
+    def states(
+        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+    ) -> torch.Tensor:
+        """Per-position user states (B, L, D); position t summarises events 0..t. Inputs are (B, L), right-padded."""
+        return self.encoder(self.embed(items, events, dwell, gaps), items > 0)  # (B, L, D)
 
     def forward(
         self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
     ) -> torch.Tensor:
         """User vector (B, D): the state at each row's last real event (rows need >= 1 event)."""
-        states = self.states(items, events, dwell, gaps)  # (B, L, D)
         last = ((items > 0).sum(1) - 1).clamp_min(0)  # (B,)
-        index = last.view(-1, 1, 1).expand(-1, 1, states.shape[-1])  # (B, 1, D)
-        return states.gather(1, index).squeeze(1)  # (B, D)
+        x = self.embed(items, events, dwell, gaps)  # (B, L, D)
+        if hasattr(self.encoder, "forward_last"):  # only the last position is needed at serving time
+            return self.encoder.forward_last(x, last)  # (B, D)
+        states = self.encoder(x, items > 0)  # (B, L, D)
+        return states.gather(1, last.view(-1, 1, 1).expand(-1, 1, states.shape[-1])).squeeze(1)  # (B, D)
 
 
 class TwoTower(nn.Module):
