@@ -1,0 +1,27 @@
+# Serving image: ONNX Runtime + FAISS + FastAPI, no torch. Build from the repository root:
+#   docker build -t twotower-serving .
+#   docker run -p 8000:8000 -v /path/to/bundle:/bundle:ro twotower-serving
+# The bundle is mounted (or COPY'd) at /bundle; settings come from TWOTOWER_* variables.
+FROM python:3.11-slim
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    TWOTOWER_BUNDLE=/bundle \
+    TWOTOWER_HOST=0.0.0.0 \
+    TWOTOWER_PORT=8000 \
+    OMP_NUM_THREADS=1
+
+WORKDIR /app
+COPY serving/requirements.txt /app/serving/requirements.txt
+RUN pip install --no-cache-dir -r /app/serving/requirements.txt
+COPY serving /app/serving
+
+RUN useradd --system --uid 10001 --home /app twotower
+USER twotower
+
+EXPOSE 8000
+HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
+  CMD python -c "import urllib.request,sys; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/healthz', timeout=2).status == 200 else 1)"
+
+CMD ["python", "-m", "serving"]
