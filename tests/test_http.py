@@ -98,3 +98,16 @@ def test_openapi_documents_every_field(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
     assert set(schema) == {"user_id", "history", "k", "exclude_seen", "exclude_items", "allow_items"}
     assert all(prop.get("description") for prop in schema.values())
+
+
+def test_serving_benchmark_writes_figures(run_and_bundle, tmp_path):
+    import json
+
+    from serving.bench import run
+
+    result = run(run_and_bundle[1], tmp_path / "latency.json", n_users=20)
+    saved = json.loads((tmp_path / "latency.json").read_text())
+    assert saved["in_process"]["recommend"]["n"] == 60
+    for part in ("encode", "search", "recommend"):
+        figures = result["in_process"][part]
+        assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]

@@ -1,0 +1,155 @@
+"""Serving latency benchmark: in-process encode / search / recommend percentiles, and HTTP throughput of the
+service against a do-nothing FastAPI endpoint measured in the same run (the HTTP ceiling of the machine)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+from fastapi import FastAPI
+
+from serving.index import Selector
+from serving.recommender import Recommender
+
+noop_app = FastAPI()
+
+
+@noop_app.post("/noop")
+async def noop(body: dict) -> dict:
+    return {"ok": True}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99)), "n": len(ms)}  # fmt: skip
+
+
+def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3) -> dict:
+    """One query at a time on one thread, after a warm-up pass."""
+    for user in users[:50]:
+        rec.recommend(user_id=user, k=k)
+    encode, search, whole = [], [], []
+    for _ in range(repeats):
+        for user in users:
+            history = rec.histories[user]
+            t0 = time.perf_counter()
+            query = rec.encode_rows(history)
+            t1 = time.perf_counter()
+            rec.search(query, k, Selector(set(history.rows.tolist())))
+            t2 = time.perf_counter()
+            rec.recommend(user_id=user, k=k)
+            t3 = time.perf_counter()
+            encode.append(t1 - t0)
+            search.append(t2 - t1)
+            whole.append(t3 - t2)
+    out = {"encode": percentiles(encode), "search": percentiles(search), "recommend": percentiles(whole)}
+    out["recommend"]["qps"] = float(len(whole) / sum(whole))
+    out["history_length_mean"] = float(np.mean([len(rec.histories[u].rows) for u in users]))
+    return out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(args: list[str], ready_url: str) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
+    )
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        try:
+            urllib.request.urlopen(ready_url, timeout=1)
+            return proc
+        except OSError:
+            time.sleep(0.2)
+    proc.kill()
+    raise RuntimeError(f"server did not become ready: {args}")
+
+
+async def _load(url: str, bodies: list[dict], seconds: float, connections: int) -> dict:
+    import httpx
+
+    done, errors = 0, 0
+    stop = time.perf_counter() + seconds
+    limits = httpx.Limits(max_connections=connections, max_keepalive_connections=connections)
+    async with httpx.AsyncClient(limits=limits, timeout=10) as client:
+
+        async def worker(offset: int) -> None:
+            nonlocal done, errors
+            i = offset
+            while time.perf_counter() < stop:
+                response = await client.post(url, json=bodies[i % len(bodies)])
+                i += connections
+                done += 1
+                errors += response.status_code != 200
+
+        start = time.perf_counter()
+        await asyncio.gather(*(worker(c) for c in range(connections)))
+        elapsed = time.perf_counter() - start
+    return {"requests": done, "errors": errors, "rps": done / elapsed}
+
+
+def http(bundle: Path, users: list[str], seconds: float = 10.0, connections: int = 8) -> dict:
+    """Requests/s of POST /recommend and of a do-nothing POST endpoint, each alone under the same load."""
+    port_a, port_b = _free_port(), _free_port()
+    service = _start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a)],
+                     f"http://127.0.0.1:{port_a}/readyz")  # fmt: skip
+    try:
+        bodies = [{"user_id": u, "k": 10} for u in users]
+        asyncio.run(_load(f"http://127.0.0.1:{port_a}/recommend", bodies, 1.0, connections))  # warm-up
+        served = asyncio.run(_load(f"http://127.0.0.1:{port_a}/recommend", bodies, seconds, connections))
+    finally:
+        service.terminate()
+        service.wait()
+    noop = _start(["-m", "uvicorn", "serving.bench:noop_app", "--port", str(port_b), "--log-level", "warning"],
+                  f"http://127.0.0.1:{port_b}/docs")  # fmt: skip
+    try:
+        asyncio.run(_load(f"http://127.0.0.1:{port_b}/noop", bodies, 1.0, connections))
+        baseline = asyncio.run(_load(f"http://127.0.0.1:{port_b}/noop", bodies, seconds, connections))
+    finally:
+        noop.terminate()
+        noop.wait()
+    return {"connections": connections, "recommend": served, "noop": baseline,
+            "ratio": served["rps"] / baseline["rps"] if baseline["rps"] else 0.0}  # fmt: skip
+
+
+def machine() -> dict:
+    import faiss
+    import onnxruntime
+
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python":
+            platform.python_version(), "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}  # fmt: skip
+
+
+def run(
+    bundle: str | Path, out: str | Path | None = None, n_users: int = 300, http_seconds: float = 0.0
+) -> dict:
+    rec = Recommender.load(bundle, threads=1)
+    rng = np.random.default_rng(0)
+    all_users = sorted(rec.histories)
+    users = [
+        all_users[i] for i in rng.choice(len(all_users), size=min(n_users, len(all_users)), replace=False)
+    ]
+    result = {"machine": machine(), "bundle": str(bundle), "model_version": rec.model_version,
+              "index": rec.manifest["index"]["factory"], "n_items": len(rec.item_ids),
+              "in_process": in_process(rec, users)}  # fmt: skip
+    if http_seconds > 0:
+        result["http"] = http(Path(bundle), users, seconds=http_seconds)
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+    return result
