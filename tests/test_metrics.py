@@ -47,3 +47,13 @@ def test_coverage_gini_novelty_by_hand():
     popularity = np.array([0.5, 0.25, 0.125, 1.0])
     assert metrics.novelty(lists, popularity) == pytest.approx((1 + 2 + 1 + 3) / 4)
     assert metrics.user_popularity(np.array([0.0, 9.0]), 9).tolist() == [0.1, 1.0]
+
+
+def test_intra_list_diversity_by_hand():
+    categories = np.array([[1, 0], [1, 2], [3, 0], [0, 0]])  # item 0: {1}, 1: {1, 2}, 2: {3}, 3: none
+    # list (0, 1): Jaccard 1/2 -> distance 0.5; list (0, 2): disjoint -> 1; list (0, 3): no categories -> 1
+    assert metrics.intra_list_diversity(np.array([[0, 1]]), categories) == pytest.approx(0.5)
+    assert metrics.intra_list_diversity(np.array([[0, 2], [0, 3]]), categories) == pytest.approx(1.0)
+    three = metrics.intra_list_diversity(np.array([[0, 1, 2]]), categories)
+    assert three == pytest.approx((0.5 + 1 + 1) / 3)
+    assert "diversity@10" not in metrics.beyond_accuracy(np.array([[0, 1]]), 4, np.full(4, 0.5), k=10)

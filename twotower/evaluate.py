@@ -42,8 +42,12 @@ def evaluate_scorer(
     batch_size: int = 256,
     exclude_history: bool = True,
     desc: str = "evaluate",
+    categories: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics."""
+    """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics.
+
+    ``categories`` (N, C) per catalog column adds intra-list diversity@10 where the catalog has categories.
+    """
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate)
     ranks, tops = [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
@@ -57,7 +61,7 @@ def evaluate_scorer(
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     top_lists = np.concatenate(tops) if tops else np.zeros((0, 10), dtype=np.int64)
     out = metrics.ranking_metrics(all_ranks, ks)
-    out.update(metrics.beyond_accuracy(top_lists, n_items, popularity, k=10))
+    out.update(metrics.beyond_accuracy(top_lists, n_items, popularity, k=10, categories=categories))
     out["queries"] = len(all_ranks)
     return out
 

@@ -82,12 +82,42 @@ def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20, 50, 100)) 
     return out
 
 
+def intra_list_diversity(top_lists: np.ndarray, categories: np.ndarray) -> float:
+    """Mean over lists of the mean pairwise category distance 1 - Jaccard(cats(i), cats(j)).
+
+    ``categories`` is (N, C) category indices per catalog column, 0 = padding. Items without categories
+    count as distance 1 from everything.
+    """
+    b, k = top_lists.shape
+    if k < 2 or b == 0:
+        return 0.0
+    n_cat = int(categories.max()) + 1
+    onehot = np.zeros((len(categories), n_cat), dtype=np.float32)
+    rows = np.repeat(np.arange(len(categories)), categories.shape[1])
+    onehot[rows, categories.ravel()] = 1.0
+    onehot[:, 0] = 0.0
+    sets = onehot[top_lists]  # (B, k, n_cat)
+    inter = np.einsum("bic,bjc->bij", sets, sets)  # (B, k, k)
+    sizes = sets.sum(-1)  # (B, k)
+    union = sizes[:, :, None] + sizes[:, None, :] - inter
+    jaccard = np.divide(inter, union, out=np.zeros_like(inter), where=union > 0)
+    off = ~np.eye(k, dtype=bool)
+    return float(np.mean((1.0 - jaccard)[:, off]))
+
+
 def beyond_accuracy(
-    top_lists: np.ndarray, n_items: int, popularity: np.ndarray, k: int = 10
+    top_lists: np.ndarray,
+    n_items: int,
+    popularity: np.ndarray,
+    k: int = 10,
+    categories: np.ndarray | None = None,
 ) -> dict[str, float]:
     lists = top_lists[:, :k]
-    return {
+    out = {
         f"coverage@{k}": catalog_coverage(lists, n_items),
         f"gini@{k}": gini_exposure(lists, n_items),
         f"novelty@{k}": novelty(lists, popularity),
     }
+    if categories is not None and categories.any():
+        out[f"diversity@{k}"] = intra_list_diversity(lists, categories)
+    return out

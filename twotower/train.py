@@ -72,7 +72,7 @@ def evaluate_all(
     np.add.at(user_counts, pairs[1], 1)
     popularity = user_popularity(user_counts[1:], data.n_users)
     common = {"n_items": data.n_items, "popularity": popularity, "ks": ks, "batch_size": cfg.eval.batch_size,
-              "exclude_history": cfg.eval.exclude_history}  # fmt: skip
+              "exclude_history": cfg.eval.exclude_history, "categories": data.item_categories[1:]}  # fmt: skip
     val_q = datamodule.queries("val")
     test_q = datamodule.queries("test", max_users=cfg.eval.test_max_users)
     scorer = ModelScorer(net)
