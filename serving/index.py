@@ -84,9 +84,11 @@ def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSel
 class Selector:
     """An id filter (allow-list and/or exclusion) that keeps its numpy buffers alive while FAISS uses it."""
 
-    def __init__(self, exclude: Iterable[int] = (), allow: Iterable[int] | None = None) -> None:
-        self._exclude = np.unique(np.fromiter(exclude, dtype=np.int64))
-        self._allow = None if allow is None else np.unique(np.fromiter(allow, dtype=np.int64))
+    def __init__(
+        self, exclude: Iterable[int] | np.ndarray = (), allow: Iterable[int] | np.ndarray | None = None
+    ) -> None:
+        self._exclude = np.unique(_int_array(exclude))
+        self._allow = None if allow is None else np.unique(_int_array(allow))
         parts = []
         if self._allow is not None:
             parts.append(faiss.IDSelectorBatch(len(self._allow), faiss.swig_ptr(self._allow)))
@@ -115,6 +117,12 @@ class Selector:
             keep[self._allow[(self._allow >= 0) & (self._allow < n_items)]] = True
         keep[self._exclude[(self._exclude >= 0) & (self._exclude < n_items)]] = False
         return keep
+
+
+def _int_array(values: Iterable[int] | np.ndarray) -> np.ndarray:
+    if isinstance(values, np.ndarray):
+        return values.astype(np.int64, copy=False)
+    return np.fromiter(values, dtype=np.int64)
 
 
 def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = None):

@@ -169,16 +169,14 @@ class Recommender:
             rows, unknown = self.to_history(history, events, dwell, ts)
         else:
             rows = self.histories.get(str(user_id)) if user_id is not None else None
-        exclude = {self.row_of[i] for i in map(str, exclude_items) if i in self.row_of}
-        allow = (
-            None
-            if allow_items is None
-            else {self.row_of[i] for i in map(str, allow_items) if i in self.row_of}
-        )
+        exclude = np.fromiter((self.row_of[i] for i in map(str, exclude_items) if i in self.row_of), np.int64)
+        allow = None
+        if allow_items is not None:
+            allow = np.fromiter((self.row_of[i] for i in map(str, allow_items) if i in self.row_of), np.int64)
         if rows is None or not len(rows.rows):
-            return Recommendation(self._popular(k, exclude, allow), "popularity", unknown, 0)
+            return Recommendation(self._popular(k, set(exclude.tolist()), allow), "popularity", unknown, 0)
         if exclude_seen:
-            exclude |= set(rows.rows.tolist())
+            exclude = np.concatenate([exclude, rows.rows])
         query = self.encode_rows(rows)
         scores, found = self.search(query, k, Selector(exclude, allow))
         items = [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]
@@ -190,8 +188,9 @@ class Recommender:
         """Top-k ``[{"item_id", "score"}]``; exactly k whenever the filters leave k items."""
         return self.recommend_detailed(user_id, history, k, exclude_seen, exclude_items, allow_items).items
 
-    def _popular(self, k: int, exclude: set[int], allow: set[int] | None) -> list[dict]:
+    def _popular(self, k: int, exclude: set[int], allow: np.ndarray | None) -> list[dict]:
         """Fallback: most-interacted training items passing the filters (score = training count)."""
+        allow = None if allow is None else set(allow.tolist())
         out = []
         for row in self.popular_rows:
             if row in exclude or (allow is not None and row not in allow):
