@@ -26,6 +26,8 @@ class IndexSpec:
     nlist: int | None = None  # default: about 4 * sqrt(N)
     nprobe: int = 16
     pq_m: int | None = None  # default: D / 4 sub-quantisers (must divide D)
+    refine: bool = True  # ivf_pq: re-rank k * k_factor PQ candidates with the exact vectors
+    k_factor: int = 8
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
@@ -46,7 +48,7 @@ class IndexSpec:
         if self.kind == "ivf_flat":
             return f"IVF{self.nlist},Flat"
         if self.kind == "ivf_pq":
-            return f"IVF{self.nlist},PQ{self.pq_m}x8"
+            return f"IVF{self.nlist},PQ{self.pq_m}x8" + (",RFlat" if self.refine else "")
         raise ValueError(f"unknown index kind {self.kind!r}; expected auto, flat, hnsw, ivf_flat or ivf_pq")
 
 
@@ -78,6 +80,12 @@ def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSel
         params = faiss.SearchParameters()
     if selector is not None:
         params.sel = selector
+    if spec.kind == "ivf_pq" and spec.refine:  # the filter and nprobe apply to the PQ stage
+        refine = faiss.IndexRefineSearchParameters()
+        refine.k_factor = spec.k_factor
+        refine.base_index_params = params
+        refine.keep_base = params  # the SWIG object must outlive the search
+        return refine
     return params
 
 

@@ -47,7 +47,7 @@ def test_encode_history_matches_torch(run_and_bundle, rec):
     np.testing.assert_allclose(vector, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_pq"])
 def test_ann_agrees_with_exact(kind):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 32)).astype(np.float32)
@@ -58,6 +58,12 @@ def test_ann_agrees_with_exact(kind):
     _, approx = index.search(xq, 10, params=search_parameters(index, spec))
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
     assert recall >= 0.95, (kind, recall)
+    # and under a filter the results respect it
+    keep = np.arange(0, 5000, 3)
+    _, filtered = index.search(
+        xq[:5], 10, params=search_parameters(index, spec, Selector(allow=keep).selector)
+    )
+    assert np.isin(filtered[filtered >= 0], keep).all()
 
 
 def test_filters_always_give_k(rec):

@@ -76,3 +76,13 @@ def test_ml100k_meets_targets(tmp_path):
     test = metrics["test"]
     assert test["recall@10"] >= 0.20 and test["ndcg@10"] >= 0.10 and test["recall@100"] >= 0.62
     assert test["recall@10"] > metrics["baselines"]["ease"]["recall@10"]
+
+
+def test_train_with_export_writes_a_bundle(tmp_path):
+    from serving import Recommender
+
+    cfg = compose_config(TINY_DATA + FAST_TRAIN + ["export=true", "index=flat", "eval.baselines=[popularity]"],
+                         tmp_path / "run")  # fmt: skip
+    result = train(cfg)
+    rec = Recommender.load(result["bundle"])
+    assert rec.manifest["index"]["factory"] == "Flat" and len(rec.recommend(k=3)) == 3

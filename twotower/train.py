@@ -168,12 +168,25 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("wrote %s", out / "metrics.json")
-    return {
+    result = {
         "metrics": metrics,
         "output_dir": str(out),
         "checkpoint": best_path,
         "model": str(out / MODEL_FILE),
     }
+    if cfg.get("export"):
+        result["bundle"] = export_run(cfg, out)
+    return result
+
+
+def export_run(cfg: DictConfig, out: Path) -> str:
+    """``export=true``: write the serving bundle into ``OUT/bundle`` with the configured index."""
+    from serving.index import IndexSpec
+    from twotower.export import export_bundle
+
+    spec = IndexSpec(**OmegaConf.to_container(cfg.index, resolve=True)) if cfg.get("index") else IndexSpec()
+    export_bundle(out, out / "bundle", spec)
+    return str(out / "bundle")
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
