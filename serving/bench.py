@@ -58,7 +58,8 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     return out
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -105,7 +106,7 @@ async def _load(url: str, bodies: list[dict], seconds: float, connections: int) 
 
 def http(bundle: Path, users: list[str], seconds: float = 10.0, connections: int = 8) -> dict:
     """Requests/s of POST /recommend and of a do-nothing POST endpoint, each alone under the same load."""
-    port_a, port_b = _free_port(), _free_port()
+    port_a, port_b = free_port(), free_port()
     service = _start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a)],
                      f"http://127.0.0.1:{port_a}/readyz")  # fmt: skip
     try:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -14,15 +13,10 @@ import venv
 
 import pytest
 
+from serving.bench import free_port
 from twotower.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def test_serving_image_install_and_request(run_and_bundle, tmp_path):
