@@ -42,6 +42,12 @@ class GRUEncoder(nn.Module):
         return self.norm(out)
 
 
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) states and (B,) positions -> (B, D): each row's state at its position."""
+    b, _, d = x.shape
+    return x.gather(1, positions.view(b, 1, 1).expand(b, 1, d)).squeeze(1)
+
+
 class CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -52,11 +58,14 @@ class CausalSelfAttention(nn.Module):
         self.proj = nn.Linear(dim, dim)
         self.dropout = dropout
 
+    def _heads(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) -> (B, H, L, Dh)."""
+        b, length, d = t.shape
+        return t.reshape(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, length, d = x.shape
-        h = self.num_heads
-        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, L, D)
-        q, k, v = (t.reshape(b, length, h, d // h).transpose(1, 2) for t in (q, k, v))  # (B, H, L, Dh)
+        q, k, v = (self._heads(t) for t in self.qkv(x).split(d, dim=-1))  # 3 x (B, H, L, Dh)
         drop = self.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, H, L, Dh)
         out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
@@ -65,11 +74,9 @@ class CausalSelfAttention(nn.Module):
     def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """Attention output of one query per row, at position ``last`` (B,), over keys 0..last -> (B, D)."""
         b, length, d = x.shape
-        h = self.num_heads
         q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, L, D)
-        q = q.gather(1, last.view(b, 1, 1).expand(b, 1, d))  # (B, 1, D)
-        q = q.reshape(b, 1, h, d // h).transpose(1, 2)  # (B, H, 1, Dh)
-        k, v = (t.reshape(b, length, h, d // h).transpose(1, 2) for t in (k, v))  # (B, H, L, Dh)
+        q = self._heads(at_positions(q, last).unsqueeze(1))  # (B, H, 1, Dh)
+        k, v = self._heads(k), self._heads(v)  # (B, H, L, Dh)
         visible = torch.arange(length, device=x.device).unsqueeze(0) <= last.unsqueeze(1)  # (B, L)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])  # (B, H, 1, Dh)
         return self.proj(out.transpose(1, 2).reshape(b, d))  # (B, D)
@@ -92,8 +99,7 @@ class TransformerBlock(nn.Module):
 
     def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
         """The block's output at position ``last`` only (B, D): the same numbers, a fraction of the work."""
-        b, _, d = x.shape
-        here = x.gather(1, last.view(b, 1, 1).expand(b, 1, d)).squeeze(1)  # (B, D)
+        here = at_positions(x, last)  # (B, D)
         here = here + self.drop(self.attn.forward_last(self.norm1(x), last))
         return here + self.drop(self.ff(self.norm2(here)))
 

@@ -49,8 +49,8 @@ class TwoTowerModule(pl.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def forward(self, items, events, dwell, gaps) -> torch.Tensor:
-        """(B, L) history -> (B, D) user vectors."""
-        return self.net.encode_user(items, events, dwell, gaps)
+        """(B, L) history -> (B, D) user vectors, from the weights that are validated and shipped."""
+        return self.eval_net.encode_user(items, events, dwell, gaps)
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         states = self.net.user_states(

@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from twotower.encoders import build_encoder
+from twotower.encoders import at_positions, build_encoder
 
 # Log-spaced bucket edges in seconds. Bucket 0 = unknown (negative value).
 DWELL_EDGES = [1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0]
@@ -117,7 +117,7 @@ class UserTower(nn.Module):
         if hasattr(self.encoder, "forward_last"):  # only the last position is needed at serving time
             return self.encoder.forward_last(x, last)  # (B, D)
         states = self.encoder(x, items > 0)  # (B, L, D)
-        return states.gather(1, last.view(-1, 1, 1).expand(-1, 1, states.shape[-1])).squeeze(1)  # (B, D)
+        return at_positions(states, last)  # (B, D)
 
 
 class TwoTower(nn.Module):
