@@ -7,6 +7,7 @@ Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph),
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ import faiss
 import numpy as np
 
 EXACT_MAX_ITEMS = 50_000
+PACK_MAX_ITEMS = 100_000  # Selector: pack a bool mask up to here, set bits one by one above
 
 
 @dataclass
@@ -89,48 +91,76 @@ def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSel
     return params
 
 
+@functools.lru_cache(maxsize=8)
+def _all_set(n_bytes: int) -> np.ndarray:
+    """A read-only bitmap with every bit set (copied, not rebuilt, by each exclusion-only request)."""
+    bits = np.full(n_bytes, 0xFF, dtype=np.uint8)
+    bits.flags.writeable = False
+    return bits
+
+
 class Selector:
-    """An id filter (allow-list and/or exclusion) that keeps its numpy buffers alive while FAISS uses it."""
+    """An id filter (allow-list and/or exclusion) over rows ``0..n_items-1`` as a FAISS bitmap selector.
+
+    One bit per row (``np.packbits`` little-endian order, as ``faiss.IDSelectorBitmap`` reads it): building it
+    costs a copy of N/8 bytes plus one bit operation per filtered id, and the test inside the search is a
+    shift and a mask. The numpy buffer lives as long as this object, which must outlive the search.
+    """
 
     def __init__(
-        self, exclude: Iterable[int] | np.ndarray = (), allow: Iterable[int] | np.ndarray | None = None
+        self,
+        n_items: int,
+        exclude: Iterable[int] | np.ndarray = (),
+        allow: Iterable[int] | np.ndarray | None = None,
     ) -> None:
-        self._exclude = np.unique(_int_array(exclude))
-        self._allow = None if allow is None else np.unique(_int_array(allow))
-        parts = []
-        if self._allow is not None:
-            parts.append(faiss.IDSelectorBatch(len(self._allow), faiss.swig_ptr(self._allow)))
-        if len(self._exclude):
-            self._excluded = faiss.IDSelectorBatch(len(self._exclude), faiss.swig_ptr(self._exclude))
-            parts.append(faiss.IDSelectorNot(self._excluded))
-        self._parts = parts
-        self.selector = None
-        if len(parts) == 1:
-            self.selector = parts[0]
-        elif len(parts) == 2:
-            self.selector = faiss.IDSelectorAnd(parts[0], parts[1])
+        self.n_items = n_items
+        n_bytes = (n_items + 7) // 8
+        self._exclude = _in_range(exclude, n_items)
+        self._allow = None if allow is None else _in_range(allow, n_items)
+        if n_items <= PACK_MAX_ITEMS:  # a bool mask packed: fastest for small catalogs
+            keep = np.ones(n_items, dtype=bool) if self._allow is None else np.zeros(n_items, dtype=bool)
+            if self._allow is not None:
+                keep[self._allow] = True
+            keep[self._exclude] = False
+            bits = np.packbits(keep, bitorder="little")
+        else:  # O(filters) bit operations on a copied template: cost independent of N beyond the copy
+            if self._allow is None:
+                bits = _all_set(n_bytes).copy()  # bits past n_items are set, but no such id exists
+            else:
+                bits = np.zeros(n_bytes, dtype=np.uint8)
+                np.bitwise_or.at(bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
+            if len(self._exclude):
+                np.bitwise_and.at(bits, self._exclude >> 3, ~(1 << (self._exclude & 7)).astype(np.uint8))
+        self._bits = bits
+        self.selector = faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits))
 
-    def available(self, n_items: int) -> int:
-        """How many items pass the filter (an upper bound on what a search can return)."""
-        if self._allow is not None:
-            return int(
-                len(np.setdiff1d(self._allow[self._allow < n_items], self._exclude, assume_unique=True))
-            )
-        return n_items - int(np.count_nonzero(self._exclude < n_items))
+    def mask(self) -> np.ndarray:
+        """(N,) bool of the rows that pass (for the exact path)."""
+        return np.unpackbits(self._bits, count=self.n_items, bitorder="little").astype(bool)
 
-    def mask(self, n_items: int) -> np.ndarray:
-        """(N,) bool of the items that pass (for the exact path)."""
-        keep = np.zeros(n_items, dtype=bool) if self._allow is not None else np.ones(n_items, dtype=bool)
-        if self._allow is not None:
-            keep[self._allow[(self._allow >= 0) & (self._allow < n_items)]] = True
-        keep[self._exclude[(self._exclude >= 0) & (self._exclude < n_items)]] = False
-        return keep
+    def available(self) -> int:
+        """How many rows pass (an upper bound on what a search can return)."""
+        if self._allow is None:
+            return self.n_items - len(np.unique(self._exclude))
+        return int(np.count_nonzero(self.mask()))
+
+    def at_most(self, k: int) -> int:
+        """``min(k, available())``, without counting when the exclusions cannot bring it under k."""
+        if self._allow is None and self.n_items - len(self._exclude) >= k:
+            return k
+        return min(k, self.available())
 
 
-def _int_array(values: Iterable[int] | np.ndarray) -> np.ndarray:
-    if isinstance(values, np.ndarray):
-        return values.astype(np.int64, copy=False)
-    return np.fromiter(values, dtype=np.int64)
+def _in_range(values: Iterable[int] | np.ndarray, n_items: int) -> np.ndarray:
+    """int64 array of the values that are valid rows (unknown rows cannot pass or be excluded)."""
+    rows = (
+        values.astype(np.int64, copy=False)
+        if isinstance(values, np.ndarray)
+        else np.fromiter(values, np.int64)
+    )
+    if not len(rows) or (rows.min() >= 0 and rows.max() < n_items):
+        return rows
+    return rows[(rows >= 0) & (rows < n_items)]
 
 
 def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = None):
@@ -159,17 +189,19 @@ def filtered_search(
     so the search is repeated with a 4x larger k, and as a last resort the exact twin answers.
     """
     n = index.ntotal
-    want = min(k, selector.available(n))
+    want = selector.at_most(k)
     if want <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
-    xq = xq.reshape(1, -1).astype(np.float32)
+    xq = np.asarray(xq, dtype=np.float32).reshape(1, -1)
     params = search_parameters(index, spec, selector.selector)
     fetch = want
     for _ in range(OVERFETCH_ROUNDS):
         D, I = index.search(xq, fetch, params=params)
+        if I[0, want - 1] >= 0:  # results come sorted, misses (-1) last
+            return D[0, :want], I[0, :want]
         found = I[0] >= 0
         if found.sum() >= want:
             return D[0][found][:want], I[0][found][:want]
         fetch = min(n, fetch * 4)
-    D, I = exact_search(xb, xq, want, selector.mask(n))
+    D, I = exact_search(xb, xq, want, selector.mask())
     return D[0], I[0]

@@ -6,7 +6,7 @@ No torch, Lightning or Hydra. Per-request work is single-threaded (ORT intra-op 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,9 +15,12 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.bundle import Bundle
+from serving.history import History, time_gaps
 from serving.index import IndexSpec, Selector, filtered_search
 
 log = logging.getLogger(__name__)
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
 
 @dataclass
@@ -30,22 +33,13 @@ class Recommendation:
     history_length: int = 0
 
 
-@dataclass
-class History:
-    """A history as the user tower reads it (rows are 0-based catalog rows)."""
-
-    rows: np.ndarray  # (L,) int64
-    events: np.ndarray  # (L,) int64
-    dwell: np.ndarray  # (L,) float32
-    ts: np.ndarray  # (L,) float64, NaN when unknown
-
-
 class Recommender:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.model_version = str(self.manifest.get("model_version", "unknown"))
         self.max_len = int(self.manifest["max_len"])
+        self.has_time = bool(self.manifest.get("has_time", True))
         self.item_ids = bundle.item_ids
         self.row_of = {item: i for i, item in enumerate(self.item_ids)}
         self.event_of = {name: i for i, name in enumerate(self.manifest["events"])}
@@ -71,9 +65,7 @@ class Recommender:
         self.popular_rows = np.argsort(-counts, kind="stable")
         self.popularity = counts.astype(np.float32)
         self.histories = self._load_histories()
-        probe = self.encode_rows(
-            History(np.array([0]), np.array([0]), np.array([-1.0], np.float32), np.array([np.nan]))
-        )
+        probe = self.encode_rows(History.build(np.array([0])))
         if probe.shape != (bundle.dim,):
             raise ValueError(
                 f"{bundle.onnx_path}: user vector has shape {probe.shape}, manifest dim is {bundle.dim}"
@@ -84,16 +76,23 @@ class Recommender:
         return cls(Bundle.load(bundle_dir, verify=verify), threads=threads)
 
     def _load_histories(self) -> dict[str, History]:
+        """The bundle's stored histories (their gaps were computed over the whole log at training time)."""
         frame = self.bundle.histories
+        if "gap_s" not in frame:
+            frame = frame.assign(
+                gap_s=time_gaps(frame["ts"].to_numpy(), _starts(frame["user_id"].to_numpy()))
+            )
+        rows = np.fromiter((self.row_of.get(i, -1) for i in frame["item_id"]), np.int64, len(frame))
+        events = np.fromiter((self.event_of.get(e, 0) for e in frame["event"]), np.int64, len(frame))
+        dwell, gaps = frame["dwell_s"].to_numpy(np.float32), frame["gap_s"].to_numpy(np.float32)
         out: dict[str, History] = {}
-        for user, group in frame.groupby("user_id", sort=False):
-            rows = np.array([self.row_of.get(i, -1) for i in group["item_id"]], dtype=np.int64)
-            keep = rows >= 0
-            out[str(user)] = History(
-                rows[keep],
-                np.array([self.event_of.get(e, 0) for e in group["event"]], dtype=np.int64)[keep],
-                group["dwell_s"].to_numpy(np.float32)[keep],
-                group["ts"].to_numpy(np.float64)[keep],
+        users = frame["user_id"].astype(str).to_numpy()
+        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
+        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+            keep = slice(begin, end)
+            known = rows[keep] >= 0
+            out[users[begin]] = History(
+                rows[keep][known], events[keep][known], dwell[keep][known], gaps[keep][known]
             )
         return out
 
@@ -113,30 +112,19 @@ class Recommender:
         rows = np.array([self.row_of.get(str(i), -1) for i in items], dtype=np.int64)
         known = rows >= 0
         unknown = [str(i) for i, k in zip(items, known, strict=True) if not k]
-        ev = (
-            np.array([self.event_of.get(str(e), 0) for e in events], dtype=np.int64)
-            if events
-            else np.zeros(n, np.int64)
-        )
-        dw = np.asarray(dwell, dtype=np.float32) if dwell is not None else np.full(n, -1.0, np.float32)
-        tt = np.asarray(ts, dtype=np.float64) if ts is not None else np.full(n, np.nan)
-        return History(rows[known], ev[known], dw[known], tt[known]), unknown
+        ev = np.array([self.event_of.get(str(e), 0) for e in events], np.int64) if events else None
+        times = np.asarray(ts, dtype=np.float64) if ts is not None and self.has_time else None
+        gaps = time_gaps(times) if times is not None else None  # over the whole timeline, unknown items too
+        history = History.build(rows, ev, None if dwell is None else np.asarray(dwell, np.float32), gaps=gaps)
+        if not known.all():
+            history = History(
+                *(a[known] for a in (history.rows, history.events, history.dwell, history.gaps))
+            )
+        return history, unknown
 
     def encode_rows(self, history: History) -> np.ndarray:
         """(D,) float32 user vector from the last ``max_len`` events of a history."""
-        h = slice(max(0, len(history.rows) - self.max_len), len(history.rows))
-        ts = history.ts[h]
-        gaps = np.full(len(ts), -1.0, dtype=np.float32)
-        if len(ts) > 1 and self.manifest.get("has_time", True):
-            diff = np.diff(ts)
-            gaps[1:] = np.where(np.isfinite(diff), np.maximum(diff, 0.0), -1.0)
-        feeds = {
-            "items": (history.rows[h] + 1)[None, :],
-            "events": history.events[h][None, :],
-            "dwell": np.nan_to_num(history.dwell[h], nan=-1.0).astype(np.float32)[None, :],
-            "gaps": gaps[None, :],
-        }
-        return self.session.run(None, feeds)[0][0]
+        return self.session.run(None, history.feeds(self.max_len))[0][0]
 
     def encode_history(self, items, events=None, dwell=None, ts=None) -> np.ndarray:
         """(D,) float32 user vector of a raw history (external item ids, oldest first)."""
@@ -166,21 +154,29 @@ class Recommender:
             raise ValueError("k must be at least 1")
         unknown: list[str] = []
         if history is not None:
-            rows, unknown = self.to_history(history, events, dwell, ts)
+            user_history, unknown = self.to_history(history, events, dwell, ts)
         else:
-            rows = self.histories.get(str(user_id)) if user_id is not None else None
-        exclude = np.fromiter((self.row_of[i] for i in map(str, exclude_items) if i in self.row_of), np.int64)
-        allow = None
-        if allow_items is not None:
-            allow = np.fromiter((self.row_of[i] for i in map(str, allow_items) if i in self.row_of), np.int64)
-        if rows is None or not len(rows.rows):
+            user_history = self.histories.get(str(user_id)) if user_id is not None else None
+        exclude = self.rows_of(exclude_items)
+        allow = None if allow_items is None else self.rows_of(allow_items)
+        if user_history is None or not len(user_history):
             return Recommendation(self._popular(k, set(exclude.tolist()), allow), "popularity", unknown, 0)
         if exclude_seen:
-            exclude = np.concatenate([exclude, rows.rows])
-        query = self.encode_rows(rows)
-        scores, found = self.search(query, k, Selector(exclude, allow))
-        items = [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]
-        return Recommendation(items, "model", unknown, len(rows.rows))
+            exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
+        query = self.encode_rows(user_history)
+        scores, found = self.search(query, k, Selector(len(self.item_ids), exclude, allow))
+        ids = self.item_ids
+        items = [
+            {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
+        ]
+        return Recommendation(items, "model", unknown, len(user_history))
+
+    def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        """int64 catalog rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
+        if isinstance(item_ids, Sized) and len(item_ids) == 0:
+            return _NO_ROWS
+        row_of = self.row_of
+        return np.fromiter((row_of[i] for i in map(str, item_ids) if i in row_of), np.int64)
 
     def recommend(
         self, user_id=None, history=None, k=10, exclude_seen=True, exclude_items=(), allow_items=None
@@ -205,5 +201,10 @@ class Recommender:
         row = self.row_of.get(str(item_id))
         if row is None:
             raise KeyError(f"unknown item {item_id!r}")
-        scores, found = self.search(self.vectors[row], k, Selector({row}))
+        scores, found = self.search(self.vectors[row], k, Selector(len(self.item_ids), [row]))
         return [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]
+
+
+def _starts(users: np.ndarray) -> np.ndarray:
+    """(E,) bool: the event is the first of its user's run in a user-grouped table."""
+    return np.r_[True, users[1:] != users[:-1]]

@@ -61,7 +61,7 @@ def test_ann_agrees_with_exact(kind):
     # and under a filter the results respect it
     keep = np.arange(0, 5000, 3)
     _, filtered = index.search(
-        xq[:5], 10, params=search_parameters(index, spec, Selector(allow=keep).selector)
+        xq[:5], 10, params=search_parameters(index, spec, Selector(5000, allow=keep).selector)
     )
     assert np.isin(filtered[filtered >= 0], keep).all()
 
@@ -110,8 +110,14 @@ def test_fallback_and_unknown_items(rec):
 
 
 def test_selector_counts():
-    sel = Selector(exclude=[1, 2], allow=[2, 3, 4])
-    assert sel.available(10) == 2 and sel.mask(5).tolist() == [False, False, False, True, True]
+    sel = Selector(5, exclude=[1, 2], allow=[2, 3, 4, 9])  # 9 is out of range
+    assert sel.available() == 2 and sel.at_most(1) == 1 and sel.at_most(10) == 2
+    assert sel.mask().tolist() == [False, False, False, True, True]
+    wide = Selector(20, exclude=[0, 0, 7, 8, 19, -1])  # duplicates and neighbouring bits in one byte
+    assert wide.available() == 16 and wide.at_most(3) == 3
+    assert np.flatnonzero(~wide.mask()).tolist() == [0, 7, 8, 19]
+    everyone = Selector(20)
+    assert everyone.available() == 20 and everyone.mask().all()
 
 
 def test_corrupt_or_mismatched_bundle_fails_at_load(run_and_bundle, tmp_path):

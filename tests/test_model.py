@@ -81,3 +81,16 @@ def test_rebuild_from_config():
 def test_bucketize():
     edges = torch.tensor([1.0, 10.0])
     assert bucketize(torch.tensor([-1.0, 0.5, 1.0, 5.0, 10.0, 99.0]), edges).tolist() == [0, 1, 2, 2, 3, 3]
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+def test_serving_path_equals_full_states_on_ragged_batch(heads):
+    """forward_last (weights folded, one query) gives each row's full-sequence state at its last event."""
+    model = make_model("transformer", num_layers=2, num_heads=heads)
+    items, events, dwell, gaps = history(batch=4, length=7)
+    lengths = torch.tensor([7, 1, 4, 2])
+    pad = torch.arange(7).unsqueeze(0) >= lengths.unsqueeze(1)  # (4, 7) right padding
+    items = items.masked_fill(pad, 0)
+    states = model.user_states(items, events, dwell, gaps)  # (4, 7, 16)
+    expected = states[torch.arange(4), lengths - 1]
+    torch.testing.assert_close(model.encode_user(items, events, dwell, gaps), expected, atol=1e-5, rtol=1e-4)

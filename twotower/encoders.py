@@ -71,15 +71,34 @@ class CausalSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.proj(out)
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """Attention output of one query per row, at position ``last`` (B,), over keys 0..last -> (B, D)."""
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Attention output of one query per row, at position ``last`` (B,), over keys 0..last -> (B, D).
+
+        Rows are right-padded, so the keys up to ``last`` are exactly the ``valid`` (B, L) positions.
+
+        With a single query the key and value projections fold into the weights, so no per-position key
+        or value is ever computed:
+        ``q.(W_k x + b_k) = (W_k^T q).x + const`` (the constant cancels in the softmax) and
+        ``sum_l a_l (W_v x_l + b_v) = W_v (sum_l a_l x_l) + b_v`` (the weights sum to 1); the products of
+        weight matrices are constants in the exported graph. Same numbers as :meth:`forward` at ``last``
+        up to float rounding (tested), O(L D H) work instead of O(L D^2).
+        """
         b, length, d = x.shape
-        q, k, v = self.qkv(x).split(d, dim=-1)  # 3 x (B, L, D)
-        q = self._heads(at_positions(q, last).unsqueeze(1))  # (B, H, 1, Dh)
-        k, v = self._heads(k), self._heads(v)  # (B, H, L, Dh)
-        visible = torch.arange(length, device=x.device).unsqueeze(0) <= last.unsqueeze(1)  # (B, L)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=visible[:, None, None, :])  # (B, H, 1, Dh)
-        return self.proj(out.transpose(1, 2).reshape(b, d))  # (B, D)
+        h, dh = self.num_heads, d // self.num_heads
+        w_q, w_k, w_v = (w.view(h, dh, d) for w in self.qkv.weight.split(d))  # 3 x (H, Dh, D)
+        b_q, _, b_v = self.qkv.bias.split(d)  # (D,) each
+        scale = dh**-0.5
+        # Query side: u_h = W_k_h^T (W_q_h x_last + b_q_h) / sqrt(Dh), one (H*D, D) matrix for all heads.
+        w_u = (w_k.transpose(1, 2) @ w_q * scale).reshape(h * d, d)  # (H*D, D)
+        b_u = (w_k.transpose(1, 2) @ b_q.view(h, dh, 1) * scale).reshape(h * d)  # (H*D,)
+        u = F.linear(at_positions(x, last), w_u, b_u).view(b, h, d)  # (B, H, D)
+        scores = u @ x.transpose(1, 2)  # (B, H, L)
+        weights = scores.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(-1)  # (B, H, L)
+        context = (weights @ x).reshape(b, h * d)  # (B, H*D); position 0 is always valid
+        # Output side: proj(concat_h(W_v_h c_h + b_v_h)) = sum_h (W_p,h W_v_h) c_h + (W_p b_v + b_p).
+        w_p = self.proj.weight.view(d, h, dh).transpose(0, 1)  # (H, D, Dh): proj columns of each head
+        w_out = (w_p @ w_v).transpose(0, 1).reshape(d, h * d)  # (D, H*D)
+        return F.linear(context, w_out, self.proj.weight @ b_v + self.proj.bias)  # (B, D)
 
 
 class TransformerBlock(nn.Module):
@@ -97,10 +116,10 @@ class TransformerBlock(nn.Module):
         x = x + self.drop(self.attn(self.norm1(x)))  # (B, L, D)
         return x + self.drop(self.ff(self.norm2(x)))
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """The block's output at position ``last`` only (B, D): the same numbers, a fraction of the work."""
         here = at_positions(x, last)  # (B, D)
-        here = here + self.drop(self.attn.forward_last(self.norm1(x), last))
+        here = here + self.drop(self.attn.forward_last(self.norm1(x), last, valid))
         return here + self.drop(self.ff(self.norm2(here)))
 
 
@@ -119,11 +138,13 @@ class TransformerEncoder(nn.Module):
             x = block(x)  # (B, L, D)
         return self.norm(x)
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor) -> torch.Tensor:
-        """State at position ``last`` (B,) only: earlier blocks run on every position, the final block on one."""
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """State at position ``last`` (B,) only: earlier blocks run on every position, the final block on one.
+
+        ``valid`` (B, L) marks the real events of right-padded rows; ``last`` is each row's final one."""
         for block in self.blocks[:-1]:
             x = block(x)  # (B, L, D)
-        return self.norm(self.blocks[-1].forward_last(x, last))  # (B, D)
+        return self.norm(self.blocks[-1].forward_last(x, last, valid))  # (B, D)
 
 
 ENCODERS: dict[str, type[nn.Module]] = {

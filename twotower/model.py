@@ -25,10 +25,12 @@ GAP_EDGES = [10.0, 60.0, 300.0, 1800.0, 3600.0, 4 * 3600.0, 12 * 3600.0, 86400.0
 
 
 def bucketize(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
-    """(…) seconds -> (…) int64 bucket: 0 if unknown (< 0), else 1 + number of edges <= value."""
-    known = values >= 0  # (...)
-    index = (values.unsqueeze(-1) >= edges).sum(-1) + 1  # (...)
-    return torch.where(known, index, torch.zeros_like(index))
+    """(…) seconds -> (…) int64 bucket: 0 if unknown (< 0 or NaN), else 1 + number of edges <= value.
+
+    One comparison against ``[0, *edges]`` (edges are positive) gives both cases in two graph nodes.
+    """
+    bounds = torch.cat([edges.new_zeros(1), edges])  # (E + 1,), folded to a constant at export
+    return (values.unsqueeze(-1) >= bounds).sum(-1)  # (...)
 
 
 class ItemTower(nn.Module):
@@ -99,8 +101,10 @@ class UserTower(nn.Module):
             x = x + self.dwell_embedding(bucketize(dwell, self.dwell_edges))
         if self.use_time:
             x = x + self.gap_embedding(bucketize(gaps, self.gap_edges))
-        positions = torch.arange(length, device=items.device).clamp_max(self.max_len - 1)  # (L,)
-        return self.dropout(self.input_norm(x + self.position_embedding(positions)))  # (B, L, D)
+        if length > self.max_len and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
+            raise ValueError(f"history length {length} exceeds max_len {self.max_len}; keep the last events")
+        positions = self.position_embedding.weight[:length]  # (L, D): one Slice in the exported graph
+        return self.dropout(self.input_norm(x + positions))  # (B, L, D)
 
     def states(
         self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
@@ -112,11 +116,12 @@ class UserTower(nn.Module):
         self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
     ) -> torch.Tensor:
         """User vector (B, D): the state at each row's last real event (rows need >= 1 event)."""
-        last = ((items > 0).sum(1) - 1).clamp_min(0)  # (B,)
+        valid = items > 0  # (B, L)
+        last = (valid.sum(1) - 1).clamp_min(0)  # (B,)
         x = self.embed(items, events, dwell, gaps)  # (B, L, D)
         if hasattr(self.encoder, "forward_last"):  # only the last position is needed at serving time
-            return self.encoder.forward_last(x, last)  # (B, D)
-        states = self.encoder(x, items > 0)  # (B, L, D)
+            return self.encoder.forward_last(x, last, valid)  # (B, D)
+        states = self.encoder(x, valid)  # (B, L, D)
         return at_positions(states, last)  # (B, D)
 
 
@@ -184,7 +189,9 @@ class TwoTower(nn.Module):
         return self.log_temperature.exp()
 
     def _out(self, vectors: torch.Tensor) -> torch.Tensor:
-        return nn.functional.normalize(vectors, dim=-1) if self.normalize else vectors
+        if not self.normalize:
+            return vectors
+        return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, one node fewer
 
     def user_states(self, items, events, dwell, gaps) -> torch.Tensor:
         """(B, L, D) output-space user vectors after every event (training)."""

@@ -14,18 +14,16 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from serving.history import time_gaps
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split
 
 
 def event_gaps(data: EncodedLog) -> np.ndarray:
     """(E,) seconds since the user's previous event; -1 for a first event or when the log has no time."""
-    gaps = np.full(data.n_interactions, -1.0, dtype=np.float32)
-    if data.has_time and data.n_interactions > 1:
-        diff = np.diff(data.ts).astype(np.float32)
-        same_user = data.users[1:] == data.users[:-1]
-        gaps[1:] = np.where(same_user, np.maximum(diff, 0.0), -1.0)
-    return gaps
+    if not data.has_time:
+        return np.full(data.n_interactions, -1.0, dtype=np.float32)
+    return time_gaps(data.ts, np.r_[True, data.users[1:] != data.users[:-1]])  # the rule serving uses
 
 
 @dataclass

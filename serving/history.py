@@ -1,0 +1,73 @@
+"""A user's history as the user tower reads it, and the one rule for time gaps (shared with training).
+
+No torch. Rows are 0-based catalog rows; the ONNX graph reads them 1-based (0 = padding).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+UNKNOWN = -1.0  # dwell or gap seconds that are not known
+
+
+def time_gaps(ts: np.ndarray, new_sequence: np.ndarray | None = None) -> np.ndarray:
+    """(E,) float32 seconds since the previous event of the same sequence.
+
+    -1 for a first event (``new_sequence[i]`` true, or i = 0) or when either time is unknown (NaN);
+    out-of-order times give 0, never a negative gap. Training and serving both call this.
+    """
+    gaps = np.full(len(ts), UNKNOWN, dtype=np.float32)
+    if len(ts) > 1:
+        diff = np.diff(np.asarray(ts, dtype=np.float64))  # (E - 1,)
+        known = np.isfinite(diff)
+        if new_sequence is not None:
+            known &= ~np.asarray(new_sequence[1:], dtype=bool)
+        gaps[1:] = np.where(known, np.maximum(diff, 0.0), UNKNOWN)
+    return gaps
+
+
+@dataclass(frozen=True)
+class History:
+    """One user's events, oldest first, already mapped to model inputs.
+
+    ``gaps`` are computed over the whole history before any truncation, as in training, so the oldest event
+    of a truncated window keeps its real gap.
+    """
+
+    rows: np.ndarray  # (E,) int64 catalog rows
+    events: np.ndarray  # (E,) int64 event index
+    dwell: np.ndarray  # (E,) float32 seconds, -1 unknown
+    gaps: np.ndarray  # (E,) float32 seconds since the previous event, -1 unknown
+
+    @classmethod
+    def build(
+        cls,
+        rows: np.ndarray,
+        events: np.ndarray | None = None,
+        dwell: np.ndarray | None = None,
+        ts: np.ndarray | None = None,
+        gaps: np.ndarray | None = None,
+    ) -> History:
+        """From arrays of one length; missing events are index 0, missing dwell/time are unknown."""
+        n = len(rows)
+        events = np.zeros(n, np.int64) if events is None else np.asarray(events, np.int64)
+        dwell = np.full(n, UNKNOWN, np.float32) if dwell is None else np.asarray(dwell, np.float32)
+        dwell = np.where(np.isfinite(dwell) & (dwell >= 0), dwell, np.float32(UNKNOWN)).astype(np.float32)
+        if gaps is None:
+            gaps = time_gaps(ts) if ts is not None else np.full(n, UNKNOWN, np.float32)
+        return cls(np.asarray(rows, np.int64), events, dwell, np.asarray(gaps, np.float32))
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def feeds(self, max_len: int) -> dict[str, np.ndarray]:
+        """ONNX inputs (1, L) for the last ``max_len`` events."""
+        start = max(0, len(self.rows) - max_len)
+        return {
+            "items": (self.rows[start:] + 1)[None, :],
+            "events": self.events[None, start:],
+            "dwell": self.dwell[None, start:],
+            "gaps": self.gaps[None, start:],
+        }
