@@ -7,9 +7,11 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -18,7 +20,9 @@ import numpy as np
 from fastapi import FastAPI
 
 from serving.index import Selector
+from serving.live import LiveService, seed_rows
 from serving.recommender import Recommender
+from serving.store import SQLiteHistoryStore
 
 noop_app = FastAPI()
 
@@ -56,6 +60,34 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     out["recommend"]["qps"] = float(len(whole) / sum(whole))
     out["history_length_mean"] = float(np.mean([len(rec.histories[u].rows) for u in users]))
     return out
+
+
+def with_store(rec: Recommender, users: list[str], state_dir: str, k: int = 10, repeats: int = 3) -> dict:
+    """``LiveService.recommend(user_id)``: history read from the SQLite store on every call (the version check
+    always, the events when they changed), then encode + search. Every other call first posts an event for the
+    user, so half the reads see a new history (re-read and re-resolved) and half hit the per-process cache."""
+    store = SQLiteHistoryStore(state_dir, max_events=rec.max_len + 1)
+    live = LiveService(rec, store)
+    store.seed(seed_rows(rec), source=rec.model_version)
+    items = rec.item_ids
+    for user in users:  # warm-up: every user's history read once
+        live.recommend(user_id=user, k=k)
+    fresh, cached = [], []
+    for rep in range(repeats):
+        for j, user in enumerate(users):
+            changed = (j + rep) % 2 == 0
+            if changed:
+                live.ingest([{"user_id": user, "item_id": items[(j * 7 + rep) % len(items)], "event": None}])
+            t0 = time.perf_counter()
+            live.recommend(user_id=user, k=k)
+            (fresh if changed else cached).append(time.perf_counter() - t0)
+    store.close()
+    both = fresh + cached
+    return {
+        "recommend": {**percentiles(both), "qps": float(len(both) / sum(both))},
+        "after_new_event": percentiles(fresh),
+        "unchanged_history": percentiles(cached),
+    }
 
 
 def free_port() -> int:
@@ -107,7 +139,8 @@ async def _load(url: str, bodies: list[dict], seconds: float, connections: int) 
 def http(bundle: Path, users: list[str], seconds: float = 10.0, connections: int = 8) -> dict:
     """Requests/s of POST /recommend and of a do-nothing POST endpoint, each alone under the same load."""
     port_a, port_b = free_port(), free_port()
-    service = _start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a)],
+    state = tempfile.mkdtemp(prefix="twotower-bench-state-")
+    service = _start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a), "--state-dir", state],
                      f"http://127.0.0.1:{port_a}/readyz")  # fmt: skip
     try:
         bodies = [{"user_id": u, "k": 10} for u in users]
@@ -116,6 +149,7 @@ def http(bundle: Path, users: list[str], seconds: float = 10.0, connections: int
     finally:
         service.terminate()
         service.wait()
+        shutil.rmtree(state, ignore_errors=True)
     noop = _start(["-m", "uvicorn", "serving.bench:noop_app", "--port", str(port_b), "--log-level", "warning"],
                   f"http://127.0.0.1:{port_b}/docs")  # fmt: skip
     try:
@@ -148,6 +182,8 @@ def run(
     result = {"machine": machine(), "bundle": str(bundle), "model_version": rec.model_version,
               "index": rec.manifest["index"]["factory"], "n_items": len(rec.item_ids),
               "in_process": in_process(rec, users)}  # fmt: skip
+    with tempfile.TemporaryDirectory(prefix="twotower-bench-store-") as state:
+        result["in_process_with_store"] = with_store(rec, users, state)
     if http_seconds > 0:
         result["http"] = http(Path(bundle), users, seconds=http_seconds)
     if out:

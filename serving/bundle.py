@@ -2,8 +2,8 @@
 
 A bundle is one directory without pickles: ``manifest.json`` (format version, model hyper-parameters, dims,
 event vocabulary, index description, counts, metrics, library versions, sha256 of every other file),
-``user_tower.onnx``, ``item_embeddings.npy``, ``item_ids.json``, ``items.parquet``, ``histories.parquet`` and
-``index.faiss``. :meth:`Bundle.load` verifies checksums and dims and names the file at fault.
+``user_tower.onnx``, ``item_embeddings.npy``, ``item_ids.json``, ``items.parquet``, ``histories.parquet``,
+``index.faiss`` and ``category_embeddings.npy`` (what gives a new item its vector). :meth:`Bundle.load` verifies checksums and dims and names the file at fault.
 """
 
 from __future__ import annotations
@@ -26,7 +26,8 @@ ITEM_IDS = "item_ids.json"
 ITEMS = "items.parquet"
 HISTORIES = "histories.parquet"
 INDEX = "index.faiss"
-FILES = (USER_TOWER, ITEM_EMBEDDINGS, ITEM_IDS, ITEMS, HISTORIES, INDEX)
+CATEGORY_EMBEDDINGS = "category_embeddings.npy"  # (C, D) item-tower category table: vectors for new items
+FILES = (USER_TOWER, ITEM_EMBEDDINGS, ITEM_IDS, ITEMS, HISTORIES, INDEX, CATEGORY_EMBEDDINGS)
 
 
 class BundleError(ValueError):
@@ -59,6 +60,11 @@ class Bundle:
     items: pd.DataFrame
     histories: pd.DataFrame
     index: faiss.Index
+    category_vectors: np.ndarray  # (C, D) float32, row 0 = no category
+
+    @property
+    def categories(self) -> list[str]:
+        return list(self.manifest["categories"])
 
     @property
     def dim(self) -> int:
@@ -106,4 +112,10 @@ class Bundle:
         if items["item_id"].astype(str).tolist() != item_ids:
             raise BundleError(f"{root / ITEMS}: item order differs from {ITEM_IDS}")
         histories = pd.read_parquet(root / HISTORIES)
-        return cls(root, manifest, item_ids, vectors, items, histories, index)
+        categories = np.load(root / CATEGORY_EMBEDDINGS, allow_pickle=False)
+        expected = (len(manifest.get("categories", [])), dim)
+        if categories.dtype != np.float32 or categories.shape != expected:
+            raise BundleError(
+                f"{root / CATEGORY_EMBEDDINGS}: expected float32 {expected}, got {categories.dtype} {categories.shape}"
+            )
+        return cls(root, manifest, item_ids, vectors, items, histories, index, categories)

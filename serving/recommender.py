@@ -15,6 +15,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.bundle import Bundle
+from serving.catalog import LiveItems, category_vector
 from serving.history import History, time_gaps
 from serving.index import IndexSpec, Selector, filtered_search
 
@@ -33,6 +34,15 @@ class Recommendation:
     history_length: int = 0
 
 
+@dataclass
+class ResolvedHistory:
+    """A history resolved against the catalog: model inputs, plus the ids the model cannot read."""
+
+    history: History  # events on bundle items (what the user tower reads)
+    unknown: list[str] = field(default_factory=list)  # ids in no catalog: ignored
+    live_seen: set[str] = field(default_factory=set)  # items added after training: excluded, not encoded
+
+
 class Recommender:
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle
@@ -45,6 +55,8 @@ class Recommender:
         self.event_of = {name: i for i, name in enumerate(self.manifest["events"])}
         self.vectors = bundle.item_vectors
         self.index = bundle.index
+        self.category_of = {name: i for i, name in enumerate(bundle.categories)}
+        self.live = LiveItems(bundle.dim)  # items added / removed since the bundle (swapped, never mutated)
         self.spec = IndexSpec(
             **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
         )
@@ -97,30 +109,43 @@ class Recommender:
         return out
 
     # ---- encoding -------------------------------------------------------------------------------------
-    def to_history(
+    def resolve(
         self,
         items: Sequence[str],
         events: Sequence[str] | None = None,
-        dwell: Sequence[float] | None = None,
+        dwell: Sequence[float | None] | None = None,
         ts: Sequence[float] | None = None,
-    ) -> tuple[History, list[str]]:
-        """External ids -> catalog rows; unknown items are dropped and returned; unknown events map to 'other'."""
+    ) -> ResolvedHistory:
+        """External ids (oldest first) -> model inputs. Unknown events map to index 0 (the 'other' bucket)."""
         n = len(items)
         for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} has {len(values)} values for {n} items")
-        rows = np.array([self.row_of.get(str(i), -1) for i in items], dtype=np.int64)
+        items = [str(i) for i in items]
+        row_of = self.row_of
+        rows = np.fromiter((row_of.get(i, -1) for i in items), np.int64, n)
         known = rows >= 0
-        unknown = [str(i) for i, k in zip(items, known, strict=True) if not k]
-        ev = np.array([self.event_of.get(str(e), 0) for e in events], np.int64) if events else None
+        ev = np.fromiter((self.event_of.get(str(e), 0) for e in events), np.int64, n) if events else None
+        dw = None if dwell is None else np.array([-1.0 if d is None else d for d in dwell], np.float32)
         times = np.asarray(ts, dtype=np.float64) if ts is not None and self.has_time else None
         gaps = time_gaps(times) if times is not None else None  # over the whole timeline, unknown items too
-        history = History.build(rows, ev, None if dwell is None else np.asarray(dwell, np.float32), gaps=gaps)
+        history = History.build(rows, ev, dw, gaps=gaps)
+        resolved = ResolvedHistory(history)
         if not known.all():
             history = History(
                 *(a[known] for a in (history.rows, history.events, history.dwell, history.gaps))
             )
-        return history, unknown
+            live = self.live.row_of
+            others = [i for i, k in zip(items, known, strict=True) if not k]
+            resolved = ResolvedHistory(
+                history, [i for i in others if i not in live], {i for i in others if i in live}
+            )
+        return resolved
+
+    def to_history(self, items, events=None, dwell=None, ts=None) -> tuple[History, list[str]]:
+        """Model inputs and the ids that are not in the catalog."""
+        resolved = self.resolve(items, events, dwell, ts)
+        return resolved.history, resolved.unknown
 
     def encode_rows(self, history: History) -> np.ndarray:
         """(D,) float32 user vector from the last ``max_len`` events of a history."""
@@ -152,23 +177,46 @@ class Recommender:
     ) -> Recommendation:
         if k < 1:
             raise ValueError("k must be at least 1")
-        unknown: list[str] = []
         if history is not None:
-            user_history, unknown = self.to_history(history, events, dwell, ts)
+            resolved = self.resolve(history, events, dwell, ts)
         else:
-            user_history = self.histories.get(str(user_id)) if user_id is not None else None
-        exclude = self.rows_of(exclude_items)
-        allow = None if allow_items is None else self.rows_of(allow_items)
-        if user_history is None or not len(user_history):
+            stored = self.histories.get(str(user_id)) if user_id is not None else None
+            resolved = ResolvedHistory(stored) if stored is not None else None
+        return self.recommend_resolved(resolved, k, exclude_seen, exclude_items, allow_items)
+
+    def recommend_resolved(
+        self,
+        resolved: ResolvedHistory | None,
+        k: int = 10,
+        exclude_seen: bool = True,
+        exclude_items: Iterable[str] = (),
+        allow_items: Iterable[str] | None = None,
+    ) -> Recommendation:
+        """Top-k for a resolved history (None or empty: the popularity fallback)."""
+        if k < 1:
+            raise ValueError("k must be at least 1")
+        live = self.live  # one snapshot for the whole request
+        exclude_ids = {str(i) for i in exclude_items} if exclude_items else set()
+        exclude = self.rows_of(exclude_ids)
+        if len(live.removed_rows):
+            exclude = np.concatenate([exclude, live.removed_rows])
+        allow_ids = None if allow_items is None else {str(i) for i in allow_items}
+        allow = None if allow_ids is None else self.rows_of(allow_ids)
+        unknown = resolved.unknown if resolved is not None else []
+        if resolved is None or not len(resolved.history):
             return Recommendation(self._popular(k, set(exclude.tolist()), allow), "popularity", unknown, 0)
+        user_history = resolved.history
         if exclude_seen:
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
+            exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode_rows(user_history)
         scores, found = self.search(query, k, Selector(len(self.item_ids), exclude, allow))
         ids = self.item_ids
         items = [
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
+        if live.ids:
+            items = _merge(items, live.top(query, k, exclude_ids, allow_ids), k)
         return Recommendation(items, "model", unknown, len(user_history))
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
@@ -197,12 +245,78 @@ class Recommender:
         return out
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict]:
-        """Items whose vectors are closest to this item's (the item itself excluded)."""
-        row = self.row_of.get(str(item_id))
-        if row is None:
+        """Items whose vectors are closest to this item's (the item itself and removed items excluded)."""
+        item_id, live = str(item_id), self.live
+        row = self.row_of.get(item_id)
+        if row is not None and row not in set(live.removed_rows.tolist()):
+            vector = self.vectors[row]
+        elif item_id in live.row_of:
+            vector = live.vectors[live.row_of[item_id]]
+        else:
             raise KeyError(f"unknown item {item_id!r}")
-        scores, found = self.search(self.vectors[row], k, Selector(len(self.item_ids), [row]))
-        return [{"item_id": self.item_ids[r], "score": float(s)} for r, s in zip(found, scores, strict=True)]
+        exclude = np.concatenate([live.removed_rows, [row] if row is not None else []]).astype(np.int64)
+        scores, found = self.search(vector, k, Selector(len(self.item_ids), exclude))
+        items = [
+            {"item_id": self.item_ids[r], "score": s}
+            for r, s in zip(found.tolist(), scores.tolist(), strict=True)
+        ]
+        return _merge(items, live.top(vector, k, {item_id}, None), k)
+
+    # ---- catalog changes without retraining ---------------------------------------------------------
+    def new_item_vector(self, categories: Sequence[str]) -> np.ndarray:
+        """(D,) vector of an item known only by its categories (the item tower's feature part)."""
+        return category_vector(
+            self.bundle.category_vectors, self.category_of, list(categories), bool(self.manifest["normalize"])
+        )
+
+    def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+        """Add ``(item_id, categories)`` items to the live catalog; re-adding a removed bundle item restores it.
+
+        Raises ValueError (naming the item) for an id already live or unknown categories; nothing changes then.
+        """
+        live, restored, new, vectors = self.live, [], [], []
+        removed = set(live.removed_rows.tolist())
+        for item_id, categories in items:
+            item_id = str(item_id)
+            row = self.row_of.get(item_id)
+            if row is not None and row in removed:
+                restored.append(row)
+                continue
+            if row is not None or item_id in live.row_of:
+                raise ValueError(f"item {item_id!r} is already in the catalog")
+            try:
+                vectors.append(self.new_item_vector(categories))
+            except ValueError as exc:
+                raise ValueError(f"item {item_id!r}: {exc}") from None
+            new.append(item_id)
+        if restored:
+            live = live.restored(restored)
+        if new:
+            live = live.with_added(new, np.stack(vectors))
+        self.live = live
+        return new + [self.item_ids[r] for r in restored]
+
+    def remove_items(self, item_ids: Sequence[str]) -> list[str]:
+        """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes)."""
+        item_ids = [str(i) for i in item_ids]
+        removed = set(self.live.removed_rows.tolist())
+        unknown = [
+            i
+            for i in item_ids
+            if (i not in self.row_of or self.row_of[i] in removed) and i not in self.live.row_of
+        ]
+        if unknown:
+            raise KeyError(f"unknown items {unknown}")
+        self.live = self.live.with_removed(item_ids, self.row_of)
+        return item_ids
+
+
+def _merge(first: list[dict], extra: list[tuple[float, str]], k: int) -> list[dict]:
+    """Merge two score-sorted result lists into the top k."""
+    if not extra:
+        return first
+    merged = first + [{"item_id": i, "score": s} for s, i in extra]
+    return sorted(merged, key=lambda x: -x["score"])[:k]
 
 
 def _starts(users: np.ndarray) -> np.ndarray:

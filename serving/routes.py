@@ -36,7 +36,8 @@ async def recommend(body: RecommendRequest, request: Request) -> RecommendRespon
         values = getattr(body, field)
         if values is not None and len(values) > settings.max_filter_items:
             raise _too_many(field, len(values), settings.max_filter_items)
-    result = rec.recommend_detailed(
+    live = request.app.state.live
+    result = live.recommend(
         user_id=body.user_id,
         history=body.history,
         k=body.k,

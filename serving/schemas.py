@@ -24,7 +24,11 @@ class RecommendRequest(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    user_id: Id | None = Field(None, description="A user of the bundle; its stored history is used.")
+    user_id: Id | None = Field(
+        None,
+        description="A user: their current stored history (training history + events posted since) is encoded. "
+        "A user with nothing stored gets the popularity fallback.",
+    )
     history: list[Id] | None = Field(
         None,
         description="Item ids the user interacted with, oldest first. Used instead of the stored history. "
@@ -62,3 +66,82 @@ class SimilarResponse(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str | None = None
+
+
+class EventIn(BaseModel):
+    """One interaction."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    user_id: Id = Field(description="Who interacted (stored as a keyed hash when pseudonymisation is on).")
+    item_id: Id = Field(description="With what: an item of the catalog (bundle or added since).")
+    event: str | None = Field(
+        None,
+        max_length=64,
+        description="Event type from the bundle's vocabulary (`GET /events/types`), or '<other>'. Default '<other>'.",
+    )
+    dwell_s: float | None = Field(None, description="Seconds spent, 0 .. 86400; bucketed as in training.")
+    ts: float | None = Field(
+        None,
+        description="Unix seconds; default: arrival time. At most 300 s in the future, at most 10 years old.",
+    )
+
+
+class EventsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    events: list[EventIn] = Field(
+        min_length=1,
+        description="One or many events; the batch is stored all or none (TWOTOWER_MAX_BATCH_EVENTS).",
+    )
+
+
+class EventsResponse(BaseModel):
+    accepted: int = Field(description="Events stored durably (the commit happened before this answer).")
+
+
+class StoredEventOut(BaseModel):
+    item_id: str
+    event: str
+    dwell_s: float | None
+    ts: float
+
+
+class UserHistoryResponse(BaseModel):
+    user_id: str
+    events: list[StoredEventOut] = Field(description="Everything stored about the user, oldest first.")
+
+
+class ErasedResponse(BaseModel):
+    user_id: str
+    deleted: int = Field(description="How many stored events were deleted.")
+
+
+class NewItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    item_id: Id
+    categories: list[str] = Field(min_length=1, max_length=64, description="Category names of the bundle.")
+
+
+class ItemsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    items: list[NewItem] = Field(min_length=1, max_length=10_000)
+
+
+class ItemsResponse(BaseModel):
+    items: list[str] = Field(description="Ids added, restored or removed.")
+
+
+class ReloadRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    bundle: str | None = Field(
+        None, description="Bundle directory; default: the one the server was started with."
+    )
+
+
+class ReloadResponse(BaseModel):
+    model_version: str
+    bundle: str

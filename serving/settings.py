@@ -19,6 +19,22 @@ class Settings:
     max_body_bytes: int = 1 << 20  # TWOTOWER_MAX_BODY_BYTES: larger bodies get 413
     threads: int = 1  # TWOTOWER_THREADS: ORT / FAISS threads per request
     verify: bool = True  # TWOTOWER_VERIFY: check bundle checksums at load
+    state_dir: str = "state"  # TWOTOWER_STATE_DIR: where the history store (SQLite, WAL) lives
+    api_token: str = (
+        ""  # TWOTOWER_API_TOKEN: required as a Bearer token by every write / admin / user-data endpoint
+    )
+    pseudonym_key: str = ""  # TWOTOWER_PSEUDONYM_KEY: if set, user ids are stored as HMAC-SHA256(key, id)
+    retention_days: float = (
+        365.0  # TWOTOWER_RETENTION_DAYS: events are deleted this long after storage (0 = keep)
+    )
+    max_events_per_user: int = 0  # TWOTOWER_MAX_EVENTS_PER_USER: 0 = the model's window + 1
+    max_batch_events: int = 1000  # TWOTOWER_MAX_BATCH_EVENTS: larger POST /events batches get 413
+    synchronous: str = "FULL"  # TWOTOWER_SYNCHRONOUS: SQLite durability (FULL survives power loss)
+    seed_histories: bool = True  # TWOTOWER_SEED_HISTORIES: load the bundle's histories into an empty store
+
+    @property
+    def loopback(self) -> bool:
+        return self.host in ("127.0.0.1", "localhost", "::1")
 
     @classmethod
     def from_env(cls, **overrides) -> Settings:
@@ -29,6 +45,8 @@ class Settings:
                 continue
             if f.type in ("int", int):
                 values[f.name] = int(raw)
+            elif f.type in ("float", float):
+                values[f.name] = float(raw)
             elif f.type in ("bool", bool):
                 values[f.name] = raw.strip().lower() in ("1", "true", "yes", "on")
             else:

@@ -30,7 +30,8 @@ def test_serving_image_install_and_request(run_and_bundle, tmp_path):
     assert probe.returncode != 0, "torch must not be installed in the serving environment"
     port = free_port()
     server = subprocess.Popen(
-        [str(python), "-m", "serving", "--bundle", str(run_and_bundle[1]), "--port", str(port)],
+        [str(python), "-m", "serving", "--bundle", str(run_and_bundle[1]), "--port", str(port),
+         "--state-dir", str(tmp_path / "state")],
         cwd=app_dir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
     )  # fmt: skip
     try:

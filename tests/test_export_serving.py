@@ -26,7 +26,7 @@ def test_manifest_and_onnx_parity(run_and_bundle):
     run, bundle, manifest = run_and_bundle
     assert manifest["onnx_parity_max_abs"] <= 1e-5
     assert set(manifest["files"]) == {"user_tower.onnx", "item_embeddings.npy", "item_ids.json", "items.parquet",
-                                      "histories.parquet", "index.faiss"}  # fmt: skip
+                                      "histories.parquet", "index.faiss", "category_embeddings.npy"}  # fmt: skip
     assert manifest["index"]["factory"] == "HNSW32,Flat" and manifest["index"]["recall@10_vs_exact"] >= 0.95
     assert not list(bundle.glob("*.pkl")) and not list(bundle.glob("*.pt"))
     net = load_model(run / "model.pt")

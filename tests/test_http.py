@@ -10,8 +10,9 @@ from serving.settings import Settings
 
 
 @pytest.fixture(scope="module")
-def client(run_and_bundle):
-    settings = Settings(bundle=str(run_and_bundle[1]), max_k=50, max_history=30, max_body_bytes=4096)
+def client(run_and_bundle, tmp_path_factory):
+    settings = Settings(bundle=str(run_and_bundle[1]), max_k=50, max_history=30, max_body_bytes=4096,
+                        state_dir=str(tmp_path_factory.mktemp("state")))  # fmt: skip
     with TestClient(create_app(settings), raise_server_exceptions=False) as test_client:
         yield test_client
 

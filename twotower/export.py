@@ -75,7 +75,7 @@ def export_onnx(net: TwoTower, path: Path) -> None:
     """Dynamo-based export with dynamic batch and history length."""
     for noisy in ("onnxscript", "onnx_ir"):  # their graph passes log every rewrite at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    graph = UserTowerGraph(net.eval())
+    graph = UserTowerGraph(net.eval()).eval()
     example = random_histories(net, 2, 5)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     shapes = {name: {0: batch, 1: length} for name in INPUTS}
@@ -147,6 +147,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
     with torch.no_grad():
         item_vectors = net.encode_items().numpy().astype(np.float32)  # (N, D)
     np.save(out / B.ITEM_EMBEDDINGS, item_vectors, allow_pickle=False)
+    with torch.no_grad():  # (C, D): a new item's vector is the normalised mean of its categories' rows
+        category_table = net.item_tower.category_embedding.weight.numpy().astype(np.float32)
+    np.save(out / B.CATEGORY_EMBEDDINGS, category_table, allow_pickle=False)
     (out / B.ITEM_IDS).write_text(json.dumps(item_ids))
     shutil.copyfile(run / "data" / "items.parquet", out / B.ITEMS)
     shutil.copyfile(run / "data" / "histories.parquet", out / B.HISTORIES)
@@ -185,6 +188,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
             "gaps": "float32 (B, L) seconds since the previous event, -1 unknown",
         },  # fmt: skip
         "events": vocab["events"],
+        "categories": _category_names(vocab, len(category_table)),
+        "normalize": bool(net.normalize),
         "has_time": vocab.get("has_time", True),
         "index": {
             **spec.__dict__,
@@ -212,3 +217,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
     log.info("bundle %s: %d items, index %s recall@10 %.3f, ONNX parity %.1e, %.1fs", out, len(item_ids),
              spec.factory_string(), recall, parity, time.perf_counter() - start)  # fmt: skip
     return manifest
+
+
+def _category_names(vocab: dict[str, Any], rows: int) -> list[str]:
+    """One name per category-table row (row 0 = no category)."""
+    names = list(vocab.get("categories") or ["<pad>"])[:rows]
+    return names + [f"<unused-{i}>" for i in range(len(names), rows)]

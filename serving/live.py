@@ -1,0 +1,209 @@
+"""The real-time loop: events in, the next answer adapts; durable histories, erasure, hot reload.
+
+:class:`LiveService` puts a :class:`~serving.store.HistoryStore` in front of a
+:class:`~serving.recommender.Recommender`. A recommendation for a ``user_id`` encodes the user's *current*
+stored history on every call (a per-process cache is keyed by the store's version marker, so a write from
+any process or thread is seen by the next read). The recommender can be swapped for a new bundle while
+requests run; the store, and so every history, stays.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import math
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from serving.recommender import Recommendation, Recommender, ResolvedHistory
+from serving.store import HistoryStore, StoredEvent
+
+log = logging.getLogger(__name__)
+
+OTHER_EVENT = "<other>"  # the bucket for event types the model has no embedding of
+
+
+@dataclass(frozen=True)
+class EventLimits:
+    max_dwell_s: float = 86_400.0  # a day: longer is a client bug, not a visit
+    max_future_s: float = 300.0  # clock skew allowed for client timestamps
+    max_past_s: float = 10 * 365 * 86_400.0  # older than this is refused as a unit mistake (ms vs s)
+
+
+@dataclass
+class EventError:
+    index: int
+    field: str
+    message: str
+
+    def as_dict(self) -> dict:
+        return {"index": self.index, "field": self.field, "msg": self.message}
+
+
+class EventsRejected(ValueError):
+    """Some events of a batch are invalid; none of the batch was stored."""
+
+    def __init__(self, errors: list[EventError]) -> None:
+        super().__init__("; ".join(f"event {e.index}: {e.field}: {e.message}" for e in errors[:5]))
+        self.errors = errors
+
+
+class LiveService:
+    def __init__(
+        self,
+        recommender: Recommender,
+        store: HistoryStore,
+        pseudonym_key: str | None = None,
+        limits: EventLimits | None = None,
+        cache_size: int = 100_000,
+    ) -> None:
+        self._recommender = recommender
+        self.store = store
+        self._key = pseudonym_key.encode() if pseudonym_key else None
+        self.limits = limits or EventLimits()
+        self._cache: OrderedDict[str, tuple[object, ResolvedHistory]] = OrderedDict()
+        self._cache_size = cache_size
+        self._reload_lock = threading.Lock()
+
+    # ---- the recommender (swappable) ----------------------------------------------------------------
+    @property
+    def recommender(self) -> Recommender:
+        return self._recommender
+
+    def reload(self, bundle_dir: str | Path, **load_kwargs) -> Recommender:
+        """Load a new bundle beside the old one, replay live catalog changes, then swap it in atomically.
+
+        Requests in flight finish on the recommender they started with; none fails. Histories stay.
+        """
+        with self._reload_lock:
+            fresh = Recommender.load(bundle_dir, **load_kwargs)
+            apply_catalog_changes(fresh, self.store)
+            self._recommender = fresh  # one reference assignment: atomic for every reader
+            self._cache.clear()  # resolved histories hold rows of the old catalog
+        log.info("reloaded bundle %s (%s)", bundle_dir, fresh.model_version)
+        return fresh
+
+    # ---- users ----------------------------------------------------------------------------------------
+    def user_key(self, user_id: str) -> str:
+        """How a user id is stored: as given, or a keyed hash (HMAC-SHA256) when pseudonymisation is on."""
+        if self._key is None:
+            return str(user_id)
+        return hmac.new(self._key, str(user_id).encode(), hashlib.sha256).hexdigest()
+
+    def validate(self, events: Sequence[dict], now: float | None = None) -> list[tuple[str, StoredEvent]]:
+        """Check every event; raises :class:`EventsRejected` listing each bad one (the batch is all or none)."""
+        rec, limits = self._recommender, self.limits
+        now = time.time() if now is None else now
+        vocabulary = set(rec.event_of) | {OTHER_EVENT}
+        errors, out = [], []
+        for i, raw in enumerate(events):
+            item, kind = str(raw["item_id"]), raw.get("event") or OTHER_EVENT
+            dwell, ts = raw.get("dwell_s"), raw.get("ts")
+            if item not in rec.row_of and item not in rec.live.row_of:
+                errors.append(EventError(i, "item_id", f"unknown item {item!r}"))
+            if kind not in vocabulary:
+                errors.append(
+                    EventError(i, "event", f"unknown event type {kind!r}; known: {sorted(vocabulary)}")
+                )
+            if dwell is not None and not (math.isfinite(dwell) and 0 <= dwell <= limits.max_dwell_s):
+                errors.append(
+                    EventError(i, "dwell_s", f"{dwell} is not in [0, {limits.max_dwell_s:g}] seconds")
+                )
+            if ts is not None and not math.isfinite(ts):
+                errors.append(EventError(i, "ts", f"{ts} is not a finite number of seconds"))
+            elif ts is not None and ts > now + limits.max_future_s:
+                errors.append(EventError(i, "ts", f"{ts} is {ts - now:.0f} s in the future"))
+            elif ts is not None and ts < now - limits.max_past_s:
+                errors.append(EventError(i, "ts", f"{ts} is more than {limits.max_past_s:g} s in the past"))
+            out.append(
+                (self.user_key(raw["user_id"]), StoredEvent(item, kind, dwell, now if ts is None else ts))
+            )
+        if errors:
+            raise EventsRejected(errors)
+        return out
+
+    def ingest(self, events: Sequence[dict]) -> int:
+        """Validate, then store durably; returns how many were stored (after the commit)."""
+        return self.store.append(self.validate(events))
+
+    def stored_history(self, user_id: str) -> ResolvedHistory | None:
+        """The user's current history from the store (None if nothing is stored)."""
+        key = self.user_key(user_id)
+        version = self.store.version(key)  # read before the history: a racing write can only make it newer
+        if version is None:
+            self._cache.pop(key, None)
+            return None
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        items, events, dwell, ts = self.store.history_columns(key)
+        resolved = self._recommender.resolve(items, events, dwell, ts)
+        self._cache[key] = (version, resolved)
+        if len(self._cache) > self._cache_size:
+            self._cache.popitem(last=False)
+        return resolved
+
+    def recommend(self, user_id: str | None = None, history: Sequence[str] | None = None, k: int = 10,
+                  exclude_seen: bool = True, exclude_items: Sequence[str] = (),
+                  allow_items: Sequence[str] | None = None) -> Recommendation:  # fmt: skip
+        """Like :meth:`Recommender.recommend_detailed`, with a ``user_id``'s history read from the store."""
+        rec = self._recommender
+        if history is not None or user_id is None:
+            return rec.recommend_detailed(None, history, k, exclude_seen, exclude_items, allow_items)
+        return rec.recommend_resolved(
+            self.stored_history(user_id), k, exclude_seen, exclude_items, allow_items
+        )
+
+    def user_events(self, user_id: str) -> list[dict]:
+        """What is stored about a user, oldest first."""
+        return [e.__dict__.copy() for e in self.store.history(self.user_key(user_id))]
+
+    def erase(self, user_id: str) -> int:
+        """Delete a user's stored history; the next recommendation for them is the anonymous fallback."""
+        key = self.user_key(user_id)
+        count = self.store.erase(key)
+        self._cache.pop(key, None)
+        return count
+
+    # ---- catalog --------------------------------------------------------------------------------------
+    def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+        added = self._recommender.add_items(items)
+        for item_id, categories in items:
+            self.store.record_item(str(item_id), "add", list(categories))
+        return added
+
+    def remove_items(self, item_ids: Sequence[str]) -> list[str]:
+        removed = self._recommender.remove_items(item_ids)
+        for item_id in removed:
+            self.store.record_item(item_id, "remove")
+        return removed
+
+
+def apply_catalog_changes(rec: Recommender, store: HistoryStore) -> None:
+    """Replay the store's item additions and removals on a freshly loaded recommender.
+
+    Items a new bundle already contains (a retrain saw them) keep their trained vectors.
+    """
+    changes = store.catalog_changes() if hasattr(store, "catalog_changes") else []
+    add = [(i, cats) for i, action, cats in changes if action == "add" and i not in rec.row_of]
+    if add:
+        rec.add_items(add)
+    gone = [i for i, action, _ in changes if action == "remove" and (i in rec.row_of or i in rec.live.row_of)]
+    if gone:
+        rec.remove_items(gone)
+
+
+def seed_rows(rec: Recommender):
+    """(user_key-less) rows of the bundle's training histories, for :meth:`HistoryStore.seed`."""
+    frame = rec.bundle.histories
+    dwell = frame["dwell_s"].to_numpy()
+    for user, item, event, d, ts in zip(
+        frame["user_id"].astype(str), frame["item_id"].astype(str), frame["event"].astype(str), dwell,
+        frame["ts"].to_numpy(), strict=True,
+    ):  # fmt: skip
+        yield user, StoredEvent(item, event, None if not (d >= 0) else float(d), float(ts))

@@ -1,0 +1,268 @@
+"""The real-time loop: store, validation, adaptation, erasure, pseudonyms, live items, reload, access control."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+
+import numpy as np
+import pytest
+import torch
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.live import EventsRejected, LiveService, seed_rows
+from serving.recommender import Recommender
+from serving.settings import Settings
+from serving.store import SQLiteHistoryStore, StoredEvent
+
+
+@pytest.fixture
+def live(run_and_bundle, tmp_path):
+    rec = Recommender.load(run_and_bundle[1])
+    store = SQLiteHistoryStore(tmp_path / "state", max_events=rec.max_len + 1)
+    service = LiveService(rec, store)
+    store.seed(seed_rows(rec), source="test")
+    return service
+
+
+def ev(user, item, event=None, dwell=None, ts=None):
+    return {"user_id": user, "item_id": item, "event": event, "dwell_s": dwell, "ts": ts}
+
+
+def test_store_orders_bounds_erases_and_seeds_once(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=3)
+    store.append([("u", StoredEvent(str(i), "click", None, 100.0 + i)) for i in range(5)])
+    store.append([("u", StoredEvent("late", "view", 2.0, 50.0))])  # older than the kept window: trimmed
+    assert [e.item_id for e in store.history("u")] == ["2", "3", "4"]
+    before = store.version("u")
+    store.append([("u", StoredEvent("5", "click", None, 106.0))])
+    assert store.version("u") != before and [e.item_id for e in store.history("u")] == ["3", "4", "5"]
+    assert store.seed([("v", StoredEvent("1", "click", None, 1.0))], "a") == 1
+    assert store.seed([("w", StoredEvent("1", "click", None, 1.0))], "b") == 0  # once per store
+    assert store.erase("u") == 3 and store.history("u") == [] and store.version("u") is None
+    assert store.erased_since(0) == ["u"]
+
+
+def test_retention_window(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
+    store.append([("u", StoredEvent("1", "click", None, 1.0))])
+    assert len(store.history("u")) == 1 and store.sweep(now=time.time()) == 0
+    assert store.sweep(now=time.time() + 61) == 1 and store.history("u") == []
+
+
+def _writer(path: str, worker: int, n: int) -> None:
+    store = SQLiteHistoryStore(path, max_events=10_000)
+    for i in range(n):
+        store.append(
+            [(f"p{worker}", StoredEvent(f"{worker}-{i}-{j}", "click", None, float(i))) for j in range(3)]
+        )
+
+
+def test_concurrent_threads_and_processes_lose_nothing_and_see_whole_batches(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=10_000)
+    torn = []
+
+    def read_loop(stop):
+        while not stop.is_set():
+            for w in range(4):
+                count = len(store.history(f"p{w}")) + len(store.history(f"t{w}"))
+                if count % 3:  # batches of three: a reader sees all of one or none
+                    torn.append(count)
+
+    stop = threading.Event()
+    reader = threading.Thread(target=read_loop, args=(stop,))
+    reader.start()
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 40)) for w in range(2)]
+    for p in procs:
+        p.start()
+
+    def thread_writer(w):
+        for i in range(40):
+            store.append([(f"t{w}", StoredEvent(f"{w}-{i}-{j}", "view", 1.0, float(i))) for j in range(3)])
+
+    threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+    stop.set()
+    reader.join()
+    assert not torn
+    assert [len(store.history(f"p{w}")) for w in range(2)] == [120, 120]
+    assert [len(store.history(f"t{w}")) for w in range(3)] == [120, 120, 120]
+
+
+def test_bad_events_are_refused_one_by_one_and_nothing_is_stored(live):
+    item = live.recommender.item_ids[0]
+    now = time.time()
+    bad = [ev("u", "ghost"), ev("u", item, event="teleport"), ev("u", item, dwell=-1), ev("u", item, dwell=1e9),
+           ev("u", item, ts=now + 3600), ev("u", item, ts=float("nan")), ev("u", item, ts=now * 1000 - now * 999 - 1e10)]  # fmt: skip
+    with pytest.raises(EventsRejected) as info:
+        live.ingest([ev("u", item)] + bad)
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "item_id"), (2, "event"), (3, "dwell_s"), (4, "dwell_s"), (5, "ts"), (6, "ts"), (7, "ts")]  # fmt: skip
+    assert live.user_events("u") == []  # the good first event was not stored either
+
+
+def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
+    rec = live.recommender
+    anonymous = live.recommend(user_id="newcomer", k=10)
+    assert anonymous.source == "popularity"
+    clicks = rec.item_ids[:5]
+    assert live.ingest([ev("newcomer", i, event="click", dwell=30.0) for i in clicks]) == 5
+    personal = live.recommend(user_id="newcomer", k=10)
+    assert personal.source == "model" and personal.history_length == 5
+    assert not set(clicks) & {x["item_id"] for x in personal.items}
+    expected = rec.recommend_detailed(history=clicks, events=["click"] * 5, dwell=[30.0] * 5, k=10)
+    assert [x["item_id"] for x in personal.items] == [x["item_id"] for x in expected.items]
+    live.ingest([ev("newcomer", rec.item_ids[7], event="purchase")])  # the next answer sees the new event
+    assert live.recommend(user_id="newcomer", k=10).history_length == 6
+    stored = live.user_events("newcomer")
+    assert [e["item_id"] for e in stored] == clicks + [rec.item_ids[7]] and stored[0]["event"] == "click"
+    assert live.erase("newcomer") == 6 and live.user_events("newcomer") == []
+    assert live.recommend(user_id="newcomer", k=10).items == anonymous.items
+
+
+def test_seeded_users_match_the_bundle_histories(live):
+    rec = live.recommender
+    user = next(iter(rec.histories))
+    assert [x["item_id"] for x in live.recommend(user_id=user, k=10).items] == [
+        x["item_id"] for x in rec.recommend(user_id=user, k=10)
+    ]
+
+
+def test_pseudonymised_ids_are_not_stored(run_and_bundle, tmp_path):
+    rec = Recommender.load(run_and_bundle[1])
+    store = SQLiteHistoryStore(tmp_path, max_events=50)
+    live = LiveService(rec, store, pseudonym_key="secret")
+    live.ingest([ev("alice@example.com", rec.item_ids[0])])
+    keys = [row[0] for row in store.db.execute("SELECT DISTINCT user_key FROM events")]
+    assert keys == [live.user_key("alice@example.com")] and "alice" not in keys[0] and len(keys[0]) == 64
+    assert live.user_events("alice@example.com")[0]["item_id"] == rec.item_ids[0]
+    assert LiveService(rec, store, pseudonym_key="other").user_events("alice@example.com") == []
+
+
+def test_new_items_get_the_item_towers_category_vector_and_can_be_removed(run_and_bundle, live):
+    from twotower.artifacts import load_model
+
+    rec = live.recommender
+    net = load_model(run_and_bundle[0] / "model.pt")
+    names = rec.bundle.categories
+    with torch.no_grad():
+        ref = net.encode_new_items(torch.tensor([[1, 2]])).numpy()[0]
+    np.testing.assert_allclose(rec.new_item_vector([names[1], names[2]]), ref, atol=1e-6)
+    with pytest.raises(ValueError, match="unknown categories"):
+        live.add_items([("fresh", ["no-such-category"])])
+    with pytest.raises(ValueError, match="already in the catalog"):
+        live.add_items([(rec.item_ids[0], [names[1]])])
+    assert live.add_items([("fresh", [names[1]])]) == ["fresh"]
+    assert {x["item_id"] for x in rec.similar_items("fresh", 5)} and "fresh" in rec.live.row_of
+    # an allow-list of just the new item returns it: it is searched with the rest
+    user = next(iter(rec.histories))
+    assert [x["item_id"] for x in live.recommend(user_id=user, k=3, allow_items=["fresh"]).items] == ["fresh"]
+    live.ingest([ev("buyer", "fresh", event="purchase")])  # events on new items are accepted and excluded
+    assert "fresh" not in {x["item_id"] for x in live.recommend(user_id="buyer", k=50).items}
+    top = live.recommend(user_id=user, k=10).items
+    live.remove_items([top[0]["item_id"], "fresh"])
+    after = live.recommend(user_id=user, k=10).items
+    assert len(after) == 10 and not {top[0]["item_id"], "fresh"} & {x["item_id"] for x in after}
+    assert top[0]["item_id"] not in {x["item_id"] for x in live.recommend(user_id="nobody", k=200).items}
+    with pytest.raises(KeyError):
+        live.remove_items(["fresh"])
+    # a restart replays the changes from the store
+    again = LiveService(Recommender.load(run_and_bundle[1]), live.store)
+    from serving.live import apply_catalog_changes
+
+    apply_catalog_changes(again.recommender, live.store)
+    assert top[0]["item_id"] not in {x["item_id"] for x in again.recommend(user_id=user, k=10).items}
+
+
+def test_reload_swaps_without_failing_requests_and_keeps_histories(run_and_bundle, live):
+    live.ingest([ev("reader", live.recommender.item_ids[3])])
+    old = live.recommender
+    errors, done = [], threading.Event()
+
+    def hammer():
+        while not done.is_set():
+            try:
+                assert live.recommend(user_id="reader", k=5).source == "model"
+            except Exception as exc:  # noqa: BLE001
+                errors.append(exc)
+
+    workers = [threading.Thread(target=hammer) for _ in range(3)]
+    for w in workers:
+        w.start()
+    for _ in range(2):
+        live.reload(run_and_bundle[1])
+    done.set()
+    for w in workers:
+        w.join()
+    assert not errors and live.recommender is not old
+    assert live.recommend(user_id="reader", k=5).history_length == 1
+
+
+@pytest.fixture
+def secured(run_and_bundle, tmp_path):
+    settings = Settings(bundle=str(run_and_bundle[1]), state_dir=str(tmp_path / "s"), api_token="t0ken",
+                        max_batch_events=5)  # fmt: skip
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        yield client
+
+
+def test_http_loop_with_access_control(secured, run_and_bundle):
+    auth = {"Authorization": "Bearer t0ken"}
+    item = secured.app.state.recommender.item_ids[0]
+    body = {"events": [{"user_id": "h", "item_id": item, "event": "click", "dwell_s": 12.5}]}
+    assert secured.post("/events", json=body).status_code == 401
+    assert secured.post("/events", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
+    assert secured.post("/events", json=body, headers=auth).json() == {"accepted": 1}
+    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).json()["source"] == "model"
+    history = secured.get("/users/h/history", headers=auth).json()
+    assert history["user_id"] == "h" and history["events"][0]["item_id"] == item
+    assert history["events"][0]["dwell_s"] == 12.5 and history["events"][0]["event"] == "click"
+    assert secured.get("/users/h/history").status_code == 401
+    bad = secured.post("/events", json={"events": [{"user_id": "h", "item_id": "ghost"}]}, headers=auth)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "events", 0, "item_id"]
+    assert secured.post("/events", json={"events": body["events"] * 6}, headers=auth).status_code == 413
+    assert secured.post("/events", json={"events": []}, headers=auth).status_code == 422
+    assert secured.post("/events", json={"events": [{"user_id": "h"}]}, headers=auth).status_code == 422
+    cats = secured.app.state.recommender.bundle.categories
+    added = secured.post("/items", json={"items": [{"item_id": "n1", "categories": [cats[1]]}]}, headers=auth)
+    assert added.json() == {"items": ["n1"]}
+    assert secured.post("/items", json={"items": [{"item_id": "n1", "categories": [cats[1]]}]},
+                        headers=auth).status_code == 409  # fmt: skip
+    assert secured.post("/items", json={"items": [{"item_id": "n2", "categories": ["?"]}]},
+                        headers=auth).status_code == 422  # fmt: skip
+    assert secured.delete("/items/n1", headers=auth).json() == {"items": ["n1"]}
+    assert secured.delete("/items/n1", headers=auth).status_code == 404
+    assert secured.delete("/users/h", headers=auth).json() == {"user_id": "h", "deleted": 1}
+    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).json()["source"] == "popularity"
+    reload = secured.post("/admin/reload", json={}, headers=auth)
+    assert reload.status_code == 200 and reload.json()["model_version"]
+    assert secured.post("/admin/reload", json={"bundle": "/no/such/dir"}, headers=auth).status_code == 422
+    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).status_code == 200
+
+
+def test_refuses_public_host_without_token(run_and_bundle, monkeypatch):
+    from serving.__main__ import main
+
+    monkeypatch.delenv("TWOTOWER_API_TOKEN", raising=False)
+    with pytest.raises(SystemExit):
+        main(["--bundle", str(run_and_bundle[1]), "--host", "0.0.0.0"])
+
+
+def test_adaptation_check_reports_each_step(run_and_bundle):
+    from serving.adaptation import adaptation_check, items_by_category
+
+    rec = Recommender.load(run_and_bundle[1])
+    first, second = sorted(items_by_category(rec), key=lambda c: -len(items_by_category(rec)[c]))[:2]
+    result = adaptation_check(rec, [first, second], clicks=3, k=5)
+    assert [s["category"] for s in result["steps"]] == [None, first, second]
+    assert result["steps"][1]["source"] == "model" and len(result["steps"][2]["top"]) == 5
+    assert all(0 <= n <= 5 for s in result["steps"] for n in s["in_category"].values())
