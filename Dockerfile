@@ -1,13 +1,15 @@
 # Serving image: ONNX Runtime + FAISS + FastAPI, no torch. Build from the repository root:
 #   docker build -t twotower-serving .
-#   docker run -p 8000:8000 -v /path/to/bundle:/bundle:ro twotower-serving
-# The bundle is mounted (or COPY'd) at /bundle; settings come from TWOTOWER_* variables.
+#   docker run -p 8000:8000 -e TWOTOWER_API_TOKEN=... -v /path/to/bundle:/bundle:ro -v tt-state:/state twotower-serving
+# The bundle is mounted (or COPY'd) at /bundle, histories live in the /state volume; settings come from
+# TWOTOWER_* variables. The server listens on 0.0.0.0 here, so it refuses to start without TWOTOWER_API_TOKEN.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     TWOTOWER_BUNDLE=/bundle \
+    TWOTOWER_STATE_DIR=/state \
     TWOTOWER_HOST=0.0.0.0 \
     TWOTOWER_PORT=8000 \
     OMP_NUM_THREADS=1
@@ -17,8 +19,9 @@ COPY serving/requirements.txt /app/serving/requirements.txt
 RUN pip install --no-cache-dir -r /app/serving/requirements.txt
 COPY serving /app/serving
 
-RUN useradd --system --uid 10001 --home /app twotower
+RUN useradd --system --uid 10001 --home /app twotower && mkdir /state && chown twotower /state
 USER twotower
+VOLUME /state
 
 EXPOSE 8000
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s --retries=3 \
