@@ -66,7 +66,8 @@ class LiveService:
         self.store = store
         self._key = pseudonym_key.encode() if pseudonym_key else None
         self.limits = limits or EventLimits()
-        self._cache: OrderedDict[str, tuple[object, ResolvedHistory]] = OrderedDict()
+        # user key -> (store version, resolved history, the recommender whose catalog it was resolved against)
+        self._cache: OrderedDict[str, tuple[int, ResolvedHistory, Recommender]] = OrderedDict()
         self._cache_size = cache_size
         self._reload_lock = threading.Lock()
 
@@ -128,8 +129,32 @@ class LiveService:
         return out
 
     def ingest(self, events: Sequence[dict]) -> int:
-        """Validate, then store durably; returns how many were stored (after the commit)."""
-        return self.store.append(self.validate(events))
+        """Validate, then store durably; returns how many were stored (after the commit).
+
+        A cached history that was current just before this write is extended in place (what a re-read
+        would give), so the next recommendation does not re-read the store."""
+        validated = self.validate(events)
+        versions = self.store.append_tracked(validated)
+        by_user: dict[str, list] = {}
+        for key, event in validated:
+            by_user.setdefault(key, []).append(event)
+        rec = self._recommender
+        for key, (before, after) in versions.items():
+            cached, new = self._cache.get(key), by_user[key]
+            extended = None
+            times = [e.ts for e in new]
+            if cached is not None and cached[0] == before and cached[2] is rec and times == sorted(times):
+                old = cached[1]
+                if not old.n_events or times[0] >= old.last_ts:
+                    more = rec.resolve([e.item_id for e in new], [e.event for e in new],
+                                                     [e.dwell_s for e in new], times,
+                                                     previous_ts=old.last_ts if old.n_events else None)  # fmt: skip
+                    extended = old.extended(more, self.store.max_events)
+            if extended is None:
+                self._cache.pop(key, None)
+            else:
+                self._cache[key] = (after, extended, rec)
+        return len(validated)
 
     def stored_history(self, user_id: str) -> ResolvedHistory | None:
         """The user's current history from the store (None if nothing is stored)."""
@@ -138,12 +163,13 @@ class LiveService:
         if version is None:
             self._cache.pop(key, None)
             return None
+        rec = self._recommender
         cached = self._cache.get(key)
-        if cached is not None and cached[0] == version:
+        if cached is not None and cached[0] == version and cached[2] is rec:
             return cached[1]
         items, events, dwell, ts = self.store.history_columns(key)
-        resolved = self._recommender.resolve(items, events, dwell, ts)
-        self._cache[key] = (version, resolved)
+        resolved = rec.resolve(items, events, dwell, ts)
+        self._cache[key] = (version, resolved, rec)
         if len(self._cache) > self._cache_size:
             self._cache.popitem(last=False)
         return resolved

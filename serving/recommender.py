@@ -41,6 +41,22 @@ class ResolvedHistory:
     history: History  # events on bundle items (what the user tower reads)
     unknown: list[str] = field(default_factory=list)  # ids in no catalog: ignored
     live_seen: set[str] = field(default_factory=set)  # items added after training: excluded, not encoded
+    n_events: int = 0  # stored events this was resolved from (unknown ones included)
+    last_ts: float = float("nan")  # time of the newest event
+
+    def extended(self, more: ResolvedHistory, max_events: int) -> ResolvedHistory | None:
+        """This history followed by ``more`` (newer events), cut to the newest ``max_events`` as a store would
+        keep them; None when the cut cannot be made here (dropped unknown events make counts ambiguous)."""
+        h, m = self.history, more.history
+        total = self.n_events + more.n_events
+        drop = max(0, total - max_events)
+        if drop and len(h) != self.n_events:
+            return None
+        drop = min(drop, len(h))
+        arrays = [np.concatenate([a[drop:], b]) for a, b in zip(
+            (h.rows, h.events, h.dwell, h.gaps), (m.rows, m.events, m.dwell, m.gaps), strict=True)]  # fmt: skip
+        return ResolvedHistory(History(*arrays), self.unknown + more.unknown, self.live_seen | more.live_seen,
+                               total - drop, more.last_ts)  # fmt: skip
 
 
 class Recommender:
@@ -115,8 +131,11 @@ class Recommender:
         events: Sequence[str] | None = None,
         dwell: Sequence[float | None] | None = None,
         ts: Sequence[float] | None = None,
+        previous_ts: float | None = None,
     ) -> ResolvedHistory:
-        """External ids (oldest first) -> model inputs. Unknown events map to index 0 (the 'other' bucket)."""
+        """External ids (oldest first) -> model inputs. Unknown events map to index 0 (the 'other' bucket).
+
+        ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
         n = len(items)
         for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):
             if values is not None and len(values) != n:
@@ -128,9 +147,12 @@ class Recommender:
         ev = np.fromiter((self.event_of.get(str(e), 0) for e in events), np.int64, n) if events else None
         dw = None if dwell is None else np.array([-1.0 if d is None else d for d in dwell], np.float32)
         times = np.asarray(ts, dtype=np.float64) if ts is not None and self.has_time else None
-        gaps = time_gaps(times) if times is not None else None  # over the whole timeline, unknown items too
+        gaps = None  # over the whole timeline, unknown items too
+        if times is not None:
+            gaps = time_gaps(np.r_[previous_ts, times])[1:] if previous_ts is not None else time_gaps(times)
         history = History.build(rows, ev, dw, gaps=gaps)
-        resolved = ResolvedHistory(history)
+        last_ts = float(ts[-1]) if ts is not None and n else float("nan")
+        resolved = ResolvedHistory(history, n_events=n, last_ts=last_ts)
         if not known.all():
             history = History(
                 *(a[known] for a in (history.rows, history.events, history.dwell, history.gaps))
@@ -138,7 +160,7 @@ class Recommender:
             live = self.live.row_of
             others = [i for i, k in zip(items, known, strict=True) if not k]
             resolved = ResolvedHistory(
-                history, [i for i in others if i not in live], {i for i in others if i in live}
+                history, [i for i in others if i not in live], {i for i in others if i in live}, n, last_ts
             )
         return resolved
 

@@ -39,7 +39,12 @@ class StoredEvent:
 
 
 class HistoryStore(Protocol):
+    max_events: int
+
     def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int: ...
+    def append_tracked(
+        self, events: Sequence[tuple[str, StoredEvent]]
+    ) -> dict[str, tuple[int | None, int]]: ...
     def history(self, user_key: str) -> list[StoredEvent]: ...
     def version(self, user_key: str) -> int | None: ...
     def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]: ...
@@ -122,21 +127,28 @@ class SQLiteHistoryStore:
     # ---- histories ----------------------------------------------------------------------------------
     def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int:
         """Store ``(user_key, event)`` pairs in one transaction; returns how many were stored."""
+        self.append_tracked(events)
+        return len(events)
+
+    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> dict[str, tuple[int | None, int]]:
+        """:meth:`append`, returning each user's version just before and just after this write."""
         now = time.time()
         rows = [(u, e.item_id, e.event, e.dwell_s, e.ts, now) for u, e in events]
+        users = list(dict.fromkeys(r[0] for r in rows))
         with self._write() as db:
+            before = {u: self._version(db, u) for u in users}
             db.executemany(
                 "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
             )
             clock = _tick(db)
-            for user in {r[0] for r in rows}:
+            for user in users:
                 self._trim(db, user)
                 db.execute(
                     "INSERT INTO users VALUES (?1, ?2) ON CONFLICT (user_key) DO UPDATE SET version = ?2",
                     (user, clock),
                 )
-        return len(rows)
+        return {u: (before[u], clock) for u in users}
 
     def _trim(self, db: sqlite3.Connection, user_key: str) -> None:
         """Keep only the user's ``max_events`` most recent events."""
@@ -165,7 +177,11 @@ class SQLiteHistoryStore:
 
     def version(self, user_key: str) -> int | None:
         """A marker that changes whenever the user's history does (a store-wide write clock; never reused)."""
-        row = self.db.execute("SELECT version FROM users WHERE user_key = ?", (user_key,)).fetchone()
+        return self._version(self.db, user_key)
+
+    @staticmethod
+    def _version(db: sqlite3.Connection, user_key: str) -> int | None:
+        row = db.execute("SELECT version FROM users WHERE user_key = ?", (user_key,)).fetchone()
         return None if row is None else row[0]
 
     def erase(self, user_key: str) -> int:

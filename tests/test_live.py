@@ -266,3 +266,24 @@ def test_adaptation_check_reports_each_step(run_and_bundle):
     assert [s["category"] for s in result["steps"]] == [None, first, second]
     assert result["steps"][1]["source"] == "model" and len(result["steps"][2]["top"]) == 5
     assert all(0 <= n <= 5 for s in result["steps"] for n in s["in_category"].values())
+
+
+def test_cached_history_extended_on_ingest_equals_a_re_read(live):
+    rec = live.recommender
+    seeded = next(iter(rec.histories))  # at the store's bound: the oldest event drops out
+    items = rec.item_ids
+    now = time.time()
+    for user in (seeded, "fresh-user"):
+        live.ingest([ev(user, items[1], event="click", ts=now - 500)])
+        live.recommend(user_id=user)  # cached now
+        for step in range(3):
+            live.ingest([ev(user, items[2 + step], dwell=5.0 * step, ts=now - 400 + 100 * step),
+                         ev(user, items[9], event="purchase", ts=now - 399 + 100 * step)])  # fmt: skip
+            cached = live.stored_history(user)
+            live._cache.clear()
+            reread = live.stored_history(user)
+            assert cached.n_events == reread.n_events and cached.last_ts == reread.last_ts
+            for name, array in cached.history.feeds(rec.max_len).items():
+                np.testing.assert_array_equal(array, reread.history.feeds(rec.max_len)[name], err_msg=name)
+    live.ingest([ev("fresh-user", items[3], ts=now - 1000)])  # older than the newest: re-read next time
+    assert "fresh-user" not in live._cache
