@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
-	$(PY) -m pip install --quiet -e ".[train,serve,dev]"
+	$(PY) -m pip install --quiet -e ".[train,serve,bench,dev]"
 	touch $(STAMP)
 
 # Trains on the embedded synthetic log (or DATA=path/to/log.csv) and prints the evaluation.

@@ -2,15 +2,8 @@
 # GPU check for the training side, run on a machine with an NVIDIA GPU (the device tool), not in CI.
 # Needs: python3 with torch + pytorch-lightning (the CUDA image has them), hydra wheels in .whl/ (optional),
 # ml-100k files under $TWOTOWER_DATA_DIR/ml-100k. Writes everything under $OUT (default runs/gpu_check).
-set -uo pipefail
 OUT=${OUT:-runs/gpu_check}
-mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-fi
-export PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 # 1. the tiny end-to-end tests on the GPU (trainer.accelerator=auto picks it)
 python3 -m pytest -q -p no:cacheprovider tests/test_train_e2e.py -k "tiny or csv" 2>&1 | tail -3 | tee "$OUT/tests.txt"

@@ -1,6 +1,20 @@
-"""Torch-free runtime: load a bundle, encode live histories with ONNX Runtime, retrieve with FAISS."""
+"""Torch-free runtime: load a bundle, encode live histories with ONNX Runtime, retrieve with FAISS.
 
-from serving.bundle import Bundle, BundleError
-from serving.recommender import Recommendation, Recommender
+The names below load on first use, so ``serving.history`` (shared with training) imports neither FAISS nor
+ONNX Runtime.
+"""
 
-__all__ = ["Bundle", "BundleError", "Recommendation", "Recommender"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {"Bundle": "serving.bundle", "BundleError": "serving.bundle", "Recommendation": "serving.recommender",
+            "Recommender": "serving.recommender"}  # fmt: skip
+__all__ = list(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'serving' has no attribute {name!r}")

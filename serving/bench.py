@@ -49,7 +49,8 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
             t0 = time.perf_counter()
             query = rec.encode_rows(history)
             t1 = time.perf_counter()
-            rec.search(query, k, Selector(len(rec.item_ids), history.rows))
+            with Selector(len(rec.item_ids), history.rows) as selector:
+                rec.search(query, k, selector)
             t2 = time.perf_counter()
             rec.recommend(user_id=user, k=k)
             t3 = time.perf_counter()

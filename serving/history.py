@@ -53,8 +53,11 @@ class History:
         """From arrays of one length; missing events are index 0, missing dwell/time are unknown."""
         n = len(rows)
         events = np.zeros(n, np.int64) if events is None else np.asarray(events, np.int64)
-        dwell = np.full(n, UNKNOWN, np.float32) if dwell is None else np.asarray(dwell, np.float32)
-        dwell = np.where(np.isfinite(dwell) & (dwell >= 0), dwell, np.float32(UNKNOWN)).astype(np.float32)
+        if dwell is None:
+            dwell = np.full(n, UNKNOWN, np.float32)
+        else:  # negative, NaN or infinite seconds are unknown
+            dwell = np.asarray(dwell, np.float32)
+            dwell = np.where(np.isfinite(dwell) & (dwell >= 0), dwell, np.float32(UNKNOWN)).astype(np.float32)
         if gaps is None:
             gaps = time_gaps(ts) if ts is not None else np.full(n, UNKNOWN, np.float32)
         return cls(np.asarray(rows, np.int64), events, dwell, np.asarray(gaps, np.float32))

@@ -7,8 +7,9 @@ Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph),
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import math
+import threading
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 
@@ -16,7 +17,6 @@ import faiss
 import numpy as np
 
 EXACT_MAX_ITEMS = 50_000
-PACK_MAX_ITEMS = 100_000  # Selector: pack a bool mask up to here, set bits one by one above
 
 
 @dataclass
@@ -30,6 +30,7 @@ class IndexSpec:
     pq_m: int | None = None  # default: D / 4 sub-quantisers (must divide D)
     refine: bool = True  # ivf_pq: re-rank k * k_factor PQ candidates with the exact vectors
     k_factor: int = 8
+    train_per_list: int = 256  # IVF training sample: this many vectors per list (FAISS warns under 39)
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
@@ -64,7 +65,7 @@ def build_index(xb: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.I
         faiss.downcast_index(index).hnsw.efConstruction = spec.ef_construction
     if not index.is_trained:
         rng = np.random.default_rng(seed)
-        sample = xb[rng.choice(n, size=min(n, 256 * max(spec.nlist or 1, 1)), replace=False)]
+        sample = xb[rng.choice(n, size=min(n, spec.train_per_list * max(spec.nlist or 1, 1)), replace=False)]
         index.train(sample)
     index.add(xb)
     return index, spec
@@ -91,20 +92,24 @@ def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSel
     return params
 
 
-@functools.lru_cache(maxsize=8)
-def _all_set(n_bytes: int) -> np.ndarray:
-    """A read-only bitmap with every bit set (copied, not rebuilt, by each exclusion-only request)."""
-    bits = np.full(n_bytes, 0xFF, dtype=np.uint8)
-    bits.flags.writeable = False
-    return bits
+class _BitmapPool(threading.local):
+    """Per-thread all-ones bitmaps (with their FAISS selector), lent to exclusion-only requests."""
+
+    def __init__(self) -> None:
+        self.free: dict[int, tuple[np.ndarray, faiss.IDSelectorBitmap]] = {}
+
+
+_POOL = _BitmapPool()
 
 
 class Selector:
     """An id filter (allow-list and/or exclusion) over rows ``0..n_items-1`` as a FAISS bitmap selector.
 
-    One bit per row (``np.packbits`` little-endian order, as ``faiss.IDSelectorBitmap`` reads it): building it
-    costs a copy of N/8 bytes plus one bit operation per filtered id, and the test inside the search is a
-    shift and a mask. The numpy buffer lives as long as this object, which must outlive the search.
+    One bit per row (little-endian within a byte, as ``faiss.IDSelectorBitmap`` reads it), so the test inside
+    the search is a shift and a mask. An exclusion-only filter borrows this thread's all-ones bitmap and clears
+    one bit per excluded row: O(filters) work whatever the catalog size; :meth:`release` (or leaving a
+    ``with`` block, or dropping the object) sets the bits back and returns the bitmap. An allow-list builds its
+    own bitmap. The object must outlive the search that uses it.
     """
 
     def __init__(
@@ -117,22 +122,37 @@ class Selector:
         n_bytes = (n_items + 7) // 8
         self._exclude = _in_range(exclude, n_items)
         self._allow = None if allow is None else _in_range(allow, n_items)
-        if n_items <= PACK_MAX_ITEMS:  # a bool mask packed: fastest for small catalogs
-            keep = np.ones(n_items, dtype=bool) if self._allow is None else np.zeros(n_items, dtype=bool)
-            if self._allow is not None:
-                keep[self._allow] = True
-            keep[self._exclude] = False
-            bits = np.packbits(keep, bitorder="little")
-        else:  # O(filters) bit operations on a copied template: cost independent of N beyond the copy
-            if self._allow is None:
-                bits = _all_set(n_bytes).copy()  # bits past n_items are set, but no such id exists
-            else:
-                bits = np.zeros(n_bytes, dtype=np.uint8)
-                np.bitwise_or.at(bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
+        self._pooled = self._allow is None
+        if self._pooled:
+            entry = _POOL.free.pop(n_items, None)
+            if entry is None:
+                bits = np.full(n_bytes, 0xFF, dtype=np.uint8)  # bits past n_items are set: no such id exists
+                entry = (bits, faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits)))
+            self._bits, self.selector = entry
+        else:
+            self._bits = np.zeros(n_bytes, dtype=np.uint8)
+            np.bitwise_or.at(self._bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
+            self.selector = faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(self._bits))
+        if len(self._exclude):
+            np.bitwise_and.at(self._bits, self._exclude >> 3, ~(1 << (self._exclude & 7)).astype(np.uint8))
+
+    def release(self) -> None:
+        """Give a borrowed bitmap back (bits restored); the selector must not be used afterwards."""
+        if self._pooled:
+            self._pooled = False
             if len(self._exclude):
-                np.bitwise_and.at(bits, self._exclude >> 3, ~(1 << (self._exclude & 7)).astype(np.uint8))
-        self._bits = bits
-        self.selector = faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits))
+                np.bitwise_or.at(self._bits, self._exclude >> 3, (1 << (self._exclude & 7)).astype(np.uint8))
+            _POOL.free[self.n_items] = (self._bits, self.selector)
+
+    def __enter__(self) -> Selector:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # at interpreter exit the pool may be gone
+            self.release()
 
     def mask(self) -> np.ndarray:
         """(N,) bool of the rows that pass (for the exact path)."""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 
 import faiss
@@ -140,11 +141,9 @@ class Recommender:
         for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} has {len(values)} values for {n} items")
-        items = [str(i) for i in items]
-        row_of = self.row_of
-        rows = np.fromiter((row_of.get(i, -1) for i in items), np.int64, n)
+        rows = np.fromiter(map(self.row_of.get, map(str, items), repeat(-1)), np.int64, n)  # C-speed loop
         known = rows >= 0
-        ev = np.fromiter((self.event_of.get(str(e), 0) for e in events), np.int64, n) if events else None
+        ev = np.fromiter(map(self.event_of.get, map(str, events), repeat(0)), np.int64, n) if events else None
         dw = None if dwell is None else np.array([-1.0 if d is None else d for d in dwell], np.float32)
         times = np.asarray(ts, dtype=np.float64) if ts is not None and self.has_time else None
         gaps = None  # over the whole timeline, unknown items too
@@ -158,7 +157,7 @@ class Recommender:
                 *(a[known] for a in (history.rows, history.events, history.dwell, history.gaps))
             )
             live = self.live.row_of
-            others = [i for i, k in zip(items, known, strict=True) if not k]
+            others = [str(i) for i, k in zip(items, known, strict=True) if not k]
             resolved = ResolvedHistory(
                 history, [i for i in others if i not in live], {i for i in others if i in live}, n, last_ts
             )
@@ -232,7 +231,8 @@ class Recommender:
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode_rows(user_history)
-        scores, found = self.search(query, k, Selector(len(self.item_ids), exclude, allow))
+        with Selector(len(self.item_ids), exclude, allow) as selector:
+            scores, found = self.search(query, k, selector)
         ids = self.item_ids
         items = [
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
@@ -277,7 +277,8 @@ class Recommender:
         else:
             raise KeyError(f"unknown item {item_id!r}")
         exclude = np.concatenate([live.removed_rows, [row] if row is not None else []]).astype(np.int64)
-        scores, found = self.search(vector, k, Selector(len(self.item_ids), exclude))
+        with Selector(len(self.item_ids), exclude) as selector:
+            scores, found = self.search(vector, k, selector)
         items = [
             {"item_id": self.item_ids[r], "score": s}
             for r, s in zip(found.tolist(), scores.tolist(), strict=True)

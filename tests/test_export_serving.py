@@ -155,3 +155,30 @@ def test_random_histories_shapes(run_and_bundle):
     net = load_model(run_and_bundle[0] / "model.pt")
     items, events, dwell, gaps = random_histories(net, 2, 3)
     assert items.shape == events.shape == dwell.shape == gaps.shape == (2, 3)
+
+
+def test_pooled_exclusion_bitmap_is_restored_and_per_thread():
+    import threading
+
+    with Selector(20, exclude=[3, 4, 11]) as first:
+        assert np.flatnonzero(~first.mask()).tolist() == [3, 4, 11]
+        with Selector(20, exclude=[5]) as nested:  # the pool's bitmap is lent out: this one gets its own
+            assert np.flatnonzero(~nested.mask()).tolist() == [5]
+        assert np.flatnonzero(~first.mask()).tolist() == [3, 4, 11]
+    again = Selector(20, exclude=[0])
+    assert np.flatnonzero(~again.mask()).tolist() == [0]  # earlier exclusions were set back
+    again.release()
+    assert Selector(20).mask().all()
+    seen = []
+
+    def worker(row):
+        for _ in range(200):
+            with Selector(20, exclude=[row]) as sel:
+                seen.append(np.flatnonzero(~sel.mask()).tolist() == [row])
+
+    threads = [threading.Thread(target=worker, args=(r,)) for r in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(seen) and len(seen) == 800

@@ -1,0 +1,246 @@
+"""Batch scoring: top-k for every user into Parquet, in bounded memory, resumable and shardable. No torch.
+
+Users are cut into chunks (in a fixed order); shard ``s`` of ``n`` takes chunks ``s, s + n, ...``. Each
+chunk is encoded in one ONNX call (right-padded batch), searched in one FAISS call on all cores, filtered of
+the users' histories, and written as ``OUT.parts/chunk-NNNNNN.parquet`` (temp file + rename: a chunk is on
+disk whole or not at all). A re-run skips chunks already on disk; the parts are then streamed into ``OUT``
+(``user_id, rank, item_id, score``; the model version in the file metadata) and removed.
+
+History exclusion in a batch: the search fetches ``k + overfetch`` candidates; a user with more than
+``overfetch`` history items among them is searched again alone with their own selector, so everyone gets
+exactly ``k`` (as the online path does).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from serving.history import History
+from serving.index import Selector, search_parameters
+from serving.recommender import Recommender
+
+log = logging.getLogger(__name__)
+SCHEMA = pa.schema(
+    [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
+)
+
+
+def padded_feeds(histories: Sequence[History], max_len: int) -> dict[str, np.ndarray]:
+    """(B, L) right-padded ONNX inputs for a batch of histories (L = longest, at most ``max_len``)."""
+    cut = [slice(max(0, len(h) - max_len), len(h)) for h in histories]
+    width = max(1, max(s.stop - s.start for s in cut))
+    feeds = {"items": np.zeros((len(histories), width), np.int64), "events": np.zeros((len(histories), width), np.int64),
+             "dwell": np.full((len(histories), width), -1.0, np.float32),
+             "gaps": np.full((len(histories), width), -1.0, np.float32)}  # fmt: skip
+    for row, (h, s) in enumerate(zip(histories, cut, strict=True)):
+        n = s.stop - s.start
+        feeds["items"][row, :n] = h.rows[s] + 1
+        feeds["events"][row, :n] = h.events[s]
+        feeds["dwell"][row, :n] = h.dwell[s]
+        feeds["gaps"][row, :n] = h.gaps[s]
+    return feeds
+
+
+class BatchScorer:
+    def __init__(
+        self, rec: Recommender, k: int = 100, overfetch: int = 32, exclude_seen: bool = True
+    ) -> None:
+        self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
+
+    def encode(self, histories: Sequence[History], batch: int = 1024) -> np.ndarray:
+        """(B, D) user vectors (ONNX on every core the session was given)."""
+        out = [
+            self.rec.session.run(None, padded_feeds(histories[i : i + batch], self.rec.max_len))[0]
+            for i in range(0, len(histories), batch)
+        ]
+        return np.concatenate(out) if out else np.zeros((0, self.rec.bundle.dim), np.float32)
+
+    def top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) scores and catalog rows (-1 where fewer than k items remain), history excluded."""
+        rec, k = self.rec, self.k
+        scores = np.full((len(histories), k), -np.inf, np.float32)
+        rows = np.full((len(histories), k), -1, np.int64)
+        empty = [b for b, h in enumerate(histories) if not len(h)]
+        if empty:  # no history: the popularity fallback, as online
+            popular = rec.popular_rows[:k]
+            scores[empty, : len(popular)], rows[empty, : len(popular)] = rec.popularity[popular], popular
+        known = [b for b, h in enumerate(histories) if len(h)]
+        if known:
+            scores[known], rows[known] = self._model_top_k([histories[b] for b in known])
+        return scores, rows
+
+    def _model_top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
+        rec, k = self.rec, self.k
+        queries = self.encode(histories)
+        fetch = min(len(rec.item_ids), k + (self.overfetch if self.exclude_seen else 0))
+        found_scores, found = rec.index.search(queries, fetch, params=search_parameters(rec.index, rec.spec))
+        scores = np.full((len(histories), k), -np.inf, np.float32)
+        rows = np.full((len(histories), k), -1, np.int64)
+        for b, h in enumerate(histories):
+            keep = found[b] >= 0
+            if self.exclude_seen and len(h):
+                keep &= ~np.isin(found[b], h.rows)
+            if keep.sum() >= k or fetch == len(rec.item_ids):
+                got = np.flatnonzero(keep)[:k]
+                scores[b, : len(got)], rows[b, : len(got)] = found_scores[b, got], found[b, got]
+            else:  # more history than over-fetch among the candidates: this user alone, filter in the search
+                exclude = h.rows if self.exclude_seen else ()
+                with Selector(len(rec.item_ids), exclude) as selector:
+                    s, r = rec.search(queries[b], k, selector)
+                scores[b, : len(r)], rows[b, : len(r)] = s, r
+        return scores, rows
+
+    def table(self, users: Sequence[str], histories: Sequence[History]) -> pa.Table:
+        scores, rows = self.top_k(histories)
+        valid = rows >= 0
+        ids = np.asarray(self.rec.item_ids, dtype=object)
+        return pa.table(
+            {
+                "user_id": pa.array(np.repeat(np.asarray(users, dtype=object), valid.sum(1)), pa.string()),
+                "rank": pa.array((np.cumsum(valid, axis=1) - 1)[valid] + 1, pa.int32()),
+                "item_id": pa.array(ids[rows[valid]], pa.string()),
+                "score": pa.array(scores[valid], pa.float32()),
+            },
+            schema=SCHEMA,
+        )
+
+
+def load_users(
+    rec: Recommender,
+    users_file: str | None = None,
+    histories_file: str | None = None,
+    state_dir: str | None = None,
+) -> tuple[list[str], list[History]]:
+    """Who to score and their histories: a raw log file, a history store, or the bundle's histories.
+
+    ``users_file`` (one id per line) restricts and orders the users; an id without a history gets the
+    popularity fallback."""
+    if histories_file:
+        frame = (
+            pd.read_parquet(histories_file)
+            if str(histories_file).endswith(".parquet")
+            else pd.read_csv(histories_file)
+        )
+        missing = {"user_id", "item_id"} - set(frame.columns)
+        if missing:
+            raise ValueError(f"{histories_file}: missing columns {sorted(missing)} (need user_id, item_id)")
+        if "ts" in frame:
+            frame = frame.sort_values(["user_id", "ts"], kind="stable")
+        table: dict[str, History] = {}
+        for user, group in frame.groupby(frame["user_id"].astype(str), sort=False):
+            table[user] = rec.resolve(
+                group["item_id"].astype(str).tolist(),
+                group["event"].astype(str).tolist() if "event" in group else None,
+                group["dwell_s"].tolist() if "dwell_s" in group else None,
+                group["ts"].tolist() if "ts" in group else None,
+            ).history
+    elif state_dir:
+        from serving.store import SQLiteHistoryStore
+
+        store = SQLiteHistoryStore(state_dir, max_events=rec.max_len + 1)
+        keys = _read_ids(users_file) if users_file else [
+            r[0] for r in store.db.execute("SELECT user_key FROM users ORDER BY user_key")]  # fmt: skip
+        table = {key: rec.resolve(*store.history_columns(key)).history for key in keys}
+    else:
+        table = rec.histories
+    users = _read_ids(users_file) if users_file else sorted(table)
+    empty = History.build(np.zeros(0, np.int64))
+    return users, [table.get(u, empty) for u in users]
+
+
+def _read_ids(path: str) -> list[str]:
+    with open(path) as handle:
+        return [line.strip() for line in handle if line.strip()]
+
+
+def chunks_of(
+    n_users: int, chunk_size: int, num_shards: int = 1, shard: int = 0
+) -> Iterator[tuple[int, slice]]:
+    """(chunk number, user slice) of this shard."""
+    if not 0 <= shard < num_shards:
+        raise ValueError(f"shard must be in [0, {num_shards}), got {shard}")
+    for number, begin in enumerate(range(0, n_users, chunk_size)):
+        if number % num_shards == shard:
+            yield number, slice(begin, min(begin + chunk_size, n_users))
+
+
+def score_to_parquet(
+    scorer: BatchScorer, users: Sequence[str], histories: Sequence[History], out: str | Path,
+    chunk_size: int = 4096, num_shards: int = 1, shard: int = 0, progress: bool = True,
+) -> dict:  # fmt: skip
+    """Write the top-k of ``users`` (this shard's chunks) to ``out``; resumes from finished chunks."""
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    parts.mkdir(parents=True, exist_ok=True)
+    meta = {"model_version": scorer.rec.model_version, "k": scorer.k, "users": len(users), "chunk_size": chunk_size,
+            "num_shards": num_shards, "shard": shard}  # fmt: skip
+    plan = parts / "plan.json"
+    if plan.exists() and json.loads(plan.read_text()) != meta:
+        raise ValueError(
+            f"{parts}: left by a different job {json.loads(plan.read_text())}; remove it to restart"
+        )
+    plan.write_text(json.dumps(meta))
+    todo = list(chunks_of(len(users), chunk_size, num_shards, shard))
+    done = skipped = 0
+    bar = _progress(len(todo), progress)
+    for number, block in todo:
+        path = parts / f"chunk-{number:06d}.parquet"
+        if path.exists():
+            skipped += 1
+        else:
+            table = scorer.table(users[block], histories[block])
+            tmp = path.with_suffix(".tmp")
+            pq.write_table(table, tmp)
+            os.replace(tmp, path)  # atomic: a chunk is whole or absent
+            done += 1
+        bar.update(1)
+    bar.close()
+    rows = _merge(sorted(parts.glob("chunk-*.parquet")), out, {"model_version": scorer.rec.model_version,
+                  "k": str(scorer.k), "shard": f"{shard}/{num_shards}"})  # fmt: skip
+    shutil.rmtree(parts)
+    return {**meta, "chunks_written": done, "chunks_resumed": skipped, "rows": rows, "out": str(out)}
+
+
+def _merge(paths: list[Path], out: Path, metadata: dict[str, str]) -> int:
+    """Stream chunk files into one Parquet file (one chunk in memory at a time)."""
+    schema = SCHEMA.with_metadata({f"twotower.{k}": v for k, v in metadata.items()})
+    rows = 0
+    tmp = out.with_name(out.name + ".tmp")
+    with pq.ParquetWriter(tmp, schema) as writer:
+        for path in paths:
+            table = pq.read_table(path).cast(schema)
+            writer.write_table(table)
+            rows += table.num_rows
+    os.replace(tmp, out)
+    return rows
+
+
+def _progress(total: int, enabled: bool):
+    try:
+        from tqdm import tqdm
+
+        return tqdm(total=total, unit="chunk", disable=not enabled)
+    except ImportError:  # the serving image has no tqdm: log instead
+        return _LogProgress(total)
+
+
+class _LogProgress:
+    def __init__(self, total: int) -> None:
+        self.total, self.n = total, 0
+
+    def update(self, n: int) -> None:
+        self.n += n
+        log.info("chunk %d/%d", self.n, self.total)
+
+    def close(self) -> None:
+        pass

@@ -1,0 +1,120 @@
+"""Batch scoring: same answers as online, bounded chunks, resume after interruption, shards, inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from serving.batch import BatchScorer, load_users, score_to_parquet
+from serving.recommender import Recommender
+
+
+@pytest.fixture(scope="module")
+def rec(run_and_bundle):
+    return Recommender.load(run_and_bundle[1], threads=2)
+
+
+def test_batch_top_k_agrees_with_online(rec):
+    users, histories = load_users(rec)
+    scores, rows = BatchScorer(rec, k=10, overfetch=4).top_k(histories)
+    agreement = []
+    for user, top in zip(users, rows, strict=True):
+        online = [x["item_id"] for x in rec.recommend(user_id=user, k=10)]
+        agreement.append(len(set(online) & {rec.item_ids[r] for r in top}) / 10)
+        assert not set(top) & set(
+            rec.histories[user].rows.tolist()
+        )  # history excluded, even past the overfetch
+    assert np.mean(agreement) >= 0.95 and (rows >= 0).all()
+    assert (np.diff(scores, axis=1) <= 1e-6).all()  # sorted
+
+
+class Interrupt(Exception):
+    pass
+
+
+def test_resume_after_interruption_and_file_contract(rec, tmp_path):
+    users, histories = load_users(rec)
+    scorer = BatchScorer(rec, k=5)
+    calls = {"n": 0}
+    original = scorer.table
+
+    def flaky(u, h):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise Interrupt
+        return original(u, h)
+
+    scorer.table = flaky
+    out = tmp_path / "top.parquet"
+    with pytest.raises(Interrupt):
+        score_to_parquet(scorer, users, histories, out, chunk_size=7, progress=False)
+    assert len(list((tmp_path / "top.parquet.parts").glob("chunk-*.parquet"))) == 2 and not out.exists()
+    scorer.table = original
+    summary = score_to_parquet(scorer, users, histories, out, chunk_size=7, progress=False)
+    assert summary["chunks_resumed"] == 2 and summary["rows"] == 5 * len(users)
+    table = pq.read_table(out)
+    assert table.column_names == ["user_id", "rank", "item_id", "score"]
+    assert table.schema.metadata[b"twotower.model_version"].decode() == rec.model_version
+    frame = table.to_pandas()
+    assert frame.groupby("user_id")["rank"].apply(list).map(lambda r: r == [1, 2, 3, 4, 5]).all()
+    assert sorted(frame["user_id"].unique()) == sorted(users)
+    with pytest.raises(ValueError, match="different job"):
+        (tmp_path / "top.parquet.parts").mkdir()
+        (tmp_path / "top.parquet.parts" / "plan.json").write_text('{"k": 1}')
+        score_to_parquet(scorer, users, histories, out, chunk_size=7, progress=False)
+
+
+def test_shards_split_the_users(rec, tmp_path):
+    users, histories = load_users(rec)
+    seen = []
+    for shard in range(3):
+        out = tmp_path / f"part-{shard}.parquet"
+        score_to_parquet(BatchScorer(rec, k=2), users, histories, out, chunk_size=5, num_shards=3, shard=shard,
+                         progress=False)  # fmt: skip
+        seen.append(set(pq.read_table(out).column("user_id").to_pylist()))
+    assert not (seen[0] & seen[1]) and not (seen[1] & seen[2]) and set().union(*seen) == set(users)
+    with pytest.raises(ValueError, match="shard"):
+        score_to_parquet(BatchScorer(rec), users, histories, tmp_path / "x.parquet", num_shards=2, shard=2)
+
+
+def test_inputs_from_a_log_file_and_a_user_list(rec, tmp_path):
+    log = pd.DataFrame({"user_id": ["a", "a", "b"], "item_id": [rec.item_ids[0], rec.item_ids[1], "ghost"],
+                        "ts": [2.0, 1.0, 3.0]})  # fmt: skip
+    log.to_csv(tmp_path / "log.csv", index=False)
+    (tmp_path / "users.txt").write_text("a\nb\nnobody\n")
+    users, histories = load_users(
+        rec, users_file=str(tmp_path / "users.txt"), histories_file=str(tmp_path / "log.csv")
+    )
+    assert users == ["a", "b", "nobody"]
+    assert histories[0].rows.tolist() == [1, 0]  # sorted by time
+    assert len(histories[1]) == 0 and len(histories[2]) == 0  # only unknown items / no events: the fallback
+    _, rows = BatchScorer(rec, k=3).top_k(histories)
+    assert rows[1].tolist() == rec.popular_rows[:3].tolist() == rows[2].tolist()
+    with pytest.raises(ValueError, match="missing columns"):
+        pd.DataFrame({"user": ["a"]}).to_csv(tmp_path / "bad.csv", index=False)
+        load_users(rec, histories_file=str(tmp_path / "bad.csv"))
+
+
+def test_lightning_predict_matches_the_cpu_batch_path(run_and_bundle, rec, tmp_path):
+    import pytorch_lightning as pl
+
+    from twotower.artifacts import load_model
+    from twotower.batch_predict import ParquetPartWriter, TopKPredictor, history_loader, run_histories
+
+    users, item_ids, histories = run_histories(run_and_bundle[0])
+    writer = ParquetPartWriter(tmp_path / "parts", users, item_ids)
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
+    )
+    trainer.predict(TopKPredictor(load_model(run_and_bundle[0] / "model.pt"), k=10),
+                    dataloaders=history_loader(histories, rec.max_len, batch_size=16), return_predictions=False)  # fmt: skip
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "parts").glob("*.parquet")))
+    assert len(frame) == 10 * len(users) and set(frame["user_id"]) == set(users)
+    agree = []
+    for user, group in frame.groupby("user_id"):
+        online = {x["item_id"] for x in rec.recommend(user_id=user, k=10)}
+        agree.append(len(online & set(group["item_id"])) / 10)
+        assert not set(group["item_id"]) & {rec.item_ids[r] for r in rec.histories[user].rows}
+    assert np.mean(agree) >= 0.95

@@ -1,0 +1,58 @@
+"""Benchmark code paths on a small synthetic catalog: the JSON contract, the plot, exact-vs-approximate sanity."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from serving.index import IndexSpec
+from serving.recommender import Recommender
+from twotower.benchmarks.catalog import clustered_catalog, taste_queries
+
+
+@pytest.fixture(scope="module")
+def bench_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("bench")
+
+
+def test_catalog_has_cluster_structure():
+    xb, centres = clustered_catalog(3000, 16, seed=0)
+    assert xb.shape == (3000, 16) and np.allclose(np.linalg.norm(xb, axis=1), 1, atol=1e-5)
+    nearest = (xb @ centres.T).max(1)
+    assert np.median(nearest) > 0.6  # items sit near a topic centre
+    for mixture in (1, 3):
+        q = taste_queries(centres, 50, mixture=mixture)
+        assert q.shape == (50, 16) and np.allclose(np.linalg.norm(q, axis=1), 1, atol=1e-5)
+
+
+def test_latency_benchmark_contract(bench_root):
+    from twotower.benchmarks.latency import run_latency
+    from twotower.benchmarks.plot import plot_latency
+
+    result = run_latency([2000], bench_root, ["flat", "hnsw"], {"hnsw": [8, 64]}, {"ef_construction": 40},
+                         queries=25, k=10, dim=16)  # fmt: skip
+    rows = result["results"]
+    assert [r["index"] for r in rows] == ["Flat", "HNSW32,Flat", "HNSW32,Flat"]
+    assert rows[0]["recall@10"] == 1.0  # exact index == exact search under the same exclusion
+    assert rows[2]["recall@10"] >= rows[1]["recall@10"] - 0.05 and rows[2]["params"]["ef_search"] == 64
+    for r in rows:
+        assert set(r) >= {"n_items", "index", "params", "recall@10", "encode", "search", "recommend", "naive"}
+        assert 0 < r["recommend"]["p50_ms"] <= r["recommend"]["p99_ms"] and r["recommend"]["qps"] > 0
+        assert r["naive"]["p50_ms"] > 0 and r["build_seconds"] >= 0
+    assert set(result["machine"]) >= {"cpu", "cores", "threads", "faiss", "onnxruntime", "torch"}
+    json.dumps(result)
+    plot_latency(result, bench_root / "latency.png")
+    assert (bench_root / "latency.png").stat().st_size > 1000
+
+
+def test_batch_throughput_contract(bench_root):
+    from twotower.benchmarks.throughput import run_throughput
+
+    result = run_throughput(2000, bench_root, n_users=300, k=20, exact_users=100,
+                            spec=IndexSpec(kind="hnsw", ef_construction=40), search_values=[64], dim=16)  # fmt: skip
+    row = result["results"][0]
+    assert row["users_per_s"] > 0 and 0.5 <= row["recall@20"] <= 1.0 and result["exact"]["users_per_s"] > 0
+    rec = Recommender.load(bench_root / "bundles" / "bundle-2000-d16")
+    assert len(rec.item_ids) == 2000 and rec.manifest["dim"] == 16

@@ -1,0 +1,127 @@
+"""Batch top-k on GPUs with Lightning's ``predict`` (DDP across devices): exact scores by matrix product.
+
+    trainer = pl.Trainer(accelerator="gpu", devices=4, strategy="ddp", callbacks=[ParquetPartWriter(out)])
+    trainer.predict(TopKPredictor(net, k=100), dataloaders=history_loader(users, histories, batch_size=4096))
+
+Each rank scores its share of the batches (Lightning's distributed sampler) and writes
+``out/rank-R-batch-B.parquet`` (``user_id, rank, item_id, score``). Exact: every item is scored
+(``users @ items.T`` then ``torch.topk``), the history excluded by setting its scores to -inf. The CPU path
+for the same job is :mod:`serving.batch` (ONNX + FAISS); both return the online path's answers.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import BasePredictionWriter
+from torch.utils.data import DataLoader, Dataset
+
+from twotower.model import TwoTower
+
+INPUTS = ("items", "events", "dwell", "gaps")
+
+
+class HistoryDataset(Dataset):
+    """User i's last ``max_len`` events as 1-based item indices and features."""
+
+    def __init__(self, histories: Sequence[dict[str, np.ndarray]], max_len: int) -> None:
+        self.histories, self.max_len = histories, max_len
+
+    def __len__(self) -> int:
+        return len(self.histories)
+
+    def __getitem__(self, i: int) -> dict:
+        h = self.histories[i]
+        return {"index": i, **{name: h[name][-self.max_len :] for name in INPUTS}}
+
+
+def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
+    """Right-pad a list of histories into (B, L) tensors."""
+    width = max(len(r["items"]) for r in rows)
+    out = {"index": torch.tensor([r["index"] for r in rows])}
+    for name, fill, dtype in (("items", 0, torch.long), ("events", 0, torch.long), ("dwell", -1.0, torch.float32),
+                              ("gaps", -1.0, torch.float32)):  # fmt: skip
+        block = torch.full((len(rows), width), fill, dtype=dtype)
+        for b, r in enumerate(rows):
+            block[b, : len(r[name])] = torch.as_tensor(r[name], dtype=dtype)
+        out[name] = block
+    return out
+
+
+def history_loader(
+    histories: Sequence[dict[str, np.ndarray]], max_len: int, batch_size: int = 4096, num_workers: int = 0
+) -> DataLoader:
+    return DataLoader(HistoryDataset(histories, max_len), batch_size=batch_size, collate_fn=collate,
+                      num_workers=num_workers, pin_memory=torch.cuda.is_available())  # fmt: skip
+
+
+class TopKPredictor(pl.LightningModule):
+    """Exact top-k over the whole catalog for each history in a batch."""
+
+    def __init__(self, net: TwoTower, k: int = 100, exclude_seen: bool = True) -> None:
+        super().__init__()
+        self.net, self.k, self.exclude_seen = net.eval(), k, exclude_seen
+        self.register_buffer("item_vectors", torch.zeros(0), persistent=False)
+
+    def on_predict_start(self) -> None:
+        with torch.no_grad():
+            self.item_vectors = self.net.encode_items()  # (N, D) on this device
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
+        users = self.net.encode_user(*(batch[name] for name in INPUTS))  # (B, D)
+        scores = users @ self.item_vectors.T  # (B, N)
+        if self.exclude_seen:
+            seen = batch["items"] - 1  # (B, L) 0-based rows, -1 = padding
+            seen = torch.where(
+                seen >= 0, seen, seen[:, :1]
+            )  # padding repeats the first event (excluded anyway)
+            scores.scatter_(1, seen, float("-inf"))
+        top = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
+        return {"index": batch["index"], "rows": top.indices, "scores": top.values}
+
+
+class ParquetPartWriter(BasePredictionWriter):
+    """Writes each predicted batch of each rank to its own Parquet file (a restart can skip existing ones)."""
+
+    def __init__(self, out: str | Path, users: Sequence[str], item_ids: Sequence[str]) -> None:
+        super().__init__(write_interval="batch")
+        self.out, self.users, self.item_ids = (
+            Path(out),
+            np.asarray(users, dtype=object),
+            np.asarray(item_ids, dtype=object),
+        )
+        self.out.mkdir(parents=True, exist_ok=True)
+
+    def write_on_batch_end(
+        self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
+    ):
+        index = prediction["index"].cpu().numpy()
+        rows, scores = prediction["rows"].cpu().numpy(), prediction["scores"].float().cpu().numpy()
+        k = rows.shape[1]
+        frame = pd.DataFrame({"user_id": np.repeat(self.users[index], k), "rank": np.tile(np.arange(1, k + 1), len(index)),
+                              "item_id": self.item_ids[rows.ravel()], "score": scores.ravel()})  # fmt: skip
+        frame.to_parquet(self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", index=False)
+
+
+def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[dict[str, np.ndarray]]]:
+    """(user ids, item ids, per-user model inputs) from a training run's ``data/`` artifacts."""
+    vocab = json.loads((run_dir / "data" / "vocab.json").read_text())
+    row = {item: i for i, item in enumerate(vocab["items"])}
+    event = {name: i for i, name in enumerate(vocab["events"])}
+    frame = pd.read_parquet(run_dir / "data" / "histories.parquet")
+    users, histories = [], []
+    for user, group in frame.groupby(frame["user_id"].astype(str), sort=True):
+        users.append(user)
+        histories.append({
+            "items": np.array([row[i] + 1 for i in group["item_id"]], np.int64),
+            "events": np.array([event.get(e, 0) for e in group["event"]], np.int64),
+            "dwell": group["dwell_s"].to_numpy(np.float32),
+            "gaps": group["gap_s"].to_numpy(np.float32),
+        })  # fmt: skip
+    return users, vocab["items"], histories

@@ -1,0 +1,187 @@
+"""Retrieval latency against recall: encode, search, whole ``recommend()`` and a naive eager-PyTorch peer.
+
+One query at a time on one thread after warm-up. For each catalog size and index setting (efSearch / nprobe
+sweeps over one built index): p50/p95/p99 of the ONNX encode, the filtered FAISS search, the whole
+``Recommender.recommend()`` with history exclusion, recall@10 against exact search under the same exclusion,
+and the naive peer (the same user tower in eager PyTorch + exact ``torch.topk`` over every item vector).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import resource
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import onnxruntime as ort
+import torch
+from tqdm import tqdm
+
+from serving.history import History
+from serving.index import IndexSpec, Selector, build_index
+from serving.recommender import Recommender
+from twotower.artifacts import MODEL_FILE, load_model
+from twotower.benchmarks.catalog import clustered_catalog, taste_queries
+from twotower.benchmarks.synthetic import synthetic_bundle
+
+log = logging.getLogger(__name__)
+SWEEP_FIELD = {"hnsw": "ef_search", "ivf_flat": "nprobe", "ivf_pq": "nprobe"}
+
+
+def percentiles(seconds: list[float]) -> dict[str, float]:
+    ms = np.asarray(seconds) * 1e3
+    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
+            "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
+
+
+def timed(fn, items: list, warmup: int = 20) -> list[float]:
+    for x in items[:warmup]:
+        fn(x)
+    out = []
+    for x in items:
+        t0 = time.perf_counter()
+        fn(x)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def machine(threads: int) -> dict[str, Any]:
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "faiss": faiss.__version__, "onnxruntime": ort.__version__, "torch": torch.__version__}  # fmt: skip
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far (MB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class Workload:
+    """Histories (for encode / recommend / naive) and query vectors (for search and recall) of one catalog."""
+
+    def __init__(
+        self, rec: Recommender, n_queries: int, k: int, synthetic: bool, seed: int = 0, mixture: int = 1
+    ) -> None:
+        rng = np.random.default_rng(seed)
+        users = sorted(rec.histories)
+        users = [users[i] for i in rng.choice(len(users), size=min(n_queries, len(users)), replace=False)]
+        self.histories: list[History] = [rec.histories[u] for u in users]
+        self.ids = [[rec.item_ids[r] for r in h.rows] for h in self.histories]
+        n = len(self.histories)
+        if synthetic:  # realistic directions: an untrained tower's outputs are not aligned with the catalog
+            _, centres = clustered_catalog(len(rec.item_ids), rec.bundle.dim, seed=0)
+            self.queries = taste_queries(centres, n, seed=seed + 1, mixture=mixture)
+        else:
+            self.queries = np.stack([rec.encode_rows(h) for h in self.histories])
+        self.k = k
+        self.exact = self._exact(rec.vectors)
+
+    def _exact(self, xb: np.ndarray, chunk: int = 64) -> np.ndarray:
+        """(Q, k) exact top-k rows under each query's history exclusion."""
+        out = []
+        for begin in range(0, len(self.queries), chunk):
+            block = slice(begin, begin + chunk)
+            scores = self.queries[block] @ xb.T  # (q, N)
+            for row, h in enumerate(self.histories[block]):
+                scores[row, h.rows] = -np.inf
+            out.append(_top(scores, self.k))
+        return np.concatenate(out)
+
+
+def _top(scores: np.ndarray, k: int) -> np.ndarray:
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    return np.take_along_axis(top, order, axis=1)
+
+
+def naive_peer(run_dir: Path, rec: Recommender, work: Workload, threads: int) -> dict[str, float]:
+    """Eager PyTorch user tower + exact torch.topk over all item vectors, with the same exclusion."""
+    torch.set_num_threads(threads)
+    net = load_model(run_dir / MODEL_FILE)
+    xb = torch.from_numpy(rec.vectors)
+
+    def one(i: int) -> None:
+        feeds = work.histories[i].feeds(rec.max_len)
+        with torch.no_grad():
+            user = net.encode_user(
+                *(torch.from_numpy(feeds[n]) for n in ("items", "events", "dwell", "gaps"))
+            )[0]
+            scores = xb @ user  # (N,)
+            scores[torch.from_numpy(work.histories[i].rows)] = float("-inf")
+            torch.topk(scores, work.k)
+
+    return percentiles(timed(one, list(range(len(work.histories)))))
+
+
+def measure_setting(rec: Recommender, work: Workload, encode: dict) -> dict[str, Any]:
+    n = len(rec.item_ids)
+    idx = list(range(len(work.histories)))
+    found = {}
+
+    def search(i: int) -> None:
+        with Selector(n, work.histories[i].rows) as selector:
+            found[i] = rec.search(work.queries[i], work.k, selector)[1]
+
+    search_s = timed(search, idx)
+    recall = float(np.mean([len(set(found[i]) & set(work.exact[i])) / work.k for i in idx]))
+    whole = timed(lambda i: rec.recommend(history=work.ids[i], k=work.k), idx)
+    rec_stats = {**percentiles(whole), "qps": float(len(whole) / sum(whole))}
+    glue = rec_stats["p50_ms"] / (encode["p50_ms"] + percentiles(search_s)["p50_ms"]) - 1.0
+    return {"recall@10": recall, "encode": encode, "search": percentiles(search_s), "recommend": rec_stats,
+            "glue_over_encode_plus_search": glue}  # fmt: skip
+
+
+def index_settings(kinds: list[str], sweep: dict[str, list[int]], base: dict[str, Any]) -> list[IndexSpec]:
+    """One built index per kind; the swept parameter varies at search time only."""
+    return [IndexSpec(kind=kind, **{k: v for k, v in base.items() if k in IndexSpec.__dataclass_fields__})
+            for kind in kinds]  # fmt: skip
+
+
+def run_latency(
+    n_items: list[int], out: Path, kinds: list[str], sweep: dict[str, list[int]], index_base: dict[str, Any],
+    queries: int = 300, k: int = 10, threads: int = 1, dim: int = 64, bundle: str | None = None,
+    run_dir: str | None = None, build_threads: int | None = None, query_mixture: int = 1,
+) -> dict[str, Any]:  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for n in n_items:
+        synthetic = bundle is None
+        path = Path(bundle) if bundle else synthetic_bundle(out / "bundles", n, dim)
+        runs = Path(run_dir) if run_dir else (out / "bundles" / f"run-{n}-d{dim}" if synthetic else None)
+        rec = Recommender.load(path, threads=threads)
+        work = Workload(rec, queries, k, synthetic, mixture=query_mixture)
+        encode = percentiles(timed(rec.encode_rows, work.histories))
+        naive = naive_peer(runs, rec, work, threads) if runs and (runs / MODEL_FILE).exists() else None
+        for spec in tqdm(
+            index_settings(kinds, sweep, index_base), desc=f"{len(rec.item_ids)} items", unit="index"
+        ):
+            faiss.omp_set_num_threads(build_threads or os.cpu_count() or 1)
+            before, start = rss_mb(), time.perf_counter()
+            index, spec = build_index(rec.vectors, spec)
+            build_s, memory = time.perf_counter() - start, max(rss_mb() - before, 0.0)
+            faiss.omp_set_num_threads(threads)
+            rec.index, rec.spec = index, spec
+            values = sweep.get(spec.kind) or [None]
+            for value in values:
+                setting = replace(spec, **{SWEEP_FIELD[spec.kind]: value}) if value is not None else spec
+                rec.spec = setting
+                figures = measure_setting(rec, work, encode)
+                params = {k: v for k, v in asdict(setting).items() if v is not None}
+                results.append({"n_items": len(rec.item_ids), "index": setting.factory_string(), "params": params,
+                                **figures, "naive": naive,
+                                "speedup_vs_naive": naive["p50_ms"] / figures["recommend"]["p50_ms"] if naive else None,
+                                "build_seconds": build_s, "index_bytes": int(faiss.serialize_index(index).nbytes),
+                                "peak_rss_growth_mb": memory})  # fmt: skip
+                log.info("%s %s: recall@10 %.3f, recommend p50 %.3f ms", len(rec.item_ids),
+                         setting.factory_string(), figures["recall@10"], figures["recommend"]["p50_ms"])  # fmt: skip
+    return {"machine": machine(threads), "k": k, "queries": queries, "query_mixture": query_mixture,
+            "results": results}  # fmt: skip
