@@ -84,20 +84,25 @@ class BatchScorer:
         queries = self.encode(histories)
         fetch = min(len(rec.item_ids), k + (self.overfetch if self.exclude_seen else 0))
         found_scores, found = rec.index.search(queries, fetch, params=search_parameters(rec.index, rec.spec))
+        keep = found >= 0  # (B, fetch)
+        if self.exclude_seen:  # one sorted membership test for the whole batch: key = user * N + row
+            n = len(rec.item_ids)
+            seen = np.concatenate([b * n + h.rows for b, h in enumerate(histories)])
+            keep &= ~np.isin(np.arange(len(histories))[:, None] * n + found, seen)
+        rank = np.cumsum(keep, axis=1)  # (B, fetch): 1-based rank among the kept candidates
+        take = keep & (rank <= k)
         scores = np.full((len(histories), k), -np.inf, np.float32)
         rows = np.full((len(histories), k), -1, np.int64)
-        for b, h in enumerate(histories):
-            keep = found[b] >= 0
-            if self.exclude_seen and len(h):
-                keep &= ~np.isin(found[b], h.rows)
-            if keep.sum() >= k or fetch == len(rec.item_ids):
-                got = np.flatnonzero(keep)[:k]
-                scores[b, : len(got)], rows[b, : len(got)] = found_scores[b, got], found[b, got]
-            else:  # more history than over-fetch among the candidates: this user alone, filter in the search
-                exclude = h.rows if self.exclude_seen else ()
-                with Selector(len(rec.item_ids), exclude) as selector:
-                    s, r = rec.search(queries[b], k, selector)
-                scores[b, : len(r)], rows[b, : len(r)] = s, r
+        user, slot = np.nonzero(take)
+        scores[user, rank[user, slot] - 1], rows[user, rank[user, slot] - 1] = found_scores[take], found[take]
+        short = np.flatnonzero((rank[:, -1] < k) & (fetch < len(rec.item_ids)))
+        for b in (
+            short
+        ):  # more history than over-fetch among the candidates: this user alone, filter in the search
+            with Selector(len(rec.item_ids), histories[b].rows if self.exclude_seen else ()) as selector:
+                s, r = rec.search(queries[b], k, selector)
+            scores[b], rows[b] = -np.inf, -1
+            scores[b, : len(r)], rows[b, : len(r)] = s, r
         return scores, rows
 
     def table(self, users: Sequence[str], histories: Sequence[History]) -> pa.Table:

@@ -85,8 +85,10 @@ class CausalSelfAttention(nn.Module):
         """
         b, length, d = x.shape
         h, dh = self.num_heads, d // self.num_heads
-        w_q, w_k, w_v = (w.view(h, dh, d) for w in self.qkv.weight.split(d))  # 3 x (H, Dh, D)
-        b_q, _, b_v = self.qkv.bias.split(d)  # (D,) each
+        # Slices, not split(): the exporter folds slices of constants (it cannot fold a multi-output Split).
+        weight, bias = self.qkv.weight, self.qkv.bias
+        w_q, w_k, w_v = (weight[i * d : (i + 1) * d].view(h, dh, d) for i in range(3))  # 3 x (H, Dh, D)
+        b_q, b_v = bias[:d], bias[2 * d :]  # (D,) each; the key bias shifts all scores of a head equally
         scale = dh**-0.5
         # Query side: u_h = W_k_h^T (W_q_h x_last + b_q_h) / sqrt(Dh), one (H*D, D) matrix for all heads.
         w_u = (w_k.transpose(1, 2) @ w_q * scale).reshape(h * d, d)  # (H*D, D)
