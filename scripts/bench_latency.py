@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from twotower.benchmarks.latency import run_latency  # noqa: E402
+from twotower.benchmarks.latency import SWEEP_FIELD, run_latency  # noqa: E402
 from twotower.benchmarks.plot import plot_latency  # noqa: E402
 from twotower.config import CONFIG_DIR  # noqa: E402
 
@@ -32,9 +32,12 @@ def main(cfg: DictConfig) -> None:
     plot_latency(result, out / "latency.png")
     for r in result["results"]:
         naive = r["naive"]["p50_ms"] if r["naive"] else float("nan")
-        print(f"{r['n_items']:>9} {r['index']:<22} {json.dumps({k: v for k, v in r['params'].items() if k in ('ef_search', 'nprobe')}):<20}"
-              f" recall@10 {r['recall@10']:.3f}  encode {r['encode']['p50_ms']:.3f}  search {r['search']['p50_ms']:.3f}"
-              f"  recommend p50 {r['recommend']['p50_ms']:.3f} p99 {r['recommend']['p99_ms']:.3f} ms"
+        field = SWEEP_FIELD.get(r["params"]["kind"])
+        setting = f"{field}={r['params'][field]}" if field else ""
+        print(f"{r['n_items']:>9} {r['index']:<20} {setting:<14} recall@10 {r['recall@10']:.3f}"
+              f"  encode {r['encode']['p50_ms']:.3f}  search {r['search']['p50_ms']:.3f}"
+              f" (own {r['search_user_vector']['p50_ms']:.3f})  recommend p50 {r['recommend']['p50_ms']:.3f}"
+              f" p99 {r['recommend']['p99_ms']:.3f} ms  glue {r['glue_over_encode_plus_search']:+.0%}"
               f"  naive {naive:.2f} ms  build {r['build_seconds']:.1f} s")  # fmt: skip
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
 

@@ -86,3 +86,36 @@ def test_experiments_compose(name, tmp_path):
     cfg = compose_config([f"experiment={name}"], tmp_path)
     assert cfg.task_name == name
     assert hydra.utils.get_class(cfg.model._target_) is not None
+
+
+@pytest.mark.parametrize(
+    ("name", "overrides", "keys"),
+    [
+        (
+            "bench_latency",
+            ["n_items=[10,20]"],
+            {"n_items", "sweep", "index_base", "indexes", "query_mixture"},
+        ),
+        ("bench_batch", [], {"n_items", "users", "index", "search_values"}),
+        (
+            "batch_score",
+            ["bundle=B", "out=F.parquet"],
+            {"k", "chunk_size", "num_shards", "shard", "index_params"},
+        ),
+        ("export", ["run_dir=R", "out=B"], {"run_dir", "out", "index"}),
+    ],
+)
+def test_script_configs_compose(name, overrides, keys):
+    """The scripts' own root configs compose, and their index settings are valid IndexSpec fields."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from serving.index import IndexSpec
+    from twotower.config import CONFIG_DIR
+
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=overrides)
+    assert keys <= set(cfg)
+    for field in ("index", "index_base"):
+        if field in cfg:
+            IndexSpec(**{k: v for k, v in OmegaConf.to_container(cfg[field], resolve=True).items()})
