@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -78,3 +79,62 @@ class LiveItems:
         ok = [j for j, i in enumerate(self.ids) if i not in exclude and (allow is None or i in allow)]
         best = sorted(ok, key=lambda j: -scores[j])[:k]
         return [(float(scores[j]), self.ids[j]) for j in best]
+
+
+class LiveCatalog:
+    """Catalog changes without retraining, mixed into :class:`serving.recommender.Recommender` (which holds
+    ``bundle``, ``manifest``, ``item_ids``, ``row_of``, ``category_of`` and the ``live`` snapshot)."""
+
+    bundle: Any
+    manifest: dict
+    item_ids: list[str]
+    row_of: dict[str, int]
+    category_of: dict[str, int]
+    live: LiveItems
+
+    def new_item_vector(self, categories: Sequence[str]) -> np.ndarray:
+        """(D,) vector of an item known only by its categories (the item tower's feature part)."""
+        return category_vector(
+            self.bundle.category_vectors, self.category_of, list(categories), bool(self.manifest["normalize"])
+        )
+
+    def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+        """Add ``(item_id, categories)`` items to the live catalog; re-adding a removed bundle item restores it.
+
+        Raises ValueError (naming the item) for an id already live or unknown categories; nothing changes then.
+        """
+        live, restored, new, vectors = self.live, [], [], []
+        removed = set(live.removed_rows.tolist())
+        for item_id, categories in items:
+            item_id = str(item_id)
+            row = self.row_of.get(item_id)
+            if row is not None and row in removed:
+                restored.append(row)
+                continue
+            if row is not None or item_id in live.row_of:
+                raise ValueError(f"item {item_id!r} is already in the catalog")
+            try:
+                vectors.append(self.new_item_vector(categories))
+            except ValueError as exc:
+                raise ValueError(f"item {item_id!r}: {exc}") from None
+            new.append(item_id)
+        if restored:
+            live = live.restored(restored)
+        if new:
+            live = live.with_added(new, np.stack(vectors))
+        self.live = live
+        return new + [self.item_ids[r] for r in restored]
+
+    def remove_items(self, item_ids: Sequence[str]) -> list[str]:
+        """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes)."""
+        item_ids = [str(i) for i in item_ids]
+        removed = set(self.live.removed_rows.tolist())
+        unknown = [
+            i
+            for i in item_ids
+            if (i not in self.row_of or self.row_of[i] in removed) and i not in self.live.row_of
+        ]
+        if unknown:
+            raise KeyError(f"unknown items {unknown}")
+        self.live = self.live.with_removed(item_ids, self.row_of)
+        return item_ids

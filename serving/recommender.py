@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 
 from serving.bundle import Bundle
-from serving.catalog import LiveItems, category_vector
+from serving.catalog import LiveCatalog, LiveItems
 from serving.history import History, time_gaps
 from serving.index import IndexSpec, Selector, filtered_search
 
@@ -60,7 +60,9 @@ class ResolvedHistory:
                                total - drop, more.last_ts)  # fmt: skip
 
 
-class Recommender:
+class Recommender(LiveCatalog):
+    """A bundle served in-process: encode a history (ONNX), search with filters (FAISS), fall back to popularity."""
+
     def __init__(self, bundle: Bundle, threads: int = 1) -> None:
         self.bundle = bundle
         self.manifest = bundle.manifest
@@ -284,54 +286,6 @@ class Recommender:
             for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
         return _merge(items, live.top(vector, k, {item_id}, None), k)
-
-    # ---- catalog changes without retraining ---------------------------------------------------------
-    def new_item_vector(self, categories: Sequence[str]) -> np.ndarray:
-        """(D,) vector of an item known only by its categories (the item tower's feature part)."""
-        return category_vector(
-            self.bundle.category_vectors, self.category_of, list(categories), bool(self.manifest["normalize"])
-        )
-
-    def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-        """Add ``(item_id, categories)`` items to the live catalog; re-adding a removed bundle item restores it.
-
-        Raises ValueError (naming the item) for an id already live or unknown categories; nothing changes then.
-        """
-        live, restored, new, vectors = self.live, [], [], []
-        removed = set(live.removed_rows.tolist())
-        for item_id, categories in items:
-            item_id = str(item_id)
-            row = self.row_of.get(item_id)
-            if row is not None and row in removed:
-                restored.append(row)
-                continue
-            if row is not None or item_id in live.row_of:
-                raise ValueError(f"item {item_id!r} is already in the catalog")
-            try:
-                vectors.append(self.new_item_vector(categories))
-            except ValueError as exc:
-                raise ValueError(f"item {item_id!r}: {exc}") from None
-            new.append(item_id)
-        if restored:
-            live = live.restored(restored)
-        if new:
-            live = live.with_added(new, np.stack(vectors))
-        self.live = live
-        return new + [self.item_ids[r] for r in restored]
-
-    def remove_items(self, item_ids: Sequence[str]) -> list[str]:
-        """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes)."""
-        item_ids = [str(i) for i in item_ids]
-        removed = set(self.live.removed_rows.tolist())
-        unknown = [
-            i
-            for i in item_ids
-            if (i not in self.row_of or self.row_of[i] in removed) and i not in self.live.row_of
-        ]
-        if unknown:
-            raise KeyError(f"unknown items {unknown}")
-        self.live = self.live.with_removed(item_ids, self.row_of)
-        return item_ids
 
 
 def _merge(first: list[dict], extra: list[tuple[float, str]], k: int) -> list[dict]:
