@@ -145,30 +145,45 @@ async def _load(url: str, bodies: list[dict], seconds: float, connections: int) 
     return {"requests": done, "errors": errors, "rps": done / elapsed}
 
 
-def http(bundle: Path, users: list[str], seconds: float = 10.0, connections: int = 8) -> dict:
-    """Requests/s of POST /recommend and of a do-nothing POST endpoint, each alone under the same load."""
+def http(
+    bundle: Path, users: list[str], seconds: float = 10.0, connections: int = 8, rounds: int = 4
+) -> dict:
+    """Requests/s of POST /recommend and of a do-nothing POST endpoint under the same load.
+
+    Both servers run (idle when not loaded); the load alternates between them in ``rounds`` slices of
+    ``seconds / rounds``, so a drift in the machine's speed hits both sides alike.
+    """
     port_a, port_b = free_port(), free_port()
     state = tempfile.mkdtemp(prefix="twotower-bench-state-")
-    service = _start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a), "--state-dir", state],
-                     f"http://127.0.0.1:{port_a}/readyz")  # fmt: skip
+    procs = []
     try:
+        procs.append(_start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a), "--state-dir", state],
+                            f"http://127.0.0.1:{port_a}/readyz"))  # fmt: skip
+        procs.append(_start(["-m", "uvicorn", "serving.bench:noop_app", "--port", str(port_b), "--log-level",
+                             "warning"], f"http://127.0.0.1:{port_b}/docs"))  # fmt: skip
         bodies = [{"user_id": u, "k": 10} for u in users]
-        asyncio.run(_load(f"http://127.0.0.1:{port_a}/recommend", bodies, 1.0, connections))  # warm-up
-        served = asyncio.run(_load(f"http://127.0.0.1:{port_a}/recommend", bodies, seconds, connections))
+        urls = {
+            "recommend": f"http://127.0.0.1:{port_a}/recommend",
+            "noop": f"http://127.0.0.1:{port_b}/noop",
+        }
+        for url in urls.values():
+            asyncio.run(_load(url, bodies, 1.0, connections))  # warm-up
+        totals = {name: {"requests": 0, "errors": 0, "seconds": 0.0} for name in urls}
+        for _ in range(rounds):
+            for name, url in urls.items():
+                part = asyncio.run(_load(url, bodies, seconds / rounds, connections))
+                totals[name]["requests"] += part["requests"]
+                totals[name]["errors"] += part["errors"]
+                totals[name]["seconds"] += part["requests"] / part["rps"] if part["rps"] else 0.0
     finally:
-        service.terminate()
-        service.wait()
+        for proc in procs:
+            proc.terminate()
+            proc.wait()
         shutil.rmtree(state, ignore_errors=True)
-    noop = _start(["-m", "uvicorn", "serving.bench:noop_app", "--port", str(port_b), "--log-level", "warning"],
-                  f"http://127.0.0.1:{port_b}/docs")  # fmt: skip
-    try:
-        asyncio.run(_load(f"http://127.0.0.1:{port_b}/noop", bodies, 1.0, connections))
-        baseline = asyncio.run(_load(f"http://127.0.0.1:{port_b}/noop", bodies, seconds, connections))
-    finally:
-        noop.terminate()
-        noop.wait()
-    return {"connections": connections, "recommend": served, "noop": baseline,
-            "ratio": served["rps"] / baseline["rps"] if baseline["rps"] else 0.0}  # fmt: skip
+    out = {name: {"requests": t["requests"], "errors": t["errors"], "rps": t["requests"] / t["seconds"]}
+           for name, t in totals.items()}  # fmt: skip
+    return {"connections": connections, "rounds": rounds, **out,
+            "ratio": out["recommend"]["rps"] / out["noop"]["rps"] if out["noop"]["rps"] else 0.0}  # fmt: skip
 
 
 def machine() -> dict:

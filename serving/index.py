@@ -96,7 +96,8 @@ class _BitmapPool(threading.local):
     """Per-thread all-ones bitmaps (with their FAISS selector), lent to exclusion-only requests."""
 
     def __init__(self) -> None:
-        self.free: dict[int, tuple[np.ndarray, faiss.IDSelectorBitmap]] = {}
+        # n_items -> (bitmap, its selector, search parameters bound to it by index setting)
+        self.free: dict[int, tuple[np.ndarray, faiss.IDSelectorBitmap, dict]] = {}
 
 
 _POOL = _BitmapPool()
@@ -127,12 +128,13 @@ class Selector:
             entry = _POOL.free.pop(n_items, None)
             if entry is None:
                 bits = np.full(n_bytes, 0xFF, dtype=np.uint8)  # bits past n_items are set: no such id exists
-                entry = (bits, faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits)))
-            self._bits, self.selector = entry
+                entry = (bits, faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits)), {})
+            self._bits, self.selector, self._params = entry
         else:
             self._bits = np.zeros(n_bytes, dtype=np.uint8)
             np.bitwise_or.at(self._bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
             self.selector = faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(self._bits))
+            self._params = {}
         if len(self._exclude):
             np.bitwise_and.at(self._bits, self._exclude >> 3, ~(1 << (self._exclude & 7)).astype(np.uint8))
 
@@ -142,7 +144,7 @@ class Selector:
             self._pooled = False
             if len(self._exclude):
                 np.bitwise_or.at(self._bits, self._exclude >> 3, (1 << (self._exclude & 7)).astype(np.uint8))
-            _POOL.free[self.n_items] = (self._bits, self.selector)
+            _POOL.free[self.n_items] = (self._bits, self.selector, self._params)
 
     def __enter__(self) -> Selector:
         return self
@@ -153,6 +155,14 @@ class Selector:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the pool may be gone
             self.release()
+
+    def params(self, index: faiss.Index, spec: IndexSpec):
+        """Search parameters for ``spec`` bound to this selector (built once per thread's pooled bitmap)."""
+        key = (id(index), spec.kind, spec.ef_search, spec.nprobe, spec.refine, spec.k_factor)
+        params = self._params.get(key)
+        if params is None:
+            params = self._params[key] = search_parameters(index, spec, self.selector)
+        return params
 
     def mask(self) -> np.ndarray:
         """(N,) bool of the rows that pass (for the exact path)."""
@@ -213,7 +223,7 @@ def filtered_search(
     if want <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
     xq = np.asarray(xq, dtype=np.float32).reshape(1, -1)
-    params = search_parameters(index, spec, selector.selector)
+    params = selector.params(index, spec)
     fetch = want
     for _ in range(OVERFETCH_ROUNDS):
         D, I = index.search(xq, fetch, params=params)

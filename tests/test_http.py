@@ -106,9 +106,13 @@ def test_serving_benchmark_writes_figures(run_and_bundle, tmp_path):
 
     from serving.bench import run
 
-    result = run(run_and_bundle[1], tmp_path / "latency.json", n_users=20)
+    result = run(run_and_bundle[1], tmp_path / "latency.json", n_users=20, http_seconds=1.0)
     saved = json.loads((tmp_path / "latency.json").read_text())
     assert saved["in_process"]["recommend"]["n"] == 60
     for part in ("encode", "search", "recommend"):
         figures = result["in_process"][part]
         assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
+    store = result["in_process_with_store"]
+    assert store["reads_only"]["p50_ms"] > 0 and store["after_new_event"]["p50_ms"] > 0
+    web = result["http"]
+    assert web["recommend"]["errors"] == 0 and web["noop"]["errors"] == 0 and web["ratio"] > 0
