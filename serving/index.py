@@ -96,11 +96,12 @@ class _BitmapPool(threading.local):
     """Per-thread all-ones bitmaps (with their FAISS selector), lent to exclusion-only requests."""
 
     def __init__(self) -> None:
-        # n_items -> (bitmap, its selector, search parameters bound to it by index setting)
-        self.free: dict[int, tuple[np.ndarray, faiss.IDSelectorBitmap, dict]] = {}
+        # n_items -> (bitmap, its selector, search parameters bound to it, all-True bool mask or None)
+        self.free: dict[int, tuple[np.ndarray, faiss.IDSelectorBitmap, dict, np.ndarray | None]] = {}
 
 
 _POOL = _BitmapPool()
+PACK_MAX_ITEMS = 1 << 16  # up to here a pooled bitmap is rewritten from a bool mask (3 numpy calls)
 
 
 class Selector:
@@ -118,18 +119,23 @@ class Selector:
         n_items: int,
         exclude: Iterable[int] | np.ndarray = (),
         allow: Iterable[int] | np.ndarray | None = None,
+        trusted: bool = False,
     ) -> None:
+        """``trusted``: the caller guarantees every id is a valid row (skips the range check)."""
         self.n_items = n_items
         n_bytes = (n_items + 7) // 8
-        self._exclude = _in_range(exclude, n_items)
-        self._allow = None if allow is None else _in_range(allow, n_items)
+        self._exclude = _rows(exclude) if trusted else _in_range(exclude, n_items)
+        self._allow = None if allow is None else (_rows(allow) if trusted else _in_range(allow, n_items))
         self._pooled = self._allow is None
+        self._keep = None
         if self._pooled:
-            entry = _POOL.free.pop(n_items, None)
-            if entry is None:
-                bits = np.full(n_bytes, 0xFF, dtype=np.uint8)  # bits past n_items are set: no such id exists
-                entry = (bits, faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(bits)), {})
-            self._bits, self.selector, self._params = entry
+            entry = _POOL.free.pop(n_items, None) or _new_entry(n_items)
+            self._bits, self.selector, self._params, self._keep = entry
+            if self._keep is not None:  # small catalog: the whole bitmap rewritten from the bool mask
+                self._keep[self._exclude] = False
+                self._bits[:] = np.packbits(self._keep, bitorder="little")
+                self._keep[self._exclude] = True
+                return
         else:
             self._bits = np.zeros(n_bytes, dtype=np.uint8)
             np.bitwise_or.at(self._bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
@@ -142,9 +148,9 @@ class Selector:
         """Give a borrowed bitmap back (bits restored); the selector must not be used afterwards."""
         if self._pooled:
             self._pooled = False
-            if len(self._exclude):
+            if self._keep is None and len(self._exclude):
                 np.bitwise_or.at(self._bits, self._exclude >> 3, (1 << (self._exclude & 7)).astype(np.uint8))
-            _POOL.free[self.n_items] = (self._bits, self.selector, self._params)
+            _POOL.free[self.n_items] = (self._bits, self.selector, self._params, self._keep)
 
     def __enter__(self) -> Selector:
         return self
@@ -181,13 +187,24 @@ class Selector:
         return min(k, self.available())
 
 
-def _in_range(values: Iterable[int] | np.ndarray, n_items: int) -> np.ndarray:
-    """int64 array of the values that are valid rows (unknown rows cannot pass or be excluded)."""
-    rows = (
+def _new_entry(n_items: int) -> tuple[np.ndarray, faiss.IDSelectorBitmap, dict, np.ndarray | None]:
+    """A pool entry: all-ones bitmap (bits past n_items set too: no such id exists), its selector, a mask."""
+    bits = np.full((n_items + 7) // 8, 0xFF, dtype=np.uint8)
+    keep = np.ones(n_items, dtype=bool) if n_items <= PACK_MAX_ITEMS else None
+    return bits, faiss.IDSelectorBitmap(len(bits), faiss.swig_ptr(bits)), {}, keep
+
+
+def _rows(values: Iterable[int] | np.ndarray) -> np.ndarray:
+    return (
         values.astype(np.int64, copy=False)
         if isinstance(values, np.ndarray)
         else np.fromiter(values, np.int64)
     )
+
+
+def _in_range(values: Iterable[int] | np.ndarray, n_items: int) -> np.ndarray:
+    """int64 array of the values that are valid rows (unknown rows cannot pass or be excluded)."""
+    rows = _rows(values)
     if not len(rows) or (rows.min() >= 0 and rows.max() < n_items):
         return rows
     return rows[(rows >= 0) & (rows < n_items)]

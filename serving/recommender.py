@@ -233,7 +233,7 @@ class Recommender(LiveCatalog):
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode_rows(user_history)
-        with Selector(len(self.item_ids), exclude, allow) as selector:
+        with Selector(len(self.item_ids), exclude, allow, trusted=True) as selector:  # rows from the catalog
             scores, found = self.search(query, k, selector)
         ids = self.item_ids
         items = [
