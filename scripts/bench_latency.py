@@ -22,10 +22,14 @@ log = logging.getLogger("bench_latency")
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="bench_latency")
 def main(cfg: DictConfig) -> None:
     sizes = cfg.n_items if OmegaConf.is_list(cfg.n_items) else [cfg.n_items]
+    kinds, base = list(cfg.indexes), OmegaConf.to_container(cfg.index_base)
+    if cfg.get("index"):  # a conf/index preset: that kind only, its settings over index_base
+        preset = OmegaConf.to_container(cfg.index)
+        kinds, base = [preset.pop("kind")], {**base, **{k: v for k, v in preset.items() if v is not None}}
     out = Path(cfg.out)
     result = run_latency(
-        [int(n) for n in sizes], out, list(cfg.indexes), OmegaConf.to_container(cfg.sweep),
-        OmegaConf.to_container(cfg.index_base), queries=cfg.queries, k=cfg.k, threads=cfg.threads, dim=cfg.dim,
+        [int(n) for n in sizes], out, kinds, OmegaConf.to_container(cfg.sweep),
+        base, queries=cfg.queries, k=cfg.k, threads=cfg.threads, dim=cfg.dim,
         bundle=cfg.bundle, run_dir=cfg.run_dir, build_threads=cfg.build_threads, query_mixture=cfg.query_mixture,
     )  # fmt: skip
     (out / "latency.json").write_text(json.dumps(result, indent=2))

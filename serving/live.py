@@ -100,7 +100,7 @@ class LiveService:
         """Check every event; raises :class:`EventsRejected` listing each bad one (the batch is all or none)."""
         rec, limits = self._recommender, self.limits
         now = time.time() if now is None else now
-        vocabulary = set(rec.event_of) | {OTHER_EVENT}
+        vocabulary = set(rec.event_of) | {OTHER_EVENT, "other"}  # "other" is the bucket's plain name
         errors, out = [], []
         for i, raw in enumerate(events):
             item, kind = str(raw["item_id"]), raw.get("event") or OTHER_EVENT

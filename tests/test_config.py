@@ -96,6 +96,7 @@ def test_experiments_compose(name, tmp_path):
             ["n_items=[10,20]"],
             {"n_items", "sweep", "index_base", "indexes", "query_mixture"},
         ),
+        ("bench_latency", ["index=ivf_flat"], {"index", "index_base", "sweep"}),  # a conf/index preset
         ("bench_batch", [], {"n_items", "users", "index", "search_values"}),
         (
             "batch_score",
@@ -117,5 +118,5 @@ def test_script_configs_compose(name, overrides, keys):
         cfg = compose(config_name=name, overrides=overrides)
     assert keys <= set(cfg)
     for field in ("index", "index_base"):
-        if field in cfg:
+        if OmegaConf.is_dict(cfg.get(field)):
             IndexSpec(**{k: v for k, v in OmegaConf.to_container(cfg[field], resolve=True).items()})

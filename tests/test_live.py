@@ -116,6 +116,7 @@ def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
     assert anonymous.source == "popularity"
     clicks = rec.item_ids[:5]
     assert live.ingest([ev("newcomer", i, event="click", dwell=30.0) for i in clicks]) == 5
+    assert live.ingest([ev("someone", clicks[0], event="other")]) == 1  # the bucket's plain name is accepted
     personal = live.recommend(user_id="newcomer", k=10)
     assert personal.source == "model" and personal.history_length == 5
     assert not set(clicks) & {x["item_id"] for x in personal.items}
