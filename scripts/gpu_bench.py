@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from twotower.batch_predict import ParquetPartWriter, TopKPredictor, history_loader  # noqa: E402
+from serving.history import History  # noqa: E402
+from twotower.batch_predict import INPUTS, ParquetPartWriter, TopKPredictor, history_loader  # noqa: E402
 from twotower.benchmarks.catalog import clustered_catalog  # noqa: E402
 from twotower.model import TwoTower  # noqa: E402
 
@@ -44,9 +45,9 @@ def main() -> None:
     with torch.no_grad():
         net.item_tower.id_embedding.weight[1:] = torch.from_numpy(catalog)
     lengths = rng.integers(5, 51, size=args.users)
-    histories = [{"items": rng.integers(1, args.items + 1, size=n), "events": np.ones(n, np.int64),
-                  "dwell": rng.exponential(40.0, size=n).astype(np.float32),
-                  "gaps": rng.exponential(600.0, size=n).astype(np.float32)} for n in lengths]  # fmt: skip
+    histories = [History(rng.integers(0, args.items, size=n), np.ones(n, np.int64),
+                         rng.exponential(40.0, size=n).astype(np.float32),
+                         rng.exponential(600.0, size=n).astype(np.float32)) for n in lengths]  # fmt: skip
     predictor = TopKPredictor(net, k=args.k).to(device)
     predictor.on_predict_start()
     loader = history_loader(histories, 50, batch_size=args.batch, num_workers=args.workers)
@@ -72,12 +73,10 @@ def main() -> None:
     sample = next(iter(history_loader(histories[:256], 50, batch_size=256)))
     with torch.no_grad():
         gpu = predictor.predict_step({k: v.to(device) for k, v in sample.items()})["rows"].cpu().numpy()
-        users = net.to(device).encode_user(
-            *(sample[n].to(device) for n in ("items", "events", "dwell", "gaps"))
-        )
+        users = net.to(device).encode_user(*(sample[n].to(device) for n in INPUTS))
         scores = users.cpu().numpy() @ predictor.item_vectors.cpu().numpy().T
     for row, h in enumerate(histories[:256]):
-        scores[row, h["items"] - 1] = -np.inf
+        scores[row, h.rows] = -np.inf
     cpu = np.argsort(-scores, axis=1)[:, : args.k]
     result["agreement_with_cpu_exact"] = float(
         np.mean([len(set(a) & set(b)) / args.k for a, b in zip(gpu, cpu, strict=True)])

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.history import History
+from serving.history import History, padded_feeds
 from serving.index import Selector, search_parameters
 from serving.recommender import Recommender
 
@@ -33,22 +33,6 @@ log = logging.getLogger(__name__)
 SCHEMA = pa.schema(
     [("user_id", pa.string()), ("rank", pa.int32()), ("item_id", pa.string()), ("score", pa.float32())]
 )
-
-
-def padded_feeds(histories: Sequence[History], max_len: int) -> dict[str, np.ndarray]:
-    """(B, L) right-padded ONNX inputs for a batch of histories (L = longest, at most ``max_len``)."""
-    cut = [slice(max(0, len(h) - max_len), len(h)) for h in histories]
-    width = max(1, max(s.stop - s.start for s in cut))
-    feeds = {"items": np.zeros((len(histories), width), np.int64), "events": np.zeros((len(histories), width), np.int64),
-             "dwell": np.full((len(histories), width), -1.0, np.float32),
-             "gaps": np.full((len(histories), width), -1.0, np.float32)}  # fmt: skip
-    for row, (h, s) in enumerate(zip(histories, cut, strict=True)):
-        n = s.stop - s.start
-        feeds["items"][row, :n] = h.rows[s] + 1
-        feeds["events"][row, :n] = h.events[s]
-        feeds["dwell"][row, :n] = h.dwell[s]
-        feeds["gaps"][row, :n] = h.gaps[s]
-    return feeds
 
 
 class BatchScorer:

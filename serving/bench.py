@@ -4,6 +4,7 @@ service against a do-nothing FastAPI endpoint measured in the same run (the HTTP
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -186,12 +187,16 @@ def http(
             "ratio": out["recommend"]["rps"] / out["noop"]["rps"] if out["noop"]["rps"] else 0.0}  # fmt: skip
 
 
-def machine() -> dict:
+def machine(threads: int = 1) -> dict:
+    """The CPU (model name where Linux tells it), cores, per-query threads and the runtime's versions."""
     import faiss
     import onnxruntime
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "python":
-            platform.python_version(), "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}  # fmt: skip
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
+            "onnxruntime": onnxruntime.__version__, "faiss": faiss.__version__}  # fmt: skip
 
 
 def run(

@@ -5,11 +5,21 @@ No torch. Rows are 0-based catalog rows; the ONNX graph reads them 1-based (0 = 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import pandas as pd
 
 UNKNOWN = -1.0  # dwell or gap seconds that are not known
+PADDING = {"items": (0, np.int64), "events": (0, np.int64), "dwell": (UNKNOWN, np.float32),
+           "gaps": (UNKNOWN, np.float32)}  # fmt: skip  # ONNX input -> (pad value, dtype)
+
+
+def sequence_starts(keys: np.ndarray) -> np.ndarray:
+    """(E,) bool: the event opens a new run of equal keys (a user's first event in a user-grouped table)."""
+    keys = np.asarray(keys)
+    return np.r_[True, keys[1:] != keys[:-1]] if len(keys) else np.zeros(0, dtype=bool)
 
 
 def time_gaps(ts: np.ndarray, new_sequence: np.ndarray | None = None) -> np.ndarray:
@@ -74,3 +84,34 @@ class History:
             "dwell": self.dwell[None, start:],
             "gaps": self.gaps[None, start:],
         }
+
+
+def padded_feeds(histories: Sequence[History], max_len: int) -> dict[str, np.ndarray]:
+    """(B, L) right-padded ONNX inputs for a batch of histories (L = longest kept history, at least 1)."""
+    rows = [h.feeds(max_len) for h in histories]
+    width = max([1, *(r["items"].shape[1] for r in rows)])
+    out = {name: np.full((len(rows), width), pad, dtype) for name, (pad, dtype) in PADDING.items()}
+    for b, row in enumerate(rows):
+        for name, values in row.items():
+            out[name][b, : values.shape[1]] = values[0]
+    return out
+
+
+def histories_from_frame(
+    frame: pd.DataFrame, row_of: Mapping[str, int], event_of: Mapping[str, int]
+) -> dict[str, History]:
+    """A stored-histories table (``user_id, item_id, event, dwell_s, ts[, gap_s]``, each user's events together,
+    oldest first, as ``histories.parquet``) -> one History per user. Items missing from ``row_of`` are left
+    out; gaps come from ``gap_s`` (computed over the whole log at training time) when the table has it."""
+    users = frame["user_id"].astype(str).to_numpy()
+    gaps = frame["gap_s"].to_numpy(np.float32) if "gap_s" in frame else time_gaps(frame["ts"].to_numpy(),
+                                                                                   sequence_starts(users))  # fmt: skip
+    rows = np.fromiter((row_of.get(str(i), -1) for i in frame["item_id"]), np.int64, len(frame))
+    events = np.fromiter((event_of.get(str(e), 0) for e in frame["event"]), np.int64, len(frame))
+    dwell = frame["dwell_s"].to_numpy(np.float32)
+    bounds = np.r_[np.flatnonzero(sequence_starts(users)), len(users)]
+    out: dict[str, History] = {}
+    for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
+        known = begin + np.flatnonzero(rows[begin:end] >= 0)
+        out[users[begin]] = History(rows[known], events[known], dwell[known], gaps[known])
+    return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import math
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import faiss
@@ -210,11 +210,21 @@ def _in_range(values: Iterable[int] | np.ndarray, n_items: int) -> np.ndarray:
     return rows[(rows >= 0) & (rows < n_items)]
 
 
-def exact_search(xb: np.ndarray, xq: np.ndarray, k: int, keep: np.ndarray | None = None):
-    """Brute-force inner product (the exact twin of every index): (D, I) like ``index.search``."""
+def exact_search(
+    xb: np.ndarray,
+    xq: np.ndarray,
+    k: int,
+    keep: np.ndarray | None = None,
+    exclude: Sequence[np.ndarray] | None = None,
+):
+    """Brute-force inner product (the exact twin of every index): (D, I) like ``index.search``.
+
+    ``keep`` (N,): rows every query may return; ``exclude``: per query, rows it must not return."""
     scores = xq @ xb.T  # (Q, N)
     if keep is not None:
         scores = np.where(keep[None, :], scores, -np.inf)
+    for row, rows in enumerate(exclude or ()):
+        scores[row, rows] = -np.inf
     k = min(k, xb.shape[0])
     top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
     order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")

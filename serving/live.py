@@ -215,7 +215,7 @@ def apply_catalog_changes(rec: Recommender, store: HistoryStore) -> None:
 
     Items a new bundle already contains (a retrain saw them) keep their trained vectors.
     """
-    changes = store.catalog_changes() if hasattr(store, "catalog_changes") else []
+    changes = store.catalog_changes()
     add = [(i, cats) for i, action, cats in changes if action == "add" and i not in rec.row_of]
     if add:
         rec.add_items(add)

@@ -17,7 +17,7 @@ import onnxruntime as ort
 
 from serving.bundle import Bundle
 from serving.catalog import LiveCatalog, LiveItems
-from serving.history import History, time_gaps
+from serving.history import History, histories_from_frame, time_gaps
 from serving.index import IndexSpec, Selector, filtered_search
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,8 @@ class Recommender(LiveCatalog):
         )
         self.popular_rows = np.argsort(-counts, kind="stable")
         self.popularity = counts.astype(np.float32)
-        self.histories = self._load_histories()
+        # the bundle's stored histories (gaps computed over the whole log at training time)
+        self.histories = histories_from_frame(bundle.histories, self.row_of, self.event_of)
         probe = self.encode_rows(History.build(np.array([0])))
         if probe.shape != (bundle.dim,):
             raise ValueError(
@@ -105,27 +106,6 @@ class Recommender(LiveCatalog):
     @classmethod
     def load(cls, bundle_dir: str | Path, threads: int = 1, verify: bool = True) -> Recommender:
         return cls(Bundle.load(bundle_dir, verify=verify), threads=threads)
-
-    def _load_histories(self) -> dict[str, History]:
-        """The bundle's stored histories (their gaps were computed over the whole log at training time)."""
-        frame = self.bundle.histories
-        if "gap_s" not in frame:
-            frame = frame.assign(
-                gap_s=time_gaps(frame["ts"].to_numpy(), _starts(frame["user_id"].to_numpy()))
-            )
-        rows = np.fromiter((self.row_of.get(i, -1) for i in frame["item_id"]), np.int64, len(frame))
-        events = np.fromiter((self.event_of.get(e, 0) for e in frame["event"]), np.int64, len(frame))
-        dwell, gaps = frame["dwell_s"].to_numpy(np.float32), frame["gap_s"].to_numpy(np.float32)
-        out: dict[str, History] = {}
-        users = frame["user_id"].astype(str).to_numpy()
-        bounds = np.flatnonzero(np.r_[True, users[1:] != users[:-1], True])
-        for begin, end in zip(bounds[:-1], bounds[1:], strict=True):
-            keep = slice(begin, end)
-            known = rows[keep] >= 0
-            out[users[begin]] = History(
-                rows[keep][known], events[keep][known], dwell[keep][known], gaps[keep][known]
-            )
-        return out
 
     # ---- encoding -------------------------------------------------------------------------------------
     def resolve(
@@ -198,8 +178,6 @@ class Recommender(LiveCatalog):
         dwell: Sequence[float] | None = None,
         ts: Sequence[float] | None = None,
     ) -> Recommendation:
-        if k < 1:
-            raise ValueError("k must be at least 1")
         if history is not None:
             resolved = self.resolve(history, events, dwell, ts)
         else:
@@ -294,8 +272,3 @@ def _merge(first: list[dict], extra: list[tuple[float, str]], k: int) -> list[di
         return first
     merged = first + [{"item_id": i, "score": s} for s, i in extra]
     return sorted(merged, key=lambda x: -x["score"])[:k]
-
-
-def _starts(users: np.ndarray) -> np.ndarray:
-    """(E,) bool: the event is the first of its user's run in a user-grouped table."""
-    return np.r_[True, users[1:] != users[:-1]]

@@ -1,7 +1,9 @@
 """Batch top-k on GPUs with Lightning's ``predict`` (DDP across devices): exact scores by matrix product.
 
-    trainer = pl.Trainer(accelerator="gpu", devices=4, strategy="ddp", callbacks=[ParquetPartWriter(out)])
-    trainer.predict(TopKPredictor(net, k=100), dataloaders=history_loader(users, histories, batch_size=4096))
+    users, item_ids, histories = run_histories(run_dir)  # or serving.History objects from anywhere
+    trainer = pl.Trainer(accelerator="gpu", devices=4, strategy="ddp",
+                         callbacks=[ParquetPartWriter(out, users, item_ids)])
+    trainer.predict(TopKPredictor(net, k=100), dataloaders=history_loader(histories, max_len, batch_size=4096))
 
 Each rank scores its share of the batches (Lightning's distributed sampler) and writes
 ``out/rank-R-batch-B.parquet`` (``user_id, rank, item_id, score``). Exact: every item is scored
@@ -22,42 +24,43 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
+from serving.history import History, histories_from_frame, padded_feeds
 from twotower.model import TwoTower
 
 INPUTS = ("items", "events", "dwell", "gaps")
 
 
 class HistoryDataset(Dataset):
-    """User i's last ``max_len`` events as 1-based item indices and features."""
+    """(user index, History) pairs; batches are right-padded by :func:`serving.history.padded_feeds`."""
 
-    def __init__(self, histories: Sequence[dict[str, np.ndarray]], max_len: int) -> None:
-        self.histories, self.max_len = histories, max_len
+    def __init__(self, histories: Sequence[History]) -> None:
+        self.histories = histories
 
     def __len__(self) -> int:
         return len(self.histories)
 
-    def __getitem__(self, i: int) -> dict:
-        h = self.histories[i]
-        return {"index": i, **{name: h[name][-self.max_len :] for name in INPUTS}}
+    def __getitem__(self, i: int) -> tuple[int, History]:
+        return i, self.histories[i]
 
 
-def collate(rows: list[dict]) -> dict[str, torch.Tensor]:
-    """Right-pad a list of histories into (B, L) tensors."""
-    width = max(len(r["items"]) for r in rows)
-    out = {"index": torch.tensor([r["index"] for r in rows])}
-    for name, fill, dtype in (("items", 0, torch.long), ("events", 0, torch.long), ("dwell", -1.0, torch.float32),
-                              ("gaps", -1.0, torch.float32)):  # fmt: skip
-        block = torch.full((len(rows), width), fill, dtype=dtype)
-        for b, r in enumerate(rows):
-            block[b, : len(r[name])] = torch.as_tensor(r[name], dtype=dtype)
-        out[name] = block
-    return out
+class PaddedBatch:
+    """Collate: the same (B, L) inputs the ONNX batch path builds, as tensors, plus the user indices."""
+
+    def __init__(self, max_len: int) -> None:
+        self.max_len = max_len
+
+    def __call__(self, rows: list[tuple[int, History]]) -> dict[str, torch.Tensor]:
+        feeds = padded_feeds([h for _, h in rows], self.max_len)
+        return {
+            "index": torch.tensor([i for i, _ in rows]),
+            **{k: torch.from_numpy(v) for k, v in feeds.items()},
+        }
 
 
 def history_loader(
-    histories: Sequence[dict[str, np.ndarray]], max_len: int, batch_size: int = 4096, num_workers: int = 0
+    histories: Sequence[History], max_len: int, batch_size: int = 4096, num_workers: int = 0
 ) -> DataLoader:
-    return DataLoader(HistoryDataset(histories, max_len), batch_size=batch_size, collate_fn=collate,
+    return DataLoader(HistoryDataset(histories), batch_size=batch_size, collate_fn=PaddedBatch(max_len),
                       num_workers=num_workers, pin_memory=torch.cuda.is_available())  # fmt: skip
 
 
@@ -109,19 +112,13 @@ class ParquetPartWriter(BasePredictionWriter):
         frame.to_parquet(self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", index=False)
 
 
-def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[dict[str, np.ndarray]]]:
-    """(user ids, item ids, per-user model inputs) from a training run's ``data/`` artifacts."""
+def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[History]]:
+    """(user ids, item ids, per-user histories) from a training run's ``data/`` artifacts."""
     vocab = json.loads((run_dir / "data" / "vocab.json").read_text())
-    row = {item: i for i, item in enumerate(vocab["items"])}
-    event = {name: i for i, name in enumerate(vocab["events"])}
-    frame = pd.read_parquet(run_dir / "data" / "histories.parquet")
-    users, histories = [], []
-    for user, group in frame.groupby(frame["user_id"].astype(str), sort=True):
-        users.append(user)
-        histories.append({
-            "items": np.array([row[i] + 1 for i in group["item_id"]], np.int64),
-            "events": np.array([event.get(e, 0) for e in group["event"]], np.int64),
-            "dwell": group["dwell_s"].to_numpy(np.float32),
-            "gaps": group["gap_s"].to_numpy(np.float32),
-        })  # fmt: skip
-    return users, vocab["items"], histories
+    table = histories_from_frame(
+        pd.read_parquet(run_dir / "data" / "histories.parquet"),
+        {item: i for i, item in enumerate(vocab["items"])},
+        {name: i for i, name in enumerate(vocab["events"])},
+    )
+    users = sorted(table)
+    return users, vocab["items"], [table[u] for u in users]

@@ -23,6 +23,7 @@ import pandas as pd
 import torch
 
 from serving import bundle as B
+from serving.history import histories_from_frame
 from serving.index import IndexSpec, build_index, exact_search, search_parameters
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.model import TwoTower
@@ -109,21 +110,10 @@ def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]]) -
 
 def real_batches(
     histories: pd.DataFrame, item_row: dict[str, int], events: list[str], max_len: int, n: int = 64
-):
-    """Up to ``n`` users' stored histories as (1, L) arrays (index 1-based, as the model reads them)."""
-    event_of = {name: i for i, name in enumerate(events)}
-    out = []
-    for _, group in list(histories.groupby("user_id", sort=False))[:n]:
-        group = group.tail(max_len)
-        out.append(
-            (
-                np.array([[item_row[i] + 1 for i in group["item_id"]]], dtype=np.int64),
-                np.array([[event_of.get(e, 0) for e in group["event"]]], dtype=np.int64),
-                group["dwell_s"].to_numpy(np.float32)[None, :],
-                group["gap_s"].to_numpy(np.float32)[None, :],
-            )
-        )
-    return out
+) -> list[tuple[np.ndarray, ...]]:
+    """Up to ``n`` users' stored histories as (1, L) model inputs (the arrays serving feeds the graph)."""
+    table = histories_from_frame(histories, item_row, {name: i for i, name in enumerate(events)})
+    return [tuple(h.feeds(max_len)[name] for name in INPUTS) for h in list(table.values())[:n]]
 
 
 def index_recall(index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.ndarray, k: int = 10) -> float:

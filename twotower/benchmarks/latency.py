@@ -12,10 +12,8 @@ encode + the latter, so both sides search the same queries.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import platform
 import resource
 import time
 from dataclasses import asdict, replace
@@ -24,12 +22,13 @@ from typing import Any
 
 import faiss
 import numpy as np
-import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
+from serving.bench import machine as serving_machine
+from serving.bench import percentiles
 from serving.history import History
-from serving.index import IndexSpec, Selector, build_index
+from serving.index import IndexSpec, Selector, build_index, exact_search
 from serving.recommender import Recommender
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.benchmarks.catalog import clustered_catalog, taste_queries
@@ -37,12 +36,6 @@ from twotower.benchmarks.synthetic import synthetic_bundle
 
 log = logging.getLogger(__name__)
 SWEEP_FIELD = {"hnsw": "ef_search", "ivf_flat": "nprobe", "ivf_pq": "nprobe"}
-
-
-def percentiles(seconds: list[float]) -> dict[str, float]:
-    ms = np.asarray(seconds) * 1e3
-    return {"p50_ms": float(np.percentile(ms, 50)), "p95_ms": float(np.percentile(ms, 95)),
-            "p99_ms": float(np.percentile(ms, 99))}  # fmt: skip
 
 
 def timed(fn, items: list, warmup: int = 20) -> list[float]:
@@ -57,11 +50,7 @@ def timed(fn, items: list, warmup: int = 20) -> list[float]:
 
 
 def machine(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
-        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
-    return {"cpu": cpu, "cores": os.cpu_count(), "threads": threads, "python": platform.python_version(),
-            "faiss": faiss.__version__, "onnxruntime": ort.__version__, "torch": torch.__version__}  # fmt: skip
+    return {**serving_machine(threads), "torch": torch.__version__}
 
 
 def rss_mb() -> float:
@@ -93,21 +82,11 @@ class Workload:
         self.exact = self._exact(rec.vectors)
 
     def _exact(self, xb: np.ndarray, chunk: int = 64) -> np.ndarray:
-        """(Q, k) exact top-k rows under each query's history exclusion."""
-        out = []
-        for begin in range(0, len(self.queries), chunk):
-            block = slice(begin, begin + chunk)
-            scores = self.queries[block] @ xb.T  # (q, N)
-            for row, h in enumerate(self.histories[block]):
-                scores[row, h.rows] = -np.inf
-            out.append(_top(scores, self.k))
-        return np.concatenate(out)
-
-
-def _top(scores: np.ndarray, k: int) -> np.ndarray:
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    return np.take_along_axis(top, order, axis=1)
+        """(Q, k) exact top-k rows under each query's history exclusion (in chunks: (chunk, N) scores)."""
+        return np.concatenate([
+            exact_search(xb, self.queries[b : b + chunk], self.k, exclude=[h.rows for h in self.histories[b : b + chunk]])[1]
+            for b in range(0, len(self.queries), chunk)
+        ])  # fmt: skip
 
 
 def naive_peer(run_dir: Path, rec: Recommender, work: Workload, threads: int) -> dict[str, float]:
@@ -153,7 +132,7 @@ def measure_setting(rec: Recommender, work: Workload, encode: dict) -> dict[str,
             "recommend": rec_stats, "glue_over_encode_plus_search": glue}  # fmt: skip
 
 
-def index_settings(kinds: list[str], sweep: dict[str, list[int]], base: dict[str, Any]) -> list[IndexSpec]:
+def index_settings(kinds: list[str], base: dict[str, Any]) -> list[IndexSpec]:
     """One built index per kind; the swept parameter varies at search time only."""
     return [IndexSpec(kind=kind, **{k: v for k, v in base.items() if k in IndexSpec.__dataclass_fields__})
             for kind in kinds]  # fmt: skip
@@ -174,9 +153,7 @@ def run_latency(
         work = Workload(rec, queries, k, synthetic, mixture=query_mixture)
         encode = percentiles(timed(rec.encode_rows, work.histories))
         naive = naive_peer(runs, rec, work, threads) if runs and (runs / MODEL_FILE).exists() else None
-        for spec in tqdm(
-            index_settings(kinds, sweep, index_base), desc=f"{len(rec.item_ids)} items", unit="index"
-        ):
+        for spec in tqdm(index_settings(kinds, index_base), desc=f"{len(rec.item_ids)} items", unit="index"):
             faiss.omp_set_num_threads(build_threads or os.cpu_count() or 1)
             before, start = rss_mb(), time.perf_counter()
             index, spec = build_index(rec.vectors, spec)

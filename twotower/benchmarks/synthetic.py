@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from serving.history import sequence_starts, time_gaps
 from serving.index import IndexSpec
 from twotower.artifacts import MODEL_FILE, save_model
 from twotower.benchmarks.catalog import clustered_catalog
@@ -51,8 +52,7 @@ def synthetic_run(
     users = np.repeat([f"u{u}" for u in range(n_users)], lengths)
     picked = rng.choice(n_items, size=len(users), p=popularity / popularity.sum())
     ts = 1.7e9 + np.concatenate([np.cumsum(rng.exponential(600.0, size=n)) for n in lengths])
-    starts = np.r_[True, users[1:] != users[:-1]]
-    gaps = np.where(starts, -1.0, np.r_[-1.0, np.diff(ts)]).astype(np.float32)
+    gaps = time_gaps(ts, sequence_starts(users))
     pd.DataFrame({"user_id": users, "item_id": np.asarray(item_ids, dtype=object)[picked], "event": "click",
                   "dwell_s": rng.exponential(40.0, size=len(users)).astype(np.float32), "ts": ts,
                   "gap_s": gaps}).to_parquet(out / "data" / "histories.parquet", index=False)  # fmt: skip

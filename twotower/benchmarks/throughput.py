@@ -18,7 +18,7 @@ import numpy as np
 
 from serving.batch import BatchScorer
 from serving.history import History
-from serving.index import IndexSpec, build_index
+from serving.index import IndexSpec, build_index, exact_search
 from serving.recommender import Recommender
 from twotower.benchmarks.latency import machine
 from twotower.benchmarks.synthetic import synthetic_bundle
@@ -29,14 +29,10 @@ def exact_top_k(scorer: BatchScorer, histories: list[History], block: int = 64) 
     rec, k = scorer.rec, scorer.k
     start = time.perf_counter()
     queries = scorer.encode(histories)
-    out = np.empty((len(histories), k), np.int64)
-    for begin in range(0, len(histories), block):
-        scores = queries[begin : begin + block] @ rec.vectors.T  # (b, N), BLAS on all cores
-        for row, h in enumerate(histories[begin : begin + block]):
-            scores[row, h.rows] = -np.inf
-        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1)
-        out[begin : begin + block] = np.take_along_axis(top, order, axis=1)
+    out = np.concatenate([  # (b, N) scores per block, BLAS on all cores
+        exact_search(rec.vectors, queries[b : b + block], k, exclude=[h.rows for h in histories[b : b + block]])[1]
+        for b in range(0, len(histories), block)
+    ])  # fmt: skip
     return out, time.perf_counter() - start
 
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from serving.history import time_gaps
+from serving.history import sequence_starts, time_gaps
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split
 
@@ -23,7 +23,7 @@ def event_gaps(data: EncodedLog) -> np.ndarray:
     """(E,) seconds since the user's previous event; -1 for a first event or when the log has no time."""
     if not data.has_time:
         return np.full(data.n_interactions, -1.0, dtype=np.float32)
-    return time_gaps(data.ts, np.r_[True, data.users[1:] != data.users[:-1]])  # the rule serving uses
+    return time_gaps(data.ts, sequence_starts(data.users))  # the rule serving uses
 
 
 @dataclass
