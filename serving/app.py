@@ -24,7 +24,7 @@ SWEEP_EVERY_S = 600.0
 
 def open_live_service(settings: Settings) -> LiveService:
     """Bundle + store (seeded once from the bundle's histories) + replayed catalog changes."""
-    rec = Recommender.load(settings.bundle, threads=settings.threads, verify=settings.verify)
+    rec = Recommender.load(settings.bundle, **settings.load_kwargs())
     store = SQLiteHistoryStore(
         settings.state_dir,
         max_events=settings.max_events_per_user or rec.max_len + 1,
@@ -81,8 +81,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 async def reload_in_background(app: FastAPI) -> None:
     """SIGHUP: reload the configured bundle; a failure is logged and the old bundle keeps serving."""
     try:
-        rec = await asyncio.to_thread(app.state.live.reload, app.state.settings.bundle,
-                                      threads=app.state.settings.threads)  # fmt: skip
+        settings = app.state.settings
+        rec = await asyncio.to_thread(app.state.live.reload, settings.bundle, **settings.load_kwargs())
         app.state.recommender = rec
     except Exception:  # noqa: BLE001 - a bad bundle must not take the server down
         log.exception("reload on SIGHUP failed; still serving %s", app.state.recommender.model_version)

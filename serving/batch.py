@@ -8,7 +8,8 @@ disk whole or not at all). A re-run skips chunks already on disk; the parts are 
 
 History exclusion in a batch: the search fetches ``k + overfetch`` candidates; a user with more than
 ``overfetch`` history items among them is searched again alone with their own selector, so everyone gets
-exactly ``k`` (as the online path does).
+exactly ``k`` (as the online path does). With the session-intent re-rank (:mod:`serving.intent`) on, users
+whose recent history lifts a category get their top ``max(k, depth)`` re-ranked to k, as online.
 """
 
 from __future__ import annotations
@@ -64,7 +65,27 @@ class BatchScorer:
         return scores, rows
 
     def _model_top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
-        rec, k = self.rec, self.k
+        """(B, k) model top-k, re-ranked by session intent where the user's recent history lifts a category."""
+        intent, k = self.rec.intent, self.k
+        if intent is None:
+            return self._search_top_k(histories, k)
+        lift = intent.history_lift([h.rows for h in histories])  # (B, C)
+        lifted = lift.max(1) > 0
+        scores = np.full((len(histories), k), -np.inf, np.float32)
+        rows = np.full((len(histories), k), -1, np.int64)
+        plain = np.flatnonzero(~lifted)
+        if len(plain):
+            scores[plain], rows[plain] = self._search_top_k([histories[b] for b in plain], k)
+        chosen = np.flatnonzero(lifted)
+        if len(chosen):
+            depth = max(k, intent.settings.depth)
+            found_scores, found = self._search_top_k([histories[b] for b in chosen], depth)
+            scores[chosen], rows[chosen] = intent.rerank(found_scores, found, lift[chosen], k)
+        return scores, rows
+
+    def _search_top_k(self, histories: Sequence[History], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) model scores and rows, history excluded (-inf / -1 where fewer remain)."""
+        rec = self.rec
         queries = self.encode(histories)
         fetch = min(len(rec.item_ids), k + (self.overfetch if self.exclude_seen else 0))
         found_scores, found = rec.index.search(queries, fetch, params=search_parameters(rec.index, rec.spec))

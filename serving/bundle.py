@@ -3,7 +3,10 @@
 A bundle is one directory without pickles: ``manifest.json`` (format version, model hyper-parameters, dims,
 event vocabulary, index description, counts, metrics, library versions, sha256 of every other file),
 ``user_tower.onnx``, ``item_embeddings.npy``, ``item_ids.json``, ``items.parquet``, ``histories.parquet``,
-``index.faiss`` and ``category_embeddings.npy`` (what gives a new item its vector). :meth:`Bundle.load` verifies checksums and dims and names the file at fault.
+``index.faiss`` and ``category_embeddings.npy`` (what gives a new item its vector). Optional:
+``user_tower_unpadded.onnx``, the same tower exported for rows without padding (one live history), which
+serving prefers for single requests; it has fewer graph nodes and gives the same vectors (checked at export).
+:meth:`Bundle.load` verifies checksums and dims and names the file at fault.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ ITEMS = "items.parquet"
 HISTORIES = "histories.parquet"
 INDEX = "index.faiss"
 CATEGORY_EMBEDDINGS = "category_embeddings.npy"  # (C, D) item-tower category table: vectors for new items
+USER_TOWER_UNPADDED = "user_tower_unpadded.onnx"  # optional: (B, L) rows with no padding, single requests
 FILES = (USER_TOWER, ITEM_EMBEDDINGS, ITEM_IDS, ITEMS, HISTORIES, INDEX, CATEGORY_EMBEDDINGS)
+OPTIONAL_FILES = (USER_TOWER_UNPADDED,)  # checked when the manifest lists them
 
 
 class BundleError(ValueError):
@@ -46,7 +51,7 @@ def file_entries(directory: Path) -> dict[str, dict[str, Any]]:
     """{file: {sha256, bytes}} for every bundle file present in ``directory``."""
     return {
         name: {"sha256": sha256(directory / name), "bytes": (directory / name).stat().st_size}
-        for name in FILES
+        for name in FILES + OPTIONAL_FILES
         if (directory / name).exists()
     }
 
@@ -74,6 +79,11 @@ class Bundle:
     def onnx_path(self) -> Path:
         return self.path / USER_TOWER
 
+    @property
+    def unpadded_onnx_path(self) -> Path | None:
+        """The single-history graph when the bundle has one (older bundles do not)."""
+        return self.path / USER_TOWER_UNPADDED if USER_TOWER_UNPADDED in self.manifest["files"] else None
+
     @classmethod
     def load(cls, path: str | Path, verify: bool = True) -> Bundle:
         root = Path(path)
@@ -88,8 +98,9 @@ class Bundle:
             raise BundleError(
                 f"{manifest_file}: format_version {manifest.get('format_version')!r}, this runtime reads {FORMAT_VERSION}"
             )
-        for name in FILES:
-            entry = manifest.get("files", {}).get(name)
+        listed = manifest.get("files", {})
+        for name in FILES + tuple(n for n in OPTIONAL_FILES if n in listed):
+            entry = listed.get(name)
             if entry is None or not (root / name).exists():
                 raise BundleError(f"{root / name}: missing from the bundle")
             if verify and sha256(root / name) != entry["sha256"]:

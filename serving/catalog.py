@@ -42,18 +42,26 @@ class LiveItems:
     vectors: np.ndarray | None = None  # (M, D) float32
     row_of: dict[str, int] = field(default_factory=dict)
     removed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # bundle rows
+    categories: tuple[tuple[int, ...], ...] = ()  # category indices of each added item
 
     def __post_init__(self) -> None:
         if self.vectors is None:
             object.__setattr__(self, "vectors", np.zeros((0, self.dim), np.float32))
+        if len(self.categories) != len(self.ids):
+            object.__setattr__(self, "categories", tuple(() for _ in self.ids))
 
-    def with_added(self, ids: Sequence[str], vectors: np.ndarray) -> LiveItems:
+    def with_added(
+        self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[Sequence[int]] | None = None
+    ) -> LiveItems:
         """A snapshot with ``ids`` added (or their vectors replaced when already added)."""
         keep = [i for i in self.ids if i not in set(ids)]
         kept = self.vectors[[self.row_of[i] for i in keep]] if keep else np.zeros((0, self.dim), np.float32)
         all_ids = tuple(keep) + tuple(ids)
         stacked = np.vstack([kept, np.asarray(vectors, np.float32).reshape(len(ids), self.dim)])
-        return LiveItems(self.dim, all_ids, stacked, {i: r for r, i in enumerate(all_ids)}, self.removed_rows)
+        cats = tuple(self.categories[self.row_of[i]] for i in keep)
+        cats += tuple(tuple(c) for c in categories) if categories is not None else tuple(() for _ in ids)
+        return LiveItems(self.dim, all_ids, stacked, {i: r for r, i in enumerate(all_ids)}, self.removed_rows,
+                         cats)  # fmt: skip
 
     def with_removed(self, ids: Iterable[str], bundle_row_of: dict[str, int]) -> LiveItems:
         """A snapshot without ``ids``: added ones are dropped, bundle ones are filtered from now on."""
@@ -62,20 +70,36 @@ class LiveItems:
         removed = np.union1d(self.removed_rows, np.asarray(rows, np.int64)).astype(np.int64)
         keep = [i for i in self.ids if i not in ids]
         vectors = self.vectors[[self.row_of[i] for i in keep]] if keep else None
-        return LiveItems(self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed)
+        cats = tuple(self.categories[self.row_of[i]] for i in keep)
+        return LiveItems(self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed, cats)
 
     def restored(self, bundle_rows: Iterable[int]) -> LiveItems:
         """A snapshot where these bundle rows are no longer removed (an item re-added)."""
         removed = np.setdiff1d(self.removed_rows, np.fromiter(bundle_rows, np.int64))
-        return LiveItems(self.dim, self.ids, self.vectors, self.row_of, removed)
+        return LiveItems(self.dim, self.ids, self.vectors, self.row_of, removed, self.categories)
+
+    def members(self, n_categories: int) -> np.ndarray:
+        """(M, C) bool category membership of the added items."""
+        out = np.zeros((len(self.ids), n_categories), dtype=bool)
+        for j, cats in enumerate(self.categories):
+            out[j, list(cats)] = True
+        return out
 
     def top(
-        self, query: np.ndarray, k: int, exclude: set[str], allow: set[str] | None
+        self,
+        query: np.ndarray,
+        k: int,
+        exclude: set[str],
+        allow: set[str] | None,
+        extra: np.ndarray | None = None,
     ) -> list[tuple[float, str]]:
-        """Exact top-k ``(score, id)`` among the added items passing the filters."""
+        """Exact top-k ``(score, id)`` among the added items passing the filters (``extra`` (M,): added to
+        each item's score, such as a re-rank's boost)."""
         if not self.ids:
             return []
         scores = self.vectors @ query  # (M,)
+        if extra is not None:
+            scores = scores + extra
         ok = [j for j, i in enumerate(self.ids) if i not in exclude and (allow is None or i in allow)]
         best = sorted(ok, key=lambda j: -scores[j])[:k]
         return [(float(scores[j]), self.ids[j]) for j in best]
@@ -103,7 +127,7 @@ class LiveCatalog:
 
         Raises ValueError (naming the item) for an id already live or unknown categories; nothing changes then.
         """
-        live, restored, new, vectors = self.live, [], [], []
+        live, restored, new, vectors, cats = self.live, [], [], [], []
         removed = set(live.removed_rows.tolist())
         for item_id, categories in items:
             item_id = str(item_id)
@@ -118,10 +142,11 @@ class LiveCatalog:
             except ValueError as exc:
                 raise ValueError(f"item {item_id!r}: {exc}") from None
             new.append(item_id)
+            cats.append(tuple(self.category_of[c] for c in dict.fromkeys(categories)))
         if restored:
             live = live.restored(restored)
         if new:
-            live = live.with_added(new, np.stack(vectors))
+            live = live.with_added(new, np.stack(vectors), cats)
         self.live = live
         return new + [self.item_ids[r] for r in restored]
 

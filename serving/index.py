@@ -105,11 +105,13 @@ PACK_MAX_ITEMS = 1 << 16  # up to here a pooled bitmap is rewritten from a bool 
 
 
 class Selector:
-    """An id filter (allow-list and/or exclusion) over rows ``0..n_items-1`` as a FAISS bitmap selector.
+    """An id filter (allow-list and/or exclusion) over rows ``0..n_items-1``, as a FAISS bitmap selector when a
+    FAISS search needs one.
 
     One bit per row (little-endian within a byte, as ``faiss.IDSelectorBitmap`` reads it), so the test inside
-    the search is a shift and a mask. An exclusion-only filter borrows this thread's all-ones bitmap and clears
-    one bit per excluded row: O(filters) work whatever the catalog size; :meth:`release` (or leaving a
+    the search is a shift and a mask. The bitmap is made on first use (an exact search over a flat index reads
+    the rows directly and never needs it). An exclusion-only filter borrows this thread's all-ones bitmap and
+    clears one bit per excluded row: O(filters) work whatever the catalog size; :meth:`release` (or leaving a
     ``with`` block, or dropping the object) sets the bits back and returns the bitmap. An allow-list builds its
     own bitmap. The object must outlive the search that uses it.
     """
@@ -123,34 +125,47 @@ class Selector:
     ) -> None:
         """``trusted``: the caller guarantees every id is a valid row (skips the range check)."""
         self.n_items = n_items
-        n_bytes = (n_items + 7) // 8
-        self._exclude = _rows(exclude) if trusted else _in_range(exclude, n_items)
-        self._allow = None if allow is None else (_rows(allow) if trusted else _in_range(allow, n_items))
-        self._pooled = self._allow is None
-        self._keep = None
-        if self._pooled:
-            entry = _POOL.free.pop(n_items, None) or _new_entry(n_items)
-            self._bits, self.selector, self._params, self._keep = entry
+        self.exclude = _rows(exclude) if trusted else _in_range(exclude, n_items)  # rows that may not pass
+        self.allow = None if allow is None else (_rows(allow) if trusted else _in_range(allow, n_items))
+        self._bits: np.ndarray | None = None  # made by _bitmap()
+        self._pooled = False  # the bitmap is this thread's pooled one (to be given back)
+
+    def _bitmap(self) -> np.ndarray:
+        if self._bits is not None:
+            return self._bits
+        exclude, allow = self.exclude, self.allow
+        if allow is None:
+            entry = _POOL.free.pop(self.n_items, None) or _new_entry(self.n_items)
+            self._bits, self._selector, self._params, self._keep = entry
+            self._pooled = True
             if self._keep is not None:  # small catalog: the whole bitmap rewritten from the bool mask
-                self._keep[self._exclude] = False
+                self._keep[exclude] = False
                 self._bits[:] = np.packbits(self._keep, bitorder="little")
-                self._keep[self._exclude] = True
-                return
+                self._keep[exclude] = True
+                return self._bits
         else:
-            self._bits = np.zeros(n_bytes, dtype=np.uint8)
-            np.bitwise_or.at(self._bits, self._allow >> 3, (1 << (self._allow & 7)).astype(np.uint8))
-            self.selector = faiss.IDSelectorBitmap(n_bytes, faiss.swig_ptr(self._bits))
-            self._params = {}
-        if len(self._exclude):
-            np.bitwise_and.at(self._bits, self._exclude >> 3, ~(1 << (self._exclude & 7)).astype(np.uint8))
+            self._bits = np.zeros((self.n_items + 7) // 8, dtype=np.uint8)
+            np.bitwise_or.at(self._bits, allow >> 3, (1 << (allow & 7)).astype(np.uint8))
+            self._selector = faiss.IDSelectorBitmap(len(self._bits), faiss.swig_ptr(self._bits))
+            self._params, self._keep = {}, None
+        if len(exclude):
+            np.bitwise_and.at(self._bits, exclude >> 3, ~(1 << (exclude & 7)).astype(np.uint8))
+        return self._bits
+
+    @property
+    def selector(self) -> faiss.IDSelectorBitmap:
+        """The FAISS selector over this filter's bitmap."""
+        self._bitmap()
+        return self._selector
 
     def release(self) -> None:
         """Give a borrowed bitmap back (bits restored); the selector must not be used afterwards."""
         if self._pooled:
             self._pooled = False
-            if self._keep is None and len(self._exclude):
-                np.bitwise_or.at(self._bits, self._exclude >> 3, (1 << (self._exclude & 7)).astype(np.uint8))
-            _POOL.free[self.n_items] = (self._bits, self.selector, self._params, self._keep)
+            if self._keep is None and len(self.exclude):
+                rows = self.exclude
+                np.bitwise_or.at(self._bits, rows >> 3, (1 << (rows & 7)).astype(np.uint8))
+            _POOL.free[self.n_items] = (self._bits, self._selector, self._params, self._keep)
 
     def __enter__(self) -> Selector:
         return self
@@ -164,25 +179,33 @@ class Selector:
 
     def params(self, index: faiss.Index, spec: IndexSpec):
         """Search parameters for ``spec`` bound to this selector (built once per thread's pooled bitmap)."""
+        self._bitmap()
         key = (id(index), spec.kind, spec.ef_search, spec.nprobe, spec.refine, spec.k_factor)
         params = self._params.get(key)
         if params is None:
-            params = self._params[key] = search_parameters(index, spec, self.selector)
+            params = self._params[key] = search_parameters(index, spec, self._selector)
         return params
 
     def mask(self) -> np.ndarray:
         """(N,) bool of the rows that pass (for the exact path)."""
-        return np.unpackbits(self._bits, count=self.n_items, bitorder="little").astype(bool)
+        if self._bits is not None:
+            return np.unpackbits(self._bits, count=self.n_items, bitorder="little").astype(bool)
+        keep = np.ones(self.n_items, dtype=bool)
+        if self.allow is not None:
+            keep[:] = False
+            keep[self.allow] = True
+        keep[self.exclude] = False
+        return keep
 
     def available(self) -> int:
         """How many rows pass (an upper bound on what a search can return)."""
-        if self._allow is None:
-            return self.n_items - len(np.unique(self._exclude))
+        if self.allow is None:
+            return self.n_items - len(np.unique(self.exclude))
         return int(np.count_nonzero(self.mask()))
 
     def at_most(self, k: int) -> int:
         """``min(k, available())``, without counting when the exclusions cannot bring it under k."""
-        if self._allow is None and self.n_items - len(self._exclude) >= k:
+        if self.allow is None and self.n_items - len(self.exclude) >= k:
             return k
         return min(k, self.available())
 
@@ -234,21 +257,51 @@ def exact_search(
     return dist.astype(np.float32), ids.astype(np.int64)
 
 
+def masked_top_k(xb: np.ndarray, xq: np.ndarray, k: int, selector: Selector) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k (scores, rows) of one query ``xq`` (D,) over ``xb`` (N, D) among the rows passing
+    ``selector``: one BLAS matrix-vector product and one partition, with no bitmap."""
+    scores = xb @ xq  # (N,)
+    if selector.allow is not None:
+        kept = np.full_like(scores, -np.inf)
+        kept[selector.allow] = scores[selector.allow]
+        scores = kept
+    if len(selector.exclude):
+        scores[selector.exclude] = -np.inf
+    n = len(scores)
+    k = min(k, n)
+    top = np.argpartition(scores, n - k)[n - k :]  # (k,) unordered
+    top = top[np.argsort(-scores[top], kind="stable")]
+    found = scores[top]
+    passed = found > -np.inf
+    return found[passed], top[passed]
+
+
 OVERFETCH_ROUNDS = 3
 
 
 def filtered_search(
-    index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.ndarray, k: int, selector: Selector
+    index: faiss.Index,
+    spec: IndexSpec,
+    xb: np.ndarray,
+    xq: np.ndarray,
+    k: int,
+    selector: Selector,
+    blas_flat: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of one query among the ids passing ``selector``: exactly min(k, available) results.
 
-    The filter runs inside the FAISS search; graph and IVF searches under a tight filter can come back short,
-    so the search is repeated with a 4x larger k, and as a last resort the exact twin answers.
+    A flat (exact) index is answered by :func:`masked_top_k` over ``xb``, the same exact inner-product search
+    (measured 1.3x to 2x faster than FAISS's one-query flat scan from 2k to 200k items, and it needs no bitmap);
+    ``blas_flat=False`` runs FAISS's flat search instead (its twin, for checking). Otherwise the filter runs
+    inside the FAISS search; graph and IVF searches under a tight filter can come back short, so the search is
+    repeated with a 4x larger k, and as a last resort the exact twin answers.
     """
     n = index.ntotal
     want = selector.at_most(k)
     if want <= 0:
         return np.zeros(0, np.float32), np.zeros(0, np.int64)
+    if blas_flat and spec.kind == "flat":
+        return masked_top_k(xb, np.asarray(xq, dtype=np.float32).reshape(-1), want, selector)
     xq = np.asarray(xq, dtype=np.float32).reshape(1, -1)
     params = selector.params(index, spec)
     fetch = want

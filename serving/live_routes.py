@@ -109,7 +109,7 @@ def reload(request: Request, body: ReloadRequest | None = None) -> ReloadRespons
     live, settings = _live(request), request.app.state.settings
     path = (body.bundle if body else None) or settings.bundle
     try:
-        rec = live.reload(path, threads=settings.threads, verify=settings.verify)
+        rec = live.reload(path, **settings.load_kwargs())
     except (BundleError, FileNotFoundError, ValueError) as exc:
         raise HTTPException(
             422, f"bundle {path!r} not loaded, still serving the previous one: {exc}"

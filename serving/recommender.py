@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import repeat
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from serving.bundle import Bundle
 from serving.catalog import LiveCatalog, LiveItems
 from serving.history import History, histories_from_frame, time_gaps
 from serving.index import IndexSpec, Selector, filtered_search
+from serving.intent import CategoryIntent, IntentSettings
 
 log = logging.getLogger(__name__)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -33,6 +34,7 @@ class Recommendation:
     source: str  # "model" or "popularity" (fallback for unknown users / empty histories)
     unknown_items: list[str] = field(default_factory=list)  # history ids not in the catalog (ignored)
     history_length: int = 0
+    intent: dict[str, float] = field(default_factory=dict)  # categories the session lifts (the re-rank's why)
 
 
 @dataclass
@@ -63,7 +65,15 @@ class ResolvedHistory:
 class Recommender(LiveCatalog):
     """A bundle served in-process: encode a history (ONNX), search with filters (FAISS), fall back to popularity."""
 
-    def __init__(self, bundle: Bundle, threads: int = 1) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        threads: int = 1,
+        intent: IntentSettings | None = None,
+        intent_boost: float | None = None,
+    ) -> None:
+        """``intent``: the session-intent re-rank's settings (default: the bundle's, else the library's);
+        ``intent_boost`` replaces just their strength (0 = off)."""
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.model_version = str(self.manifest.get("model_version", "unknown"))
@@ -84,9 +94,17 @@ class Recommender(LiveCatalog):
         options.inter_op_num_threads = 1
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        self.session = ort.InferenceSession(
+        self.session = ort.InferenceSession(  # batches of right-padded rows
             str(bundle.onnx_path), options, providers=["CPUExecutionProvider"]
         )
+        unpadded = bundle.unpadded_onnx_path  # one history, no padding: fewer nodes, same vector
+        self.single_session = (
+            ort.InferenceSession(str(unpadded), options, providers=["CPUExecutionProvider"])
+            if unpadded is not None
+            else self.session
+        )
+        self._output = [self.session.get_outputs()[0].name]
+        self._run_options = ort.RunOptions()  # reused: run() without one costs ~10 us per call
         faiss.omp_set_num_threads(threads)
         counts = (
             bundle.items["train_count"].to_numpy()
@@ -95,6 +113,11 @@ class Recommender(LiveCatalog):
         )
         self.popular_rows = np.argsort(-counts, kind="stable")
         self.popularity = counts.astype(np.float32)
+        if intent is None:
+            intent = IntentSettings.from_dict(self.manifest.get("rerank", {}).get("intent"))
+        if intent_boost is not None:
+            intent = replace(intent, boost=float(intent_boost))
+        self.intent = CategoryIntent.from_items(bundle.items, bundle.categories, intent)
         # the bundle's stored histories (gaps computed over the whole log at training time)
         self.histories = histories_from_frame(bundle.histories, self.row_of, self.event_of)
         probe = self.encode_rows(History.build(np.array([0])))
@@ -104,8 +127,15 @@ class Recommender(LiveCatalog):
             )
 
     @classmethod
-    def load(cls, bundle_dir: str | Path, threads: int = 1, verify: bool = True) -> Recommender:
-        return cls(Bundle.load(bundle_dir, verify=verify), threads=threads)
+    def load(
+        cls,
+        bundle_dir: str | Path,
+        threads: int = 1,
+        verify: bool = True,
+        intent: IntentSettings | None = None,
+        intent_boost: float | None = None,
+    ) -> Recommender:
+        return cls(Bundle.load(bundle_dir, verify=verify), threads, intent, intent_boost)
 
     # ---- encoding -------------------------------------------------------------------------------------
     def resolve(
@@ -150,9 +180,13 @@ class Recommender(LiveCatalog):
         resolved = self.resolve(items, events, dwell, ts)
         return resolved.history, resolved.unknown
 
-    def encode_rows(self, history: History) -> np.ndarray:
-        """(D,) float32 user vector from the last ``max_len`` events of a history."""
-        return self.session.run(None, history.feeds(self.max_len))[0][0]
+    def encode_rows(self, history: History, padded_graph: bool = False) -> np.ndarray:
+        """(D,) float32 user vector from the last ``max_len`` events of a history.
+
+        Runs the bundle's unpadded graph when it has one; ``padded_graph=True`` runs the batch graph instead
+        (its exact twin, for checking)."""
+        session = self.session if padded_graph else self.single_session
+        return session.run(self._output, history.feeds(self.max_len), self._run_options)[0][0]
 
     def encode_history(self, items, events=None, dwell=None, ts=None) -> np.ndarray:
         """(D,) float32 user vector of a raw history (external item ids, oldest first)."""
@@ -177,13 +211,14 @@ class Recommender(LiveCatalog):
         events: Sequence[str] | None = None,
         dwell: Sequence[float] | None = None,
         ts: Sequence[float] | None = None,
+        rerank: bool = True,
     ) -> Recommendation:
         if history is not None:
             resolved = self.resolve(history, events, dwell, ts)
         else:
             stored = self.histories.get(str(user_id)) if user_id is not None else None
             resolved = ResolvedHistory(stored) if stored is not None else None
-        return self.recommend_resolved(resolved, k, exclude_seen, exclude_items, allow_items)
+        return self.recommend_resolved(resolved, k, exclude_seen, exclude_items, allow_items, rerank)
 
     def recommend_resolved(
         self,
@@ -192,8 +227,11 @@ class Recommender(LiveCatalog):
         exclude_seen: bool = True,
         exclude_items: Iterable[str] = (),
         allow_items: Iterable[str] | None = None,
+        rerank: bool = True,
     ) -> Recommendation:
-        """Top-k for a resolved history (None or empty: the popularity fallback)."""
+        """Top-k for a resolved history (None or empty: the popularity fallback).
+
+        ``rerank=False`` skips the session-intent re-rank (:mod:`serving.intent`): the model's ranking alone."""
         if k < 1:
             raise ValueError("k must be at least 1")
         live = self.live  # one snapshot for the whole request
@@ -211,15 +249,26 @@ class Recommender(LiveCatalog):
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode_rows(user_history)
+        intent, why, extra = self.intent if rerank else None, {}, None
+        if intent is not None:
+            lift = intent.history_lift([user_history.rows])  # (1, C)
+            why = intent.explain(lift[0])  # empty: the session looks like anyone's, the model's order stands
+        fetch = max(k, intent.settings.depth) if why else k
         with Selector(len(self.item_ids), exclude, allow, trusted=True) as selector:  # rows from the catalog
-            scores, found = self.search(query, k, selector)
+            scores, found = self.search(query, fetch, selector)
+        if why:
+            top_scores, top_rows = intent.rerank(scores[None], found[None], lift, k)
+            kept = top_rows[0] >= 0
+            scores, found = top_scores[0][kept], top_rows[0][kept]
+            if live.ids:
+                extra = intent.member_boosts(lift, live.members(len(self.category_of))[None])[0]
         ids = self.item_ids
         items = [
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
         if live.ids:
-            items = _merge(items, live.top(query, k, exclude_ids, allow_ids), k)
-        return Recommendation(items, "model", unknown, len(user_history))
+            items = _merge(items, live.top(query, k, exclude_ids, allow_ids, extra), k)
+        return Recommendation(items, "model", unknown, len(user_history), why)
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """int64 catalog rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
@@ -229,10 +278,19 @@ class Recommender(LiveCatalog):
         return np.fromiter((row_of[i] for i in map(str, item_ids) if i in row_of), np.int64)
 
     def recommend(
-        self, user_id=None, history=None, k=10, exclude_seen=True, exclude_items=(), allow_items=None
+        self,
+        user_id=None,
+        history=None,
+        k=10,
+        exclude_seen=True,
+        exclude_items=(),
+        allow_items=None,
+        rerank: bool = True,
     ):
         """Top-k ``[{"item_id", "score"}]``; exactly k whenever the filters leave k items."""
-        return self.recommend_detailed(user_id, history, k, exclude_seen, exclude_items, allow_items).items
+        return self.recommend_detailed(
+            user_id, history, k, exclude_seen, exclude_items, allow_items, rerank=rerank
+        ).items
 
     def _popular(self, k: int, exclude: set[int], allow: np.ndarray | None) -> list[dict]:
         """Fallback: most-interacted training items passing the filters (score = training count)."""

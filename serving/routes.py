@@ -49,6 +49,7 @@ async def recommend(body: RecommendRequest, request: Request) -> RecommendRespon
         items=result.items,
         model_version=rec.model_version,
         source=result.source,
+        intent=result.intent,
         unknown_items=result.unknown_items,
     )
 

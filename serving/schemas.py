@@ -52,6 +52,11 @@ class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     model_version: str = Field(description="The bundle's model version.")
     source: str = Field(description="'model', or 'popularity' for an unknown user or an empty history.")
+    intent: dict[str, float] = Field(
+        default_factory=dict,
+        description="Why the list leans the way it does: categories the user's recent events are more about "
+        "than anyone's, with their lift in [0, 1] (the session-intent re-rank); empty when it did not act.",
+    )
     unknown_items: list[str] = Field(
         default_factory=list, description="History ids not in the catalog (ignored)."
     )

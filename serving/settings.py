@@ -31,6 +31,14 @@ class Settings:
     max_batch_events: int = 1000  # TWOTOWER_MAX_BATCH_EVENTS: larger POST /events batches get 413
     synchronous: str = "FULL"  # TWOTOWER_SYNCHRONOUS: SQLite durability (FULL survives power loss)
     seed_histories: bool = True  # TWOTOWER_SEED_HISTORIES: load the bundle's histories into an empty store
+    intent_boost: float = (
+        -1.0
+    )  # TWOTOWER_INTENT_BOOST: session-intent re-rank strength (-1 = bundle's, 0 = off)
+
+    def load_kwargs(self) -> dict:
+        """``Recommender.load`` arguments these settings give (start, reload, SIGHUP alike)."""
+        boost = self.intent_boost if self.intent_boost >= 0 else None
+        return {"threads": self.threads, "verify": self.verify, "intent_boost": boost}
 
     @property
     def loopback(self) -> bool:

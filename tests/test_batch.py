@@ -101,14 +101,24 @@ def test_lightning_predict_matches_the_cpu_batch_path(run_and_bundle, rec, tmp_p
     import pytorch_lightning as pl
 
     from twotower.artifacts import load_model
-    from twotower.batch_predict import ParquetPartWriter, TopKPredictor, history_loader, run_histories
+    from twotower.batch_predict import (
+        ParquetPartWriter,
+        TopKPredictor,
+        history_loader,
+        run_histories,
+        run_intent,
+    )
 
     users, item_ids, histories = run_histories(run_and_bundle[0])
     writer = ParquetPartWriter(tmp_path / "parts", users, item_ids)
     trainer = pl.Trainer(
         accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
     )
-    trainer.predict(TopKPredictor(load_model(run_and_bundle[0] / "model.pt"), k=10),
+    assert rec.intent is not None  # the synthetic catalog has categories: the served re-rank is on
+    predictor = TopKPredictor(
+        load_model(run_and_bundle[0] / "model.pt"), k=10, intent=run_intent(run_and_bundle[0])
+    )
+    trainer.predict(predictor,
                     dataloaders=history_loader(histories, rec.max_len, batch_size=16), return_predictions=False)  # fmt: skip
     frame = pd.concat(pd.read_parquet(p) for p in sorted((tmp_path / "parts").glob("*.parquet")))
     assert len(frame) == 10 * len(users) and set(frame["user_id"]) == set(users)

@@ -26,11 +26,40 @@ def test_manifest_and_onnx_parity(run_and_bundle):
     run, bundle, manifest = run_and_bundle
     assert manifest["onnx_parity_max_abs"] <= 1e-5
     assert set(manifest["files"]) == {"user_tower.onnx", "item_embeddings.npy", "item_ids.json", "items.parquet",
-                                      "histories.parquet", "index.faiss", "category_embeddings.npy"}  # fmt: skip
+                                      "histories.parquet", "index.faiss", "category_embeddings.npy",
+                                      "user_tower_unpadded.onnx"}  # fmt: skip
     assert manifest["index"]["factory"] == "HNSW32,Flat" and manifest["index"]["recall@10_vs_exact"] >= 0.95
     assert not list(bundle.glob("*.pkl")) and not list(bundle.glob("*.pt"))
     net = load_model(run / "model.pt")
     assert onnx_parity(net, bundle / "user_tower.onnx", []) <= 1e-5
+    assert onnx_parity(net, bundle / "user_tower_unpadded.onnx", [], padded=False) <= 1e-5
+
+
+def test_unpadded_graph_matches_batch_graph(rec):
+    """Single requests run the unpadded graph; the padded batch graph is its exact twin."""
+    assert rec.single_session is not rec.session
+    worst = max(
+        np.abs(rec.encode_rows(h) - rec.encode_rows(h, padded_graph=True)).max()
+        for h in rec.histories.values()
+    )
+    assert worst <= 1e-6
+
+
+def test_bundle_without_unpadded_graph_still_serves(run_and_bundle, tmp_path):
+    import shutil
+
+    bundle = tmp_path / "old"
+    shutil.copytree(run_and_bundle[1], bundle)
+    (bundle / "user_tower_unpadded.onnx").unlink()
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    del manifest["files"]["user_tower_unpadded.onnx"]
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    old = Recommender.load(bundle)
+    assert old.single_session is old.session
+    user = next(iter(old.histories))
+    assert old.recommend(user_id=user, k=5) == Recommender.load(run_and_bundle[1]).recommend(
+        user_id=user, k=5
+    )
 
 
 def test_encode_history_matches_torch(run_and_bundle, rec):
@@ -109,6 +138,30 @@ def test_fallback_and_unknown_items(rec):
         rec.similar_items("ghost")
 
 
+@pytest.mark.parametrize("n_items", [50, 3000])
+def test_blas_flat_search_matches_faiss_flat(n_items):
+    """A flat index is searched with one BLAS product; FAISS's own flat search (its twin) gives the same."""
+    from serving.index import filtered_search
+
+    rng = np.random.default_rng(n_items)
+    xb = rng.normal(size=(n_items, 16)).astype(np.float32)
+    index, spec = build_index(xb, IndexSpec(kind="flat"))
+    for trial in range(20):
+        query = rng.normal(size=16).astype(np.float32)
+        exclude = rng.choice(n_items, size=rng.integers(0, n_items // 2), replace=False)
+        allow = None if trial % 2 else rng.choice(n_items, size=rng.integers(1, 40), replace=False)
+        k = int(rng.integers(1, 60))
+        with Selector(n_items, exclude, allow) as sel:
+            fast = filtered_search(index, spec, xb, query, k, sel)
+        with Selector(n_items, exclude, allow) as sel:
+            twin = filtered_search(index, spec, xb, query, k, sel, blas_flat=False)
+            assert len(fast[1]) == sel.at_most(k)
+        np.testing.assert_allclose(fast[0], twin[0], rtol=1e-5, atol=1e-5)
+        assert fast[1].tolist() == twin[1].tolist()
+        assert not set(fast[1].tolist()) & set(exclude.tolist())
+        assert allow is None or set(fast[1].tolist()) <= set(allow.tolist())
+
+
 def test_selector_counts():
     sel = Selector(5, exclude=[1, 2], allow=[2, 3, 4, 9])  # 9 is out of range
     assert sel.available() == 2 and sel.at_most(1) == 1 and sel.at_most(10) == 2
@@ -157,24 +210,34 @@ def test_random_histories_shapes(run_and_bundle):
     assert items.shape == events.shape == dwell.shape == gaps.shape == (2, 3)
 
 
-def test_pooled_exclusion_bitmap_is_restored_and_per_thread():
+def _bitmap_rows(selector: Selector) -> list[int]:
+    """Rows the selector's FAISS bitmap blocks (making the bitmap if it was not made yet)."""
+    selector.selector  # noqa: B018 - the bitmap is made on first use
+    return np.flatnonzero(~selector.mask()).tolist()
+
+
+@pytest.mark.parametrize("n", [20, 70_000])  # the bool-mask rewrite and the bit-by-bit restore
+def test_pooled_exclusion_bitmap_is_restored_and_per_thread(n):
     import threading
 
-    with Selector(20, exclude=[3, 4, 11]) as first:
-        assert np.flatnonzero(~first.mask()).tolist() == [3, 4, 11]
-        with Selector(20, exclude=[5]) as nested:  # the pool's bitmap is lent out: this one gets its own
-            assert np.flatnonzero(~nested.mask()).tolist() == [5]
-        assert np.flatnonzero(~first.mask()).tolist() == [3, 4, 11]
-    again = Selector(20, exclude=[0])
-    assert np.flatnonzero(~again.mask()).tolist() == [0]  # earlier exclusions were set back
+    with Selector(n, exclude=[3, 4, 11]) as first:
+        assert _bitmap_rows(first) == [3, 4, 11]
+        with Selector(n, exclude=[5]) as nested:  # the pool's bitmap is lent out: this one gets its own
+            assert _bitmap_rows(nested) == [5]
+        assert _bitmap_rows(first) == [3, 4, 11]
+    again = Selector(n, exclude=[0])
+    assert _bitmap_rows(again) == [0]  # earlier exclusions were set back
     again.release()
-    assert Selector(20).mask().all()
+    assert _bitmap_rows(Selector(n)) == []
+    unused = Selector(n, exclude=[1, 2])  # no bitmap made: nothing borrowed, nothing to give back
+    assert np.flatnonzero(~unused.mask()).tolist() == [1, 2]
+    unused.release()
     seen = []
 
     def worker(row):
         for _ in range(200):
-            with Selector(20, exclude=[row]) as sel:
-                seen.append(np.flatnonzero(~sel.mask()).tolist() == [row])
+            with Selector(n, exclude=[row]) as sel:
+                seen.append(_bitmap_rows(sel) == [row])
 
     threads = [threading.Thread(target=worker, args=(r,)) for r in range(4)]
     for t in threads:

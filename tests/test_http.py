@@ -36,7 +36,12 @@ def test_recommend_contract(client, known):
     allow = client.post("/recommend", json={"history": items[:2], "k": 3, "allow_items": items[10:14]}).json()
     assert {x["item_id"] for x in allow["items"]} <= set(items[10:14])
     anon = client.post("/recommend", json={"user_id": "nobody", "k": 3}).json()
-    assert anon["source"] == "popularity" and len(anon["items"]) == 3
+    assert anon["source"] == "popularity" and len(anon["items"]) == 3 and anon["intent"] == {}
+    from serving.adaptation import items_by_category
+
+    category, members = max(items_by_category(rec).items(), key=lambda kv: len(kv[1]))
+    session = client.post("/recommend", json={"history": members[:5], "k": 3}).json()
+    assert category in session["intent"] and 0 < session["intent"][category] <= 1  # why the list leans
 
 
 def test_integer_ids_are_accepted(tmp_path):

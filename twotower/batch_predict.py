@@ -3,7 +3,8 @@
     users, item_ids, histories = run_histories(run_dir)  # or serving.History objects from anywhere
     trainer = pl.Trainer(accelerator="gpu", devices=4, strategy="ddp",
                          callbacks=[ParquetPartWriter(out, users, item_ids)])
-    trainer.predict(TopKPredictor(net, k=100), dataloaders=history_loader(histories, max_len, batch_size=4096))
+    predictor = TopKPredictor(net, k=100, intent=run_intent(run_dir))  # intent: the served re-rank
+    trainer.predict(predictor, dataloaders=history_loader(histories, max_len, batch_size=4096))
 
 Each rank scores its share of the batches (Lightning's distributed sampler) and writes
 ``out/rank-R-batch-B.parquet`` (``user_id, rank, item_id, score``). Exact: every item is scored
@@ -25,6 +26,7 @@ from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
 from serving.history import History, histories_from_frame, padded_feeds
+from serving.intent import CategoryIntent, IntentSettings
 from twotower.model import TwoTower
 
 INPUTS = ("items", "events", "dwell", "gaps")
@@ -65,11 +67,14 @@ def history_loader(
 
 
 class TopKPredictor(pl.LightningModule):
-    """Exact top-k over the whole catalog for each history in a batch."""
+    """Exact top-k over the whole catalog for each history in a batch; with ``intent`` (see
+    :func:`run_intent`), the top ``depth`` are re-ranked by session intent on the CPU, as the bundle serves."""
 
-    def __init__(self, net: TwoTower, k: int = 100, exclude_seen: bool = True) -> None:
+    def __init__(
+        self, net: TwoTower, k: int = 100, exclude_seen: bool = True, intent: CategoryIntent | None = None
+    ) -> None:
         super().__init__()
-        self.net, self.k, self.exclude_seen = net.eval(), k, exclude_seen
+        self.net, self.k, self.exclude_seen, self.intent = net.eval(), k, exclude_seen, intent
         self.register_buffer("item_vectors", torch.zeros(0), persistent=False)
 
     def on_predict_start(self) -> None:
@@ -85,8 +90,21 @@ class TopKPredictor(pl.LightningModule):
                 seen >= 0, seen, seen[:, :1]
             )  # padding repeats the first event (excluded anyway)
             scores.scatter_(1, seen, float("-inf"))
-        top = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
-        return {"index": batch["index"], "rows": top.indices, "scores": top.values}
+        depth = self.k if self.intent is None else max(self.k, self.intent.settings.depth)
+        top = torch.topk(scores, min(depth, scores.shape[1]), dim=1)
+        if self.intent is None:
+            return {"index": batch["index"], "rows": top.indices, "scores": top.values}
+        items = batch["items"].cpu().numpy()  # (B, L) 1-based, right-padded
+        lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
+        found = top.indices.cpu().numpy()
+        found_scores = top.values.float().cpu().numpy()
+        found = np.where(np.isfinite(found_scores), found, -1)  # history items (-inf) are not candidates
+        out_scores, rows = self.intent.rerank(found_scores, found, lift, self.k)
+        return {
+            "index": batch["index"],
+            "rows": torch.from_numpy(rows),
+            "scores": torch.from_numpy(out_scores),
+        }
 
 
 class ParquetPartWriter(BasePredictionWriter):
@@ -107,8 +125,10 @@ class ParquetPartWriter(BasePredictionWriter):
         index = prediction["index"].cpu().numpy()
         rows, scores = prediction["rows"].cpu().numpy(), prediction["scores"].float().cpu().numpy()
         k = rows.shape[1]
-        frame = pd.DataFrame({"user_id": np.repeat(self.users[index], k), "rank": np.tile(np.arange(1, k + 1), len(index)),
-                              "item_id": self.item_ids[rows.ravel()], "score": scores.ravel()})  # fmt: skip
+        found = (rows >= 0).ravel()  # a re-ranked row can hold fewer than k (tiny catalogs)
+        frame = pd.DataFrame({"user_id": np.repeat(self.users[index], k)[found],
+                              "rank": np.tile(np.arange(1, k + 1), len(index))[found],
+                              "item_id": self.item_ids[rows.ravel()[found]], "score": scores.ravel()[found]})  # fmt: skip
         frame.to_parquet(self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", index=False)
 
 
@@ -122,3 +142,13 @@ def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[History]]:
     )
     users = sorted(table)
     return users, vocab["items"], [table[u] for u in users]
+
+
+def run_intent(run_dir: Path, rerank: dict | None = None) -> CategoryIntent | None:
+    """The session-intent re-rank a bundle exported from this run serves (``rerank``: other settings)."""
+    from twotower.export import rerank_settings
+
+    vocab = json.loads((run_dir / "data" / "vocab.json").read_text())
+    settings = IntentSettings.from_dict(rerank_settings(run_dir, rerank)["intent"])
+    items = pd.read_parquet(run_dir / "data" / "items.parquet")
+    return CategoryIntent.from_items(items, vocab.get("categories") or ["<pad>"], settings)

@@ -71,10 +71,13 @@ class CausalSelfAttention(nn.Module):
         out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.proj(out)
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward_last(
+        self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor | None
+    ) -> torch.Tensor:
         """Attention output of one query per row, at position ``last`` (B,), over keys 0..last -> (B, D).
 
         Rows are right-padded, so the keys up to ``last`` are exactly the ``valid`` (B, L) positions.
+        ``last=None, valid=None``: rows without padding, the query is the final position (fewer graph nodes).
 
         With a single query the key and value projections fold into the weights, so no per-position key
         or value is ever computed:
@@ -85,6 +88,7 @@ class CausalSelfAttention(nn.Module):
         """
         b, length, d = x.shape
         h, dh = self.num_heads, d // self.num_heads
+        here = x[:, -1] if last is None else at_positions(x, last)  # (B, D)
         # Slices, not split(): the exporter folds slices of constants (it cannot fold a multi-output Split).
         weight, bias = self.qkv.weight, self.qkv.bias
         w_q, w_k, w_v = (weight[i * d : (i + 1) * d].view(h, dh, d) for i in range(3))  # 3 x (H, Dh, D)
@@ -93,9 +97,11 @@ class CausalSelfAttention(nn.Module):
         # Query side: u_h = W_k_h^T (W_q_h x_last + b_q_h) / sqrt(Dh), one (H*D, D) matrix for all heads.
         w_u = (w_k.transpose(1, 2) @ w_q * scale).reshape(h * d, d)  # (H*D, D)
         b_u = (w_k.transpose(1, 2) @ b_q.view(h, dh, 1) * scale).reshape(h * d)  # (H*D,)
-        u = F.linear(at_positions(x, last), w_u, b_u).view(b, h, d)  # (B, H, D)
+        u = F.linear(here, w_u, b_u).view(b, h, d)  # (B, H, D)
         scores = u @ x.transpose(1, 2)  # (B, H, L)
-        weights = scores.masked_fill(~valid.unsqueeze(1), float("-inf")).softmax(-1)  # (B, H, L)
+        if valid is not None:
+            scores = scores.masked_fill(~valid.unsqueeze(1), float("-inf"))
+        weights = scores.softmax(-1)  # (B, H, L)
         context = (weights @ x).reshape(b, h * d)  # (B, H*D); position 0 is always valid
         # Output side: proj(concat_h(W_v_h c_h + b_v_h)) = sum_h (W_p,h W_v_h) c_h + (W_p b_v + b_p).
         w_p = self.proj.weight.view(d, h, dh).transpose(0, 1)  # (H, D, Dh): proj columns of each head
@@ -118,9 +124,11 @@ class TransformerBlock(nn.Module):
         x = x + self.drop(self.attn(self.norm1(x)))  # (B, L, D)
         return x + self.drop(self.ff(self.norm2(x)))
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward_last(
+        self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor | None
+    ) -> torch.Tensor:
         """The block's output at position ``last`` only (B, D): the same numbers, a fraction of the work."""
-        here = at_positions(x, last)  # (B, D)
+        here = x[:, -1] if last is None else at_positions(x, last)  # (B, D)
         here = here + self.drop(self.attn.forward_last(self.norm1(x), last, valid))
         return here + self.drop(self.ff(self.norm2(here)))
 
@@ -140,10 +148,13 @@ class TransformerEncoder(nn.Module):
             x = block(x)  # (B, L, D)
         return self.norm(x)
 
-    def forward_last(self, x: torch.Tensor, last: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def forward_last(
+        self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor | None
+    ) -> torch.Tensor:
         """State at position ``last`` (B,) only: earlier blocks run on every position, the final block on one.
 
-        ``valid`` (B, L) marks the real events of right-padded rows; ``last`` is each row's final one."""
+        ``valid`` (B, L) marks the real events of right-padded rows; ``last`` is each row's final one.
+        Both None: rows without padding (every position is real, the final one is the state)."""
         for block in self.blocks[:-1]:
             x = block(x)  # (B, L, D)
         return self.norm(self.blocks[-1].forward_last(x, last, valid))  # (B, D)

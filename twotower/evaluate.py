@@ -16,6 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from serving.intent import CategoryIntent
 from twotower import metrics
 from twotower.data.sequences import EvalQueries
 from twotower.model import TwoTower
@@ -87,3 +88,27 @@ class ModelScorer:
         scores = self.model.score(users, self.item_vectors)  # (B, N)
         self.model.train(was_training)
         return scores.float().cpu().numpy()
+
+
+class IntentScorer:
+    """The ranking a bundle serves: a model scorer's scores with serving's session-intent re-rank
+    (:mod:`serving.intent`) applied to each row's top ``depth`` non-history items.
+
+    ``scale`` turns the scorer's logits into serving's scores (the model's temperature: logits are
+    cosine / temperature). Boosted candidates stay above every other item, as online, where only they are
+    fetched; the rest keep the model's order after them.
+    """
+
+    def __init__(self, scorer: Scorer, intent: CategoryIntent, scale: float = 1.0) -> None:
+        self.scorer, self.intent, self.scale = scorer, intent, scale
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        scores = np.array(self.scorer(batch), dtype=np.float32, copy=True) * self.scale  # (B, N)
+        mask_history(scores, batch["exclude"].numpy())  # online, the history is filtered before the re-rank
+        items = batch["items"].numpy()  # (B, L) 1-based rows, right-padded
+        lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
+        depth = min(self.intent.settings.depth, scores.shape[1])
+        candidates = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]  # (B, depth)
+        boosted = np.take_along_axis(scores, candidates, 1) + self.intent.boosts(lift, candidates)
+        np.put_along_axis(scores, candidates, boosted, 1)
+        return scores

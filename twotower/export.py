@@ -21,10 +21,12 @@ import numpy as np
 import onnxruntime as ort
 import pandas as pd
 import torch
+from omegaconf import OmegaConf
 
 from serving import bundle as B
 from serving.history import histories_from_frame
 from serving.index import IndexSpec, build_index, exact_search, search_parameters
+from serving.intent import IntentSettings
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.model import TwoTower
 
@@ -52,15 +54,16 @@ class UserTowerGraph(torch.nn.Module):
     per-request category gathers; :func:`onnx_parity` checks the result against the unmodified model.
     """
 
-    def __init__(self, net: TwoTower) -> None:
+    def __init__(self, net: TwoTower, padded: bool = True) -> None:
         super().__init__()
+        self.padded = padded
         self.net = copy.deepcopy(net).eval()
         with torch.no_grad():
             table = self.net.item_tower(torch.arange(net.config["n_items"] + 1))  # (N + 1, D)
         self.net.user_tower.item_tower = ItemInputTable(table)
 
     def forward(self, items, events, dwell, gaps):
-        return self.net.encode_user(items, events, dwell, gaps)
+        return self.net.encode_user(items, events, dwell, gaps, padded=self.padded)
 
 
 def random_histories(net: TwoTower, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
@@ -72,11 +75,11 @@ def random_histories(net: TwoTower, batch: int, length: int, seed: int = 0) -> t
     return items, events, dwell, gaps
 
 
-def export_onnx(net: TwoTower, path: Path) -> None:
-    """Dynamo-based export with dynamic batch and history length."""
+def export_onnx(net: TwoTower, path: Path, padded: bool = True) -> None:
+    """Dynamo-based export with dynamic batch and history length (``padded=False``: rows without padding)."""
     for noisy in ("onnxscript", "onnx_ir"):  # their graph passes log every rewrite at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    graph = UserTowerGraph(net.eval()).eval()
+    graph = UserTowerGraph(net.eval(), padded).eval()
     example = random_histories(net, 2, 5)
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
     shapes = {name: {0: batch, 1: length} for name in INPUTS}
@@ -91,14 +94,20 @@ def export_onnx(net: TwoTower, path: Path) -> None:
     program.save(str(path))
 
 
-def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]]) -> float:
-    """Max |ONNX - PyTorch| over random batches of several shapes and real histories."""
+def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]], padded: bool = True) -> float:
+    """Max |ONNX - PyTorch| over random batches of several shapes and real histories.
+
+    The reference is always the model's padded path, so the unpadded graph is checked against it too."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cases = [
         random_histories(net, b, n, seed=b * 1000 + n)
         for b, n in ((1, 1), (3, 7), (8, net.config["max_len"]))
     ]
-    cases += [tuple(torch.tensor(a) for a in arrays) for arrays in real]
+    if padded:  # ragged rows: the tail of every other row is padding
+        items, *rest = random_histories(net, 4, 9, seed=7)
+        items[::2, 5:] = 0
+        cases.append((items, *rest))
+    cases += [tuple(torch.tensor(a) for a in arrays) for arrays in real]  # (1, L) each, no padding
     worst = 0.0
     with torch.no_grad():
         for case in cases:
@@ -124,8 +133,22 @@ def index_recall(index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.nda
     return float(np.sum(hits) / exact.size)
 
 
-def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None = None) -> dict[str, Any]:
-    """Write a verified bundle from a training run; returns the manifest."""
+def rerank_settings(run: Path, rerank: dict[str, Any] | None) -> dict[str, Any]:
+    """The bundle's re-rank settings: ``rerank`` if given, else the run's (``config.yaml``), else the defaults."""
+    if rerank is None and (run / "config.yaml").exists():
+        rerank = OmegaConf.to_container(OmegaConf.load(run / "config.yaml")).get("rerank")
+    return {"intent": IntentSettings.from_dict((rerank or {}).get("intent")).as_dict()}
+
+
+def export_bundle(
+    run_dir: str | Path,
+    out: str | Path,
+    spec: IndexSpec | None = None,
+    rerank: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write a verified bundle from a training run; returns the manifest.
+
+    ``rerank``: ``{"intent": {...}}`` settings of serving's session-intent re-rank (default: the run's)."""
     run, out = Path(run_dir), Path(out)
     if not (run / MODEL_FILE).exists():
         raise FileNotFoundError(f"{run / MODEL_FILE}: not found (is {run} a training run directory?)")
@@ -144,13 +167,16 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
     shutil.copyfile(run / "data" / "items.parquet", out / B.ITEMS)
     shutil.copyfile(run / "data" / "histories.parquet", out / B.HISTORIES)
 
-    export_onnx(net, out / B.USER_TOWER)
     histories = pd.read_parquet(out / B.HISTORIES)
     row = {item: i for i, item in enumerate(item_ids)}
     real = real_batches(histories, row, vocab["events"], net.config["max_len"])
-    parity = onnx_parity(net, out / B.USER_TOWER, real)
-    if parity > PARITY_TOLERANCE:
-        raise RuntimeError(f"ONNX user tower differs from PyTorch by {parity:.2e} > {PARITY_TOLERANCE}")
+    parity = 0.0
+    for name, padded in ((B.USER_TOWER, True), (B.USER_TOWER_UNPADDED, False)):
+        export_onnx(net, out / name, padded)
+        worst = onnx_parity(net, out / name, real, padded)
+        if worst > PARITY_TOLERANCE:
+            raise RuntimeError(f"{name} differs from PyTorch by {worst:.2e} > {PARITY_TOLERANCE}")
+        parity = max(parity, worst)
 
     spec = spec or IndexSpec()
     build_start = time.perf_counter()
@@ -163,6 +189,9 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
 
     metrics_file = run / "metrics.json"
     run_metrics = json.loads(metrics_file.read_text()) if metrics_file.exists() else {}
+    reranking = rerank_settings(run, rerank)
+    served = run_metrics.get("served", {})  # measured at training with these settings, or not quoted
+    served_test = served.get("test", {}) if served.get("rerank") == reranking else {}
     manifest = {
         "format_version": B.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -177,6 +206,10 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
             "dwell": "float32 (B, L) seconds, -1 unknown",
             "gaps": "float32 (B, L) seconds since the previous event, -1 unknown",
         },  # fmt: skip
+        "graphs": {
+            B.USER_TOWER: "right-padded rows of any length (batches)",
+            B.USER_TOWER_UNPADDED: "rows without padding (one live history); same inputs and vectors",
+        },
         "events": vocab["events"],
         "categories": _category_names(vocab, len(category_table)),
         "normalize": bool(net.normalize),
@@ -194,6 +227,8 @@ def export_bundle(run_dir: str | Path, out: str | Path, spec: IndexSpec | None =
             "history_events": len(histories),
         },  # fmt: skip
         "metrics": run_metrics.get("test", {}),
+        "rerank": reranking,
+        "metrics_served": served_test,  # the model with the re-rank above, as served (empty: not measured)
         "onnx_parity_max_abs": parity,
         "versions": {
             "torch": torch.__version__,

@@ -113,9 +113,22 @@ class UserTower(nn.Module):
         return self.encoder(self.embed(items, events, dwell, gaps), items > 0)  # (B, L, D)
 
     def forward(
-        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+        self,
+        items: torch.Tensor,
+        events: torch.Tensor,
+        dwell: torch.Tensor,
+        gaps: torch.Tensor,
+        padded: bool = True,
     ) -> torch.Tensor:
-        """User vector (B, D): the state at each row's last real event (rows need >= 1 event)."""
+        """User vector (B, D): the state at each row's last real event (rows need >= 1 event).
+
+        ``padded=False`` promises rows without padding (all L events real), as one live history is: the state
+        is then the final position's, with no mask (the same numbers, fewer nodes in an exported graph)."""
+        if not padded:
+            x = self.embed(items, events, dwell, gaps)  # (B, L, D)
+            if hasattr(self.encoder, "forward_last"):
+                return self.encoder.forward_last(x, None, None)  # (B, D)
+            return self.encoder(x, torch.ones_like(items, dtype=torch.bool))[:, -1]  # (B, D)
         valid = items > 0  # (B, L)
         last = (valid.sum(1) - 1).clamp_min(0)  # (B,)
         x = self.embed(items, events, dwell, gaps)  # (B, L, D)
@@ -198,10 +211,15 @@ class TwoTower(nn.Module):
         return self._out(self.user_tower.states(items, events, dwell, gaps))
 
     def encode_user(
-        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+        self,
+        items: torch.Tensor,
+        events: torch.Tensor,
+        dwell: torch.Tensor,
+        gaps: torch.Tensor,
+        padded: bool = True,
     ) -> torch.Tensor:
-        """(B, L) right-padded history -> (B, D) user vectors."""
-        return self._out(self.user_tower(items, events, dwell, gaps))
+        """(B, L) right-padded history -> (B, D) user vectors (``padded=False``: rows with no padding)."""
+        return self._out(self.user_tower(items, events, dwell, gaps, padded))
 
     def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """(…) item indices (default: the whole catalog 1..N) -> (…, D) item vectors."""

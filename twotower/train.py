@@ -17,6 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from serving.intent import CategoryIntent, IntentSettings, membership
 from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model
 from twotower.baselines import candidate_grid, interaction_matrix
@@ -24,7 +25,7 @@ from twotower.data.encode import encode_log
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split, make_split
 from twotower.datamodule import TwoTowerDataModule
-from twotower.evaluate import ModelScorer, evaluate_scorer
+from twotower.evaluate import IntentScorer, ModelScorer, evaluate_scorer
 from twotower.metrics import user_popularity
 from twotower.model import TwoTower
 from twotower.runtime import keep_freed_memory
@@ -61,6 +62,16 @@ def _instantiate_dict(section: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (section or {}).values() if c is not None and "_target_" in c]
 
 
+def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) -> CategoryIntent | None:
+    """The session-intent re-rank configured in ``rerank`` over the data's categories (None when off)."""
+    settings = (cfg.get("rerank") or {}).get("intent")
+    if settings is None:
+        return None
+    members = membership([row[row > 0] for row in data.item_categories[1:]], len(data.category_names))
+    intent_settings = IntentSettings.from_dict(OmegaConf.to_container(settings, resolve=True))
+    return CategoryIntent.build(members, train_counts, data.category_names, intent_settings)
+
+
 def evaluate_all(
     cfg: DictConfig, data: EncodedLog, split: Split, datamodule: TwoTowerDataModule, net: TwoTower
 ) -> dict[str, Any]:
@@ -83,6 +94,14 @@ def evaluate_all(
         "baseline_params": {},
         "baselines_val": {},
     }
+    intent = build_intent(cfg, data, np.bincount(data.items[train_mask], minlength=data.n_items + 1)[1:])
+    if intent is not None:  # what the bundle serves: the model plus the session-intent re-rank
+        served = IntentScorer(scorer, intent, scale=float(net.temperature))
+        results["served"] = {
+            "rerank": {"intent": intent.settings.as_dict()},
+            "val": evaluate_scorer(served, val_q, desc="served val", **common),
+            "test": evaluate_scorer(served, test_q, desc="served test", **common),
+        }
     train_matrix = interaction_matrix(data, split)
     for name in cfg.eval.baselines:
         best, best_val = None, None
@@ -154,6 +173,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "protocol": split.protocol + "; full-catalog ranking, history excluded, ties count against the model",
         "val": results["val"],
         "test": results["test"],
+        **({"served": results["served"]} if "served" in results else {}),
         "baselines": results["baselines"],
         "baselines_val": results["baselines_val"],
         "baseline_params": results["baseline_params"],
@@ -185,14 +205,18 @@ def export_run(cfg: DictConfig, out: Path) -> str:
     from twotower.export import export_bundle
 
     spec = IndexSpec(**OmegaConf.to_container(cfg.index, resolve=True)) if cfg.get("index") else IndexSpec()
-    export_bundle(out, out / "bundle", spec)
+    rerank = OmegaConf.to_container(cfg.rerank, resolve=True) if cfg.get("rerank") else None
+    export_bundle(out, out / "bundle", spec, rerank)
     return str(out / "bundle")
 
 
 def format_summary(metrics: dict[str, Any]) -> str:
     """A small table of the test metrics: model beside each baseline."""
     keys = ["recall@10", "ndcg@10", "recall@100", "mrr", "coverage@10", "novelty@10"]
-    rows = [("model", metrics["test"]), *metrics["baselines"].items()]
+    rows = [("model", metrics["test"])]
+    if "served" in metrics:  # the model with the session-intent re-rank, as the bundle serves it
+        rows.append(("served", metrics["served"]["test"]))
+    rows += list(metrics["baselines"].items())
     lines = [f"{'':12s}" + "".join(f"{k:>13s}" for k in keys)]
     lines += [f"{name:12s}" + "".join(f"{vals[k]:13.4f}" for k in keys) for name, vals in rows]
     d = metrics["dataset"]
