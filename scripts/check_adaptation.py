@@ -1,4 +1,7 @@
-"""Feedback-loop check: `python scripts/check_adaptation.py BUNDLE --categories Horror Romance [--out F.json]`."""
+"""Feedback-loop check: `python scripts/check_adaptation.py BUNDLE --categories Horror Romance [--out F.json]`.
+
+`--pairs 10`: also every ordered pair of the 10 largest categories; `--boost 0`: the model alone (no
+session-intent re-rank)."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.adaptation import adaptation_check  # noqa: E402
+from serving.adaptation import adaptation_check, pair_sweep  # noqa: E402
 from serving.recommender import Recommender  # noqa: E402
 
 
@@ -19,11 +22,24 @@ def main() -> None:
     parser.add_argument("--categories", nargs="+", required=True, help="clicked in this order")
     parser.add_argument("--clicks", type=int, default=15)
     parser.add_argument("--event", default=None, help="event type of the clicks (default: '<other>')")
+    parser.add_argument(
+        "--pairs", type=int, default=0, help="also sweep the ordered pairs of this many categories"
+    )
+    parser.add_argument(
+        "--boost", type=float, default=None, help="session-intent boost (default: the bundle's)"
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
-    result = adaptation_check(Recommender.load(args.bundle), args.categories, args.clicks, event=args.event)
+    rec = Recommender.load(args.bundle, intent_boost=args.boost)
+    result = adaptation_check(rec, args.categories, args.clicks, event=args.event)
     for step in result["steps"]:
         print(f"after {step['category'] or 'no events'}: {step['in_category']} of the top {result['k']}")
+    if args.pairs:
+        result["pairs"] = pair_sweep(rec, args.pairs, args.clicks)
+        print(
+            f"pairs where both steps reach {result['pairs']['need']} of {result['pairs']['k']}: "
+            f"{result['pairs']['both_steps_pass']} of {result['pairs']['pairs']}"
+        )
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=2))
 

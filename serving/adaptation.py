@@ -3,6 +3,7 @@ their next top-10 are of that category? (`scripts/check_adaptation.py`, and the 
 
 from __future__ import annotations
 
+import itertools
 import tempfile
 import time
 import uuid
@@ -64,3 +65,20 @@ def _count(items: list[dict], members: dict[str, list[str]], categories: list[st
         "top": ids,
         "in_category": {c: sum(i in set(members.get(c, [])) for i in ids) for c in categories},
     }
+
+
+def pair_sweep(
+    rec: Recommender, n_categories: int = 10, clicks: int = 15, k: int = 10, need: int = 5
+) -> dict:
+    """:func:`adaptation_check` over every ordered pair of the ``n_categories`` largest categories: in how many
+    pairs do both steps put at least ``need`` of the top-k in the clicked category?"""
+    members = items_by_category(rec)
+    largest = sorted(members, key=lambda c: -len(members[c]))[:n_categories]
+    passed, first, second = [], 0, 0
+    for a, b in itertools.permutations(largest, 2):
+        steps = adaptation_check(rec, [a, b], clicks, k)["steps"]
+        hits = (steps[1]["in_category"][a], steps[2]["in_category"][b])
+        first, second = first + (hits[0] >= need), second + (hits[1] >= need)
+        passed.append(min(hits) >= need)
+    return {"categories": largest, "pairs": len(passed), "both_steps_pass": int(sum(passed)),
+            "first_step_pass": first, "second_step_pass": second, "need": need, "k": k}  # fmt: skip

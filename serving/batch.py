@@ -27,7 +27,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.history import History, padded_feeds
-from serving.index import Selector, search_parameters
+from serving.index import Selector, exact_search, search_parameters
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -65,28 +65,39 @@ class BatchScorer:
         return scores, rows
 
     def _model_top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) model top-k, re-ranked by session intent where the user's recent history lifts a category."""
-        intent, k = self.rec.intent, self.k
+        """(B, k) model top-k, re-ranked by session intent where the user's recent history lifts a category
+        (exact index: every item boosted in one product; approximate: the top ``depth`` boosted), as online."""
+        intent, k, rec = self.rec.intent, self.k, self.rec
+        queries = self.encode(histories)
         if intent is None:
-            return self._search_top_k(histories, k)
+            return self._search_top_k(histories, queries, k)
         lift = intent.history_lift([h.rows for h in histories])  # (B, C)
         lifted = lift.max(1) > 0
         scores = np.full((len(histories), k), -np.inf, np.float32)
         rows = np.full((len(histories), k), -1, np.int64)
         plain = np.flatnonzero(~lifted)
         if len(plain):
-            scores[plain], rows[plain] = self._search_top_k([histories[b] for b in plain], k)
+            scores[plain], rows[plain] = self._search_top_k([histories[b] for b in plain], queries[plain], k)
         chosen = np.flatnonzero(lifted)
-        if len(chosen):
+        if rec.spec.kind == "flat":
+            extended = np.hstack([queries, intent.query_weights(lift)])  # (B, D + C)
+            for part in np.array_split(chosen, max(1, len(chosen) // 256)):  # (256, N) scores at a time
+                if len(part):
+                    seen = [histories[b].rows for b in part] if self.exclude_seen else None
+                    found_scores, found = exact_search(rec.extended_vectors, extended[part], k, exclude=seen)
+                    width = found.shape[1]  # k, or the catalog size when smaller
+                    scores[part, :width], rows[part, :width] = found_scores, found
+        elif len(chosen):
             depth = max(k, intent.settings.depth)
-            found_scores, found = self._search_top_k([histories[b] for b in chosen], depth)
+            found_scores, found = self._search_top_k([histories[b] for b in chosen], queries[chosen], depth)
             scores[chosen], rows[chosen] = intent.rerank(found_scores, found, lift[chosen], k)
         return scores, rows
 
-    def _search_top_k(self, histories: Sequence[History], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _search_top_k(
+        self, histories: Sequence[History], queries: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) model scores and rows, history excluded (-inf / -1 where fewer remain)."""
         rec = self.rec
-        queries = self.encode(histories)
         fetch = min(len(rec.item_ids), k + (self.overfetch if self.exclude_seen else 0))
         found_scores, found = rec.index.search(queries, fetch, params=search_parameters(rec.index, rec.spec))
         keep = found >= 0  # (B, fetch)

@@ -272,6 +272,8 @@ def masked_top_k(xb: np.ndarray, xq: np.ndarray, k: int, selector: Selector) -> 
     top = np.argpartition(scores, n - k)[n - k :]  # (k,) unordered
     top = top[np.argsort(-scores[top], kind="stable")]
     found = scores[top]
+    if found[-1] > -np.inf:  # callers ask for at most what passes (Selector.at_most), so this is the rule
+        return found, top
     passed = found > -np.inf
     return found[passed], top[passed]
 

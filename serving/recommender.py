@@ -34,7 +34,13 @@ class Recommendation:
     source: str  # "model" or "popularity" (fallback for unknown users / empty histories)
     unknown_items: list[str] = field(default_factory=list)  # history ids not in the catalog (ignored)
     history_length: int = 0
-    intent: dict[str, float] = field(default_factory=dict)  # categories the session lifts (the re-rank's why)
+    lift: np.ndarray | None = None  # (C,) the session's category lift, when the re-rank acted
+    explainer: CategoryIntent | None = None
+
+    @property
+    def intent(self) -> dict[str, float]:
+        """Categories the session lifts, strongest first: why the list leans (computed on access)."""
+        return self.explainer.explain(self.lift) if self.lift is not None else {}
 
 
 @dataclass
@@ -118,6 +124,7 @@ class Recommender(LiveCatalog):
         if intent_boost is not None:
             intent = replace(intent, boost=float(intent_boost))
         self.intent = CategoryIntent.from_items(bundle.items, bundle.categories, intent)
+        self._extended: np.ndarray | None = None
         # the bundle's stored histories (gaps computed over the whole log at training time)
         self.histories = histories_from_frame(bundle.histories, self.row_of, self.event_of)
         probe = self.encode_rows(History.build(np.array([0])))
@@ -196,6 +203,15 @@ class Recommender(LiveCatalog):
         return self.encode_rows(history)
 
     # ---- retrieval ------------------------------------------------------------------------------------
+    @property
+    def extended_vectors(self) -> np.ndarray:
+        """(N, D + C) item vectors followed by their category membership (the session-intent re-rank as one
+        inner product, see :mod:`serving.intent`); made on first use."""
+        if self._extended is None:
+            members = self.intent.members.astype(np.float32)
+            self._extended = np.ascontiguousarray(np.hstack([self.vectors, members]))
+        return self._extended
+
     def search(self, query: np.ndarray, k: int, selector: Selector) -> tuple[np.ndarray, np.ndarray]:
         """Top-k (scores, rows) passing the selector (see :func:`serving.index.filtered_search`)."""
         return filtered_search(self.index, self.spec, self.vectors, query, k, selector)
@@ -249,26 +265,31 @@ class Recommender(LiveCatalog):
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode_rows(user_history)
-        intent, why, extra = self.intent if rerank else None, {}, None
+        intent, lift, extra = self.intent if rerank else None, None, None
         if intent is not None:
-            lift = intent.history_lift([user_history.rows])  # (1, C)
-            why = intent.explain(lift[0])  # empty: the session looks like anyone's, the model's order stands
-        fetch = max(k, intent.settings.depth) if why else k
+            lift = intent.session_lift(user_history.rows)  # (C,) float32
+            if not lift.any():  # the session looks like anyone's: the model's order stands
+                lift = None
         with Selector(len(self.item_ids), exclude, allow, trusted=True) as selector:  # rows from the catalog
-            scores, found = self.search(query, fetch, selector)
-        if why:
-            top_scores, top_rows = intent.rerank(scores[None], found[None], lift, k)
-            kept = top_rows[0] >= 0
-            scores, found = top_scores[0][kept], top_rows[0][kept]
-            if live.ids:
-                extra = intent.member_boosts(lift, live.members(len(self.category_of))[None])[0]
+            if lift is None:
+                scores, found = self.search(query, k, selector)
+            elif self.spec.kind == "flat":  # exact: one product of the extended vectors, every item boosted
+                extended_query = np.concatenate([query, lift * lift * intent.settings.boost])  # (D + C,)
+                scores, found = filtered_search(
+                    self.index, self.spec, self.extended_vectors, extended_query, k, selector
+                )
+            else:  # approximate: the index's top depth, boosted
+                scores, found = self.search(query, max(k, intent.settings.depth), selector)
+                scores, found = intent.rerank_one(scores, found, lift, k)
+        if lift is not None and live.ids:
+            extra = intent.member_boosts(lift[None], live.members(len(self.category_of))[None])[0]
         ids = self.item_ids
         items = [
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
         if live.ids:
             items = _merge(items, live.top(query, k, exclude_ids, allow_ids, extra), k)
-        return Recommendation(items, "model", unknown, len(user_history), why)
+        return Recommendation(items, "model", unknown, len(user_history), lift, intent)
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """int64 catalog rows of the known ids among ``item_ids`` (unknown ids are skipped)."""

@@ -28,10 +28,14 @@ def test_lift_and_boost_match_hand_computed_values():
     share = np.array([0.0, 0.5 / 1.75, 1.25 / 1.75])
     expected = np.clip((share - [0.0, 0.75, 0.5]) / (1 - np.array([0.0, 0.75, 0.5])), 0, 1)
     np.testing.assert_allclose(lift, expected, rtol=1e-6)  # category 1 below baseline: 0; category 2 lifted
+    np.testing.assert_allclose(intent.session_lift(np.array([1, 0, 1])), expected, rtol=1e-6)  # float32
     boosts = intent.boosts(lift[None], np.array([[0, 1, 2, 3, -1]]))[0]
     np.testing.assert_allclose(boosts, [0.0, expected[2] ** 2, expected[2] ** 2, 0.0, 0.0], rtol=1e-6)
     assert intent.explain(lift) == {"b": round(float(expected[2]), 3)}
     assert intent.history_lift([np.array([], np.int64)]).tolist() == [[0.0, 0.0, 0.0]]
+    # two lifted categories add up: boost * (l_a^2 + l_b^2) for an item in both
+    both = np.array([[0.0, 0.5, 1.0]])
+    assert intent.boosts(both, np.array([[0, 1, 2]]))[0].tolist() == pytest.approx([0.25, 1.0, 1.25])
 
 
 def test_rerank_orders_by_boosted_score_and_keeps_model_order_on_ties():
@@ -44,6 +48,8 @@ def test_rerank_orders_by_boosted_score_and_keeps_model_order_on_ties():
     np.testing.assert_allclose(out_scores, [[1.2, 1.1, 0.9, 0.8]], rtol=1e-6)
     _, short = intent.rerank(scores, rows, lift, 5)
     assert short.tolist() == [[1, 2, 0, 3, -1]]
+    one_scores, one_rows = intent.rerank_one(scores[0, :4], rows[0, :4], lift[0], 4)
+    assert one_rows.tolist() == out_rows[0].tolist() and np.allclose(one_scores, out_scores[0])
 
 
 def test_off_switches():
@@ -65,8 +71,14 @@ def _session_user(rec: Recommender) -> tuple[list[str], str]:
     return members[category][:5], category
 
 
-def test_recommender_rerank_is_the_model_top_depth_plus_boost(run_and_bundle):
+@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+def test_recommender_rerank_is_the_model_score_plus_boost(run_and_bundle, kind):
+    """Exact index: every item scored ``model + boost`` (one extended product); HNSW: its candidates boosted.
+    Both against brute force with the boost added by hand (the catalog is smaller than ``depth``)."""
+    from serving.index import IndexSpec, build_index
+
     rec = Recommender.load(run_and_bundle[1])
+    rec.index, rec.spec = build_index(rec.vectors, IndexSpec(kind=kind))
     assert rec.intent is not None and rec.manifest["rerank"]["intent"] == rec.intent.settings.as_dict()
     history, category = _session_user(rec)
     served = rec.recommend_detailed(history=history, k=10)
@@ -82,6 +94,7 @@ def test_recommender_rerank_is_the_model_top_depth_plus_boost(run_and_bundle):
     np.testing.assert_allclose([x["score"] for x in served.items], np.sort(boosted)[::-1][:10], rtol=1e-5)
     plain = rec.recommend_detailed(history=history, k=10, rerank=False)
     off = Recommender.load(run_and_bundle[1], intent_boost=0.0)
+    off.index, off.spec = rec.index, rec.spec
     assert off.intent is None and off.recommend(history=history, k=10) == plain.items and not plain.intent
 
 
@@ -90,7 +103,7 @@ def test_training_evaluation_ranks_as_serving(run_and_bundle):
     from serving.history import padded_feeds
     from twotower.artifacts import load_model
     from twotower.batch_predict import run_intent
-    from twotower.evaluate import IntentScorer, ModelScorer
+    from twotower.evaluate import IntentScorer, ModelScorer, mask_history
 
     run, bundle, manifest = run_and_bundle
     rec = Recommender.load(bundle)
@@ -103,7 +116,8 @@ def test_training_evaluation_ranks_as_serving(run_and_bundle):
     for b, h in enumerate(histories):
         exclude[b, : len(h)] = h.rows + 1
     batch = {k: torch.from_numpy(v) for k, v in feeds.items()} | {"exclude": torch.from_numpy(exclude)}
-    top = np.argsort(-scorer(batch), axis=1, kind="stable")[:, :10]
+    scores = mask_history(scorer(batch), exclude)  # as evaluate_scorer does
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     agree = [
         len({rec.item_ids[r] for r in top[b]} & {x["item_id"] for x in rec.recommend(user_id=u, k=10)}) / 10
         for b, u in enumerate(users)

@@ -120,7 +120,8 @@ def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
     personal = live.recommend(user_id="newcomer", k=10)
     assert personal.source == "model" and personal.history_length == 5
     assert not set(clicks) & {x["item_id"] for x in personal.items}
-    expected = rec.recommend_detailed(history=clicks, events=["click"] * 5, dwell=[30.0] * 5, k=10)
+    stamps = [e["ts"] for e in live.user_events("newcomer")]  # the store's clock: same-second gaps are 0
+    expected = rec.recommend_detailed(history=clicks, events=["click"] * 5, dwell=[30.0] * 5, ts=stamps, k=10)
     assert [x["item_id"] for x in personal.items] == [x["item_id"] for x in expected.items]
     live.ingest([ev("newcomer", rec.item_ids[7], event="purchase")])  # the next answer sees the new event
     assert live.recommend(user_id="newcomer", k=10).history_length == 6

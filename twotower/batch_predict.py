@@ -68,7 +68,7 @@ def history_loader(
 
 class TopKPredictor(pl.LightningModule):
     """Exact top-k over the whole catalog for each history in a batch; with ``intent`` (see
-    :func:`run_intent`), the top ``depth`` are re-ranked by session intent on the CPU, as the bundle serves."""
+    :func:`run_intent`) every item's score gets the session-intent boost, as an exact index serves it."""
 
     def __init__(
         self, net: TwoTower, k: int = 100, exclude_seen: bool = True, intent: CategoryIntent | None = None
@@ -76,6 +76,8 @@ class TopKPredictor(pl.LightningModule):
         super().__init__()
         self.net, self.k, self.exclude_seen, self.intent = net.eval(), k, exclude_seen, intent
         self.register_buffer("item_vectors", torch.zeros(0), persistent=False)
+        members = intent.members if intent is not None else np.zeros((0, 0), bool)
+        self.register_buffer("members", torch.from_numpy(members.astype(np.float32)), persistent=False)
 
     def on_predict_start(self) -> None:
         with torch.no_grad():
@@ -84,27 +86,19 @@ class TopKPredictor(pl.LightningModule):
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
         users = self.net.encode_user(*(batch[name] for name in INPUTS))  # (B, D)
         scores = users @ self.item_vectors.T  # (B, N)
+        if self.intent is not None:  # lift on the CPU (small), the boost as one product on the device
+            items = batch["items"].cpu().numpy()  # (B, L) 1-based, right-padded
+            lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
+            weights = torch.from_numpy(self.intent.query_weights(lift)).to(scores.device)
+            scores = scores + weights @ self.members.T  # (B, N)
         if self.exclude_seen:
             seen = batch["items"] - 1  # (B, L) 0-based rows, -1 = padding
             seen = torch.where(
                 seen >= 0, seen, seen[:, :1]
             )  # padding repeats the first event (excluded anyway)
             scores.scatter_(1, seen, float("-inf"))
-        depth = self.k if self.intent is None else max(self.k, self.intent.settings.depth)
-        top = torch.topk(scores, min(depth, scores.shape[1]), dim=1)
-        if self.intent is None:
-            return {"index": batch["index"], "rows": top.indices, "scores": top.values}
-        items = batch["items"].cpu().numpy()  # (B, L) 1-based, right-padded
-        lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
-        found = top.indices.cpu().numpy()
-        found_scores = top.values.float().cpu().numpy()
-        found = np.where(np.isfinite(found_scores), found, -1)  # history items (-inf) are not candidates
-        out_scores, rows = self.intent.rerank(found_scores, found, lift, self.k)
-        return {
-            "index": batch["index"],
-            "rows": torch.from_numpy(rows),
-            "scores": torch.from_numpy(out_scores),
-        }
+        top = torch.topk(scores, min(self.k, scores.shape[1]), dim=1)
+        return {"index": batch["index"], "rows": top.indices, "scores": top.values}
 
 
 class ParquetPartWriter(BasePredictionWriter):

@@ -91,24 +91,19 @@ class ModelScorer:
 
 
 class IntentScorer:
-    """The ranking a bundle serves: a model scorer's scores with serving's session-intent re-rank
-    (:mod:`serving.intent`) applied to each row's top ``depth`` non-history items.
+    """The ranking a bundle serves: a model scorer's scores plus serving's session-intent boost
+    (:mod:`serving.intent`) on every item, as an exact index serves it.
 
     ``scale`` turns the scorer's logits into serving's scores (the model's temperature: logits are
-    cosine / temperature). Boosted candidates stay above every other item, as online, where only they are
-    fetched; the rest keep the model's order after them.
+    cosine / temperature).
     """
 
     def __init__(self, scorer: Scorer, intent: CategoryIntent, scale: float = 1.0) -> None:
         self.scorer, self.intent, self.scale = scorer, intent, scale
+        self.members = intent.members.astype(np.float32)  # (N, C)
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        scores = np.array(self.scorer(batch), dtype=np.float32, copy=True) * self.scale  # (B, N)
-        mask_history(scores, batch["exclude"].numpy())  # online, the history is filtered before the re-rank
+        scores = np.asarray(self.scorer(batch), dtype=np.float32) * self.scale  # (B, N)
         items = batch["items"].numpy()  # (B, L) 1-based rows, right-padded
         lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
-        depth = min(self.intent.settings.depth, scores.shape[1])
-        candidates = np.argpartition(-scores, depth - 1, axis=1)[:, :depth]  # (B, depth)
-        boosted = np.take_along_axis(scores, candidates, 1) + self.intent.boosts(lift, candidates)
-        np.put_along_axis(scores, candidates, boosted, 1)
-        return scores
+        return scores + self.intent.query_weights(lift) @ self.members.T  # (B, N)
