@@ -43,12 +43,20 @@ class BatchScorer:
         self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
 
     def encode(self, histories: Sequence[History], batch: int = 1024) -> np.ndarray:
-        """(B, D) user vectors (ONNX on every core the session was given)."""
-        out = [
-            self.rec.session.run(None, padded_feeds(histories[i : i + batch], self.rec.max_len))[0]
-            for i in range(0, len(histories), batch)
-        ]
-        return np.concatenate(out) if out else np.zeros((0, self.rec.bundle.dim), np.float32)
+        """(B, D) user vectors (ONNX on every core the session was given).
+
+        Histories are encoded in order of length, so each ONNX batch pads to a length close to its rows'
+        (the vectors are the same: padding is masked), then put back in the callers' order."""
+        if not len(histories):
+            return np.zeros((0, self.rec.bundle.dim), np.float32)
+        lengths = np.fromiter((min(len(h), self.rec.max_len) for h in histories), np.int64, len(histories))
+        order = np.argsort(lengths, kind="stable")
+        out = np.empty((len(histories), self.rec.bundle.dim), np.float32)
+        for i in range(0, len(order), batch):
+            rows = order[i : i + batch]
+            feeds = padded_feeds([histories[j] for j in rows], self.rec.max_len)
+            out[rows] = self.rec.session.run(None, feeds)[0]
+        return out
 
     def top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) scores and catalog rows (-1 where fewer than k items remain), history excluded."""
@@ -101,10 +109,15 @@ class BatchScorer:
         fetch = min(len(rec.item_ids), k + (self.overfetch if self.exclude_seen else 0))
         found_scores, found = rec.index.search(queries, fetch, params=search_parameters(rec.index, rec.spec))
         keep = found >= 0  # (B, fetch)
-        if self.exclude_seen:  # one sorted membership test for the whole batch: key = user * N + row
+        if self.exclude_seen:  # one sorted lookup for the whole batch: key = user * N + row
             n = len(rec.item_ids)
-            seen = np.concatenate([b * n + h.rows for b, h in enumerate(histories)])
-            keep &= ~np.isin(np.arange(len(histories))[:, None] * n + found, seen)
+            seen = np.sort(np.concatenate([b * n + h.rows for b, h in enumerate(histories)]))  # (S,)
+            if len(
+                seen
+            ):  # binary search of the candidates in the few seen keys (np.isin sorts them all: 4x slower)
+                wanted = np.arange(len(histories))[:, None] * n + found  # (B, fetch)
+                at = np.minimum(np.searchsorted(seen, wanted), len(seen) - 1)
+                keep &= seen[at] != wanted
         rank = np.cumsum(keep, axis=1)  # (B, fetch): 1-based rank among the kept candidates
         take = keep & (rank <= k)
         scores = np.full((len(histories), k), -np.inf, np.float32)

@@ -1,7 +1,8 @@
 """FAISS index construction and filtered search (no torch). FAISS names (xb, xq, D, I, k) live here only.
 
-Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat`` and ``ivf_pq``
-(inverted lists, the latter with product-quantised codes). ``auto`` picks exact search below
+Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat``, ``ivf_sq`` and
+``ivf_pq`` (inverted lists holding float32 vectors, scalar-quantised ones (``sq_type``: fp16 keeps float32's
+recall at half the bytes scanned, 8bit a quarter) or product-quantised codes). ``auto`` picks exact search below
 ``EXACT_MAX_ITEMS`` items and HNSW above. Filters run inside the search through an ``IDSelector``.
 """
 
@@ -17,11 +18,12 @@ import faiss
 import numpy as np
 
 EXACT_MAX_ITEMS = 50_000
+IVF_KINDS = ("ivf_flat", "ivf_sq", "ivf_pq")
 
 
 @dataclass
 class IndexSpec:
-    kind: str = "auto"  # auto | flat | hnsw | ivf_flat | ivf_pq
+    kind: str = "auto"  # auto | flat | hnsw | ivf_flat | ivf_sq | ivf_pq
     hnsw_m: int = 32
     ef_construction: int = 200
     ef_search: int = 64
@@ -31,13 +33,14 @@ class IndexSpec:
     refine: bool = True  # ivf_pq: re-rank k * k_factor PQ candidates with the exact vectors
     k_factor: int = 8
     train_per_list: int = 256  # IVF training sample: this many vectors per list (FAISS warns under 39)
+    sq_type: str = "fp16"  # ivf_sq: fp16 | 8bit (FAISS scalar quantiser names, without the "SQ")
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
         spec = IndexSpec(**asdict(self))
         if spec.kind == "auto":
             spec.kind = "flat" if n_items <= EXACT_MAX_ITEMS else "hnsw"
-        if spec.kind in ("ivf_flat", "ivf_pq") and spec.nlist is None:
+        if spec.kind in IVF_KINDS and spec.nlist is None:
             spec.nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39 or 1))
         if spec.kind == "ivf_pq" and spec.pq_m is None:
             spec.pq_m = next(m for m in (dim // 4, dim // 2, dim) if m and dim % m == 0)
@@ -50,9 +53,15 @@ class IndexSpec:
             return f"HNSW{self.hnsw_m},Flat"
         if self.kind == "ivf_flat":
             return f"IVF{self.nlist},Flat"
+        if self.kind == "ivf_sq":
+            if self.sq_type not in ("fp16", "8bit", "6bit", "4bit"):
+                raise ValueError(f"unknown sq_type {self.sq_type!r}; expected fp16, 8bit, 6bit or 4bit")
+            return f"IVF{self.nlist},SQ{self.sq_type}"
         if self.kind == "ivf_pq":
             return f"IVF{self.nlist},PQ{self.pq_m}x8" + (",RFlat" if self.refine else "")
-        raise ValueError(f"unknown index kind {self.kind!r}; expected auto, flat, hnsw, ivf_flat or ivf_pq")
+        raise ValueError(
+            f"unknown index kind {self.kind!r}; expected auto, flat, hnsw, ivf_flat, ivf_sq or ivf_pq"
+        )
 
 
 def build_index(xb: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.Index, IndexSpec]:
@@ -76,7 +85,7 @@ def search_parameters(index: faiss.Index, spec: IndexSpec, selector: faiss.IDSel
     if spec.kind == "hnsw":
         params = faiss.SearchParametersHNSW()
         params.efSearch = spec.ef_search
-    elif spec.kind in ("ivf_flat", "ivf_pq"):
+    elif spec.kind in IVF_KINDS:
         params = faiss.SearchParametersIVF()
         params.nprobe = spec.nprobe
     else:

@@ -76,7 +76,7 @@ def test_encode_history_matches_torch(run_and_bundle, rec):
     np.testing.assert_allclose(vector, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_pq"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_sq", "ivf_pq"])
 def test_ann_agrees_with_exact(kind):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 32)).astype(np.float32)
