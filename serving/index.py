@@ -3,7 +3,9 @@
 Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat``, ``ivf_sq`` and
 ``ivf_pq`` (inverted lists holding float32 vectors, scalar-quantised ones (``sq_type``: fp16 keeps float32's
 recall at half the bytes scanned, 8bit a quarter) or product-quantised codes). ``auto`` picks exact search below
-``EXACT_MAX_ITEMS`` items and HNSW above. Filters run inside the search through an ``IDSelector``.
+``EXACT_MAX_ITEMS`` items and fp16 inverted lists above (measured at 1M items here: recall@10 0.95 at nprobe 16
+with a 23 s build and 130 MB, against HNSW32's 0.97 at efSearch 128 with a 133 s build, 504 MB and over twice
+the search time). Filters run inside the search through an ``IDSelector``.
 """
 
 from __future__ import annotations
@@ -32,14 +34,14 @@ class IndexSpec:
     pq_m: int | None = None  # default: D / 4 sub-quantisers (must divide D)
     refine: bool = True  # ivf_pq: re-rank k * k_factor PQ candidates with the exact vectors
     k_factor: int = 8
-    train_per_list: int = 256  # IVF training sample: this many vectors per list (FAISS warns under 39)
+    train_per_list: int = 64  # IVF training sample: this many vectors per list (FAISS warns under 39)
     sq_type: str = "fp16"  # ivf_sq: fp16 | 8bit (FAISS scalar quantiser names, without the "SQ")
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
         spec = IndexSpec(**asdict(self))
         if spec.kind == "auto":
-            spec.kind = "flat" if n_items <= EXACT_MAX_ITEMS else "hnsw"
+            spec.kind = "flat" if n_items <= EXACT_MAX_ITEMS else "ivf_sq"
         if spec.kind in IVF_KINDS and spec.nlist is None:
             spec.nlist = max(1, min(int(4 * math.sqrt(n_items)), n_items // 39 or 1))
         if spec.kind == "ivf_pq" and spec.pq_m is None:
