@@ -27,8 +27,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.history import History, padded_feeds
-from serving.index import Selector, exact_search, search_parameters
+from serving.index import Selector, search_parameters
 from serving.recommender import Recommender
+from serving.search import exact_search
 
 log = logging.getLogger(__name__)
 SCHEMA = pa.schema(

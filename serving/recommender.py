@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence, Sized
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from itertools import repeat
 from pathlib import Path
 
@@ -18,54 +18,14 @@ import onnxruntime as ort
 from serving.bundle import Bundle
 from serving.catalog import LiveCatalog, LiveItems
 from serving.history import History, histories_from_frame, time_gaps
-from serving.index import IndexSpec, Selector, filtered_search
+from serving.index import IndexSpec, Selector
 from serving.intent import CategoryIntent, IntentSettings
+from serving.results import Recommendation, ResolvedHistory, merge_top
+from serving.search import filtered_search
 
 log = logging.getLogger(__name__)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
 _NO_ROWS.flags.writeable = False
-
-
-@dataclass
-class Recommendation:
-    """What ``recommend_detailed`` returns: the items plus how they were made."""
-
-    items: list[dict]
-    source: str  # "model" or "popularity" (fallback for unknown users / empty histories)
-    unknown_items: list[str] = field(default_factory=list)  # history ids not in the catalog (ignored)
-    history_length: int = 0
-    lift: np.ndarray | None = None  # (C,) the session's category lift, when the re-rank acted
-    explainer: CategoryIntent | None = None
-
-    @property
-    def intent(self) -> dict[str, float]:
-        """Categories the session lifts, strongest first: why the list leans (computed on access)."""
-        return self.explainer.explain(self.lift) if self.lift is not None else {}
-
-
-@dataclass
-class ResolvedHistory:
-    """A history resolved against the catalog: model inputs, plus the ids the model cannot read."""
-
-    history: History  # events on bundle items (what the user tower reads)
-    unknown: list[str] = field(default_factory=list)  # ids in no catalog: ignored
-    live_seen: set[str] = field(default_factory=set)  # items added after training: excluded, not encoded
-    n_events: int = 0  # stored events this was resolved from (unknown ones included)
-    last_ts: float = float("nan")  # time of the newest event
-
-    def extended(self, more: ResolvedHistory, max_events: int) -> ResolvedHistory | None:
-        """This history followed by ``more`` (newer events), cut to the newest ``max_events`` as a store would
-        keep them; None when the cut cannot be made here (dropped unknown events make counts ambiguous)."""
-        h, m = self.history, more.history
-        total = self.n_events + more.n_events
-        drop = max(0, total - max_events)
-        if drop and len(h) != self.n_events:
-            return None
-        drop = min(drop, len(h))
-        arrays = [np.concatenate([a[drop:], b]) for a, b in zip(
-            (h.rows, h.events, h.dwell, h.gaps), (m.rows, m.events, m.dwell, m.gaps), strict=True)]  # fmt: skip
-        return ResolvedHistory(History(*arrays), self.unknown + more.unknown, self.live_seen | more.live_seen,
-                               total - drop, more.last_ts)  # fmt: skip
 
 
 class Recommender(LiveCatalog):
@@ -213,7 +173,7 @@ class Recommender(LiveCatalog):
         return self._extended
 
     def search(self, query: np.ndarray, k: int, selector: Selector) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rows) passing the selector (see :func:`serving.index.filtered_search`)."""
+        """Top-k (scores, rows) passing the selector (see :func:`serving.search.filtered_search`)."""
         return filtered_search(self.index, self.spec, self.vectors, query, k, selector)
 
     def recommend_detailed(
@@ -288,7 +248,7 @@ class Recommender(LiveCatalog):
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
         if live.ids:
-            items = _merge(items, live.top(query, k, exclude_ids, allow_ids, extra), k)
+            items = merge_top(items, live.top(query, k, exclude_ids, allow_ids, extra), k)
         return Recommendation(items, "model", unknown, len(user_history), lift, intent)
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
@@ -342,12 +302,4 @@ class Recommender(LiveCatalog):
             {"item_id": self.item_ids[r], "score": s}
             for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
-        return _merge(items, live.top(vector, k, {item_id}, None), k)
-
-
-def _merge(first: list[dict], extra: list[tuple[float, str]], k: int) -> list[dict]:
-    """Merge two score-sorted result lists into the top k."""
-    if not extra:
-        return first
-    merged = first + [{"item_id": i, "score": s} for s, i in extra]
-    return sorted(merged, key=lambda x: -x["score"])[:k]
+        return merge_top(items, live.top(vector, k, {item_id}, None), k)

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from serving import BundleError, Recommender
-from serving.index import IndexSpec, Selector, build_index, exact_search, search_parameters
+from serving.index import IndexSpec, Selector, build_index, search_parameters
+from serving.search import exact_search
 from twotower.artifacts import load_model
 from twotower.config import PROJECT_ROOT
 from twotower.export import onnx_parity, random_histories
@@ -141,7 +142,7 @@ def test_fallback_and_unknown_items(rec):
 @pytest.mark.parametrize("n_items", [50, 3000])
 def test_blas_flat_search_matches_faiss_flat(n_items):
     """A flat index is searched with one BLAS product; FAISS's own flat search (its twin) gives the same."""
-    from serving.index import filtered_search
+    from serving.search import filtered_search
 
     rng = np.random.default_rng(n_items)
     xb = rng.normal(size=(n_items, 16)).astype(np.float32)

@@ -25,8 +25,9 @@ from omegaconf import OmegaConf
 
 from serving import bundle as B
 from serving.history import histories_from_frame
-from serving.index import IndexSpec, build_index, exact_search, search_parameters
+from serving.index import IndexSpec, build_index, search_parameters
 from serving.intent import IntentSettings
+from serving.search import exact_search
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.model import TwoTower
 

@@ -18,8 +18,9 @@ import numpy as np
 
 from serving.batch import BatchScorer
 from serving.history import History
-from serving.index import IndexSpec, build_index, exact_search
+from serving.index import IndexSpec, build_index
 from serving.recommender import Recommender
+from serving.search import exact_search
 from twotower.benchmarks.latency import machine
 from twotower.benchmarks.synthetic import synthetic_bundle
 
