@@ -62,8 +62,7 @@ class BatchScorer:
     def top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) scores and catalog rows (-1 where fewer than k items remain), history excluded."""
         rec, k = self.rec, self.k
-        scores = np.full((len(histories), k), -np.inf, np.float32)
-        rows = np.full((len(histories), k), -1, np.int64)
+        scores, rows = _no_results(len(histories), k)
         empty = [b for b, h in enumerate(histories) if not len(h)]
         if empty:  # no history: the popularity fallback, as online
             popular = rec.popular_rows[:k]
@@ -82,20 +81,19 @@ class BatchScorer:
             return self._search_top_k(histories, queries, k)
         lift = intent.history_lift([h.rows for h in histories])  # (B, C)
         lifted = lift.max(1) > 0
-        scores = np.full((len(histories), k), -np.inf, np.float32)
-        rows = np.full((len(histories), k), -1, np.int64)
+        scores, rows = _no_results(len(histories), k)
         plain = np.flatnonzero(~lifted)
         if len(plain):
             scores[plain], rows[plain] = self._search_top_k([histories[b] for b in plain], queries[plain], k)
         chosen = np.flatnonzero(lifted)
         if rec.spec.kind == "flat":
             extended = np.hstack([queries, intent.query_weights(lift)])  # (B, D + C)
-            for part in np.array_split(chosen, max(1, len(chosen) // 256)):  # (256, N) scores at a time
-                if len(part):
-                    seen = [histories[b].rows for b in part] if self.exclude_seen else None
-                    found_scores, found = exact_search(rec.extended_vectors, extended[part], k, exclude=seen)
-                    width = found.shape[1]  # k, or the catalog size when smaller
-                    scores[part, :width], rows[part, :width] = found_scores, found
+            for start in range(0, len(chosen), 256):  # (256, N) scores at a time
+                part = chosen[start : start + 256]
+                seen = [histories[b].rows for b in part] if self.exclude_seen else None
+                found_scores, found = exact_search(rec.extended_vectors, extended[part], k, exclude=seen)
+                width = found.shape[1]  # k, or the catalog size when smaller
+                scores[part, :width], rows[part, :width] = found_scores, found
         elif len(chosen):
             depth = max(k, intent.settings.depth)
             found_scores, found = self._search_top_k([histories[b] for b in chosen], queries[chosen], depth)
@@ -113,22 +111,18 @@ class BatchScorer:
         if self.exclude_seen:  # one sorted lookup for the whole batch: key = user * N + row
             n = len(rec.item_ids)
             seen = np.sort(np.concatenate([b * n + h.rows for b, h in enumerate(histories)]))  # (S,)
-            if len(
-                seen
-            ):  # binary search of the candidates in the few seen keys (np.isin sorts them all: 4x slower)
+            # binary search of the candidates in the few seen keys (np.isin sorts them all: 4x slower)
+            if len(seen):
                 wanted = np.arange(len(histories))[:, None] * n + found  # (B, fetch)
                 at = np.minimum(np.searchsorted(seen, wanted), len(seen) - 1)
                 keep &= seen[at] != wanted
         rank = np.cumsum(keep, axis=1)  # (B, fetch): 1-based rank among the kept candidates
         take = keep & (rank <= k)
-        scores = np.full((len(histories), k), -np.inf, np.float32)
-        rows = np.full((len(histories), k), -1, np.int64)
+        scores, rows = _no_results(len(histories), k)
         user, slot = np.nonzero(take)
         scores[user, rank[user, slot] - 1], rows[user, rank[user, slot] - 1] = found_scores[take], found[take]
         short = np.flatnonzero((rank[:, -1] < k) & (fetch < len(rec.item_ids)))
-        for b in (
-            short
-        ):  # more history than over-fetch among the candidates: this user alone, filter in the search
+        for b in short:  # more history than over-fetch among the candidates: this user alone, filtered search
             with Selector(len(rec.item_ids), histories[b].rows if self.exclude_seen else ()) as selector:
                 s, r = rec.search(queries[b], k, selector)
             scores[b], rows[b] = -np.inf, -1
@@ -148,6 +142,11 @@ class BatchScorer:
             },
             schema=SCHEMA,
         )
+
+
+def _no_results(users: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """(users, k) scores and rows holding nothing yet: -inf and -1."""
+    return np.full((users, k), -np.inf, np.float32), np.full((users, k), -1, np.int64)
 
 
 def load_users(

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from serving.intent import membership
+
 
 def category_vector(
     table: np.ndarray, names: dict[str, int], categories: Sequence[str], normalize: bool
@@ -80,10 +82,7 @@ class LiveItems:
 
     def members(self, n_categories: int) -> np.ndarray:
         """(M, C) bool category membership of the added items."""
-        out = np.zeros((len(self.ids), n_categories), dtype=bool)
-        for j, cats in enumerate(self.categories):
-            out[j, list(cats)] = True
-        return out
+        return membership(self.categories, n_categories)
 
     def top(
         self,

@@ -136,6 +136,10 @@ class CategoryIntent:
         """(B, C) lift of each history (catalog rows, oldest first)."""
         return self.lift(recent_rows(histories, self.settings.window))
 
+    def padded_lift(self, items: np.ndarray) -> np.ndarray:
+        """(B, C) lift of (B, L) model inputs: 1-based catalog rows, right-padded with 0."""
+        return self.history_lift([row[row > 0] - 1 for row in items])
+
     def session_lift(self, history: np.ndarray) -> np.ndarray:
         """(C,) float32 lift of one history: :meth:`history_lift` for one request, in four numpy calls (a request
         pays for each call, whatever its size). The share is at most 1, so the lift is too."""
@@ -145,7 +149,7 @@ class CategoryIntent:
 
     def query_weights(self, lift: np.ndarray) -> np.ndarray:
         """(..., C) lift -> (..., C) float32 ``boost * lift^2``: what extends the user vector."""
-        return (self.settings.boost * lift * lift).astype(np.float32)
+        return (self.settings.boost * lift * lift).astype(np.float32, copy=False)
 
     def explain(self, lift: np.ndarray) -> dict[str, float]:
         """(C,) lift of one history -> the categories it lifts, strongest first: {name: lift}."""

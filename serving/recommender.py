@@ -234,7 +234,7 @@ class Recommender(LiveCatalog):
             if lift is None:
                 scores, found = self.search(query, k, selector)
             elif self.spec.kind == "flat":  # exact: one product of the extended vectors, every item boosted
-                extended_query = np.concatenate([query, lift * lift * intent.settings.boost])  # (D + C,)
+                extended_query = np.concatenate([query, intent.query_weights(lift)])  # (D + C,)
                 scores, found = filtered_search(
                     self.index, self.spec, self.extended_vectors, extended_query, k, selector
                 )

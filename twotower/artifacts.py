@@ -30,6 +30,12 @@ def load_model(path: Path, map_location: str = "cpu") -> TwoTower:
     return model.eval()
 
 
+def train_counts(data: EncodedLog, split: Split) -> np.ndarray:
+    """(N,) training interactions per item (``train_count`` in items.parquet: the popularity fallback and the
+    session-intent baseline, which training's served evaluation must share with the bundle)."""
+    return np.bincount(data.items[split.train_mask(data)], minlength=data.n_items + 1)[1:]
+
+
 def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int) -> None:
     """vocab.json, items.parquet (ids, categories, title, training counts) and histories.parquet (last events)."""
     out.mkdir(parents=True, exist_ok=True)
@@ -42,8 +48,7 @@ def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int)
         "has_time": data.has_time,
     }
     (out / "vocab.json").write_text(json.dumps(vocab))
-    train = split.train_mask(data)
-    counts = np.bincount(data.items[train], minlength=data.n_items + 1)[1:]
+    counts = train_counts(data, split)
     cats = [[data.category_names[c] for c in row if c > 0] for row in data.item_categories[1:]]
     items = pd.DataFrame({"item_id": data.item_ids, "categories": cats, "train_count": counts})
     if data.item_titles is not None:

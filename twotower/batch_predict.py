@@ -87,8 +87,7 @@ class TopKPredictor(pl.LightningModule):
         users = self.net.encode_user(*(batch[name] for name in INPUTS))  # (B, D)
         scores = users @ self.item_vectors.T  # (B, N)
         if self.intent is not None:  # lift on the CPU (small), the boost as one product on the device
-            items = batch["items"].cpu().numpy()  # (B, L) 1-based, right-padded
-            lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
+            lift = self.intent.padded_lift(batch["items"].cpu().numpy())  # (B, C)
             weights = torch.from_numpy(self.intent.query_weights(lift)).to(scores.device)
             scores = scores + weights @ self.members.T  # (B, N)
         if self.exclude_seen:

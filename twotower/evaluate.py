@@ -104,6 +104,5 @@ class IntentScorer:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         scores = np.asarray(self.scorer(batch), dtype=np.float32) * self.scale  # (B, N)
-        items = batch["items"].numpy()  # (B, L) 1-based rows, right-padded
-        lift = self.intent.history_lift([row[row > 0] - 1 for row in items])  # (B, C)
+        lift = self.intent.padded_lift(batch["items"].numpy())  # (B, C)
         return scores + self.intent.query_weights(lift) @ self.members.T  # (B, N)

@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from serving.intent import CategoryIntent, IntentSettings, membership
 from twotower import config as _config  # noqa: F401  (registers resolvers)
-from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model
+from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix
 from twotower.data.encode import encode_log
 from twotower.data.schema import EncodedLog
@@ -67,7 +67,7 @@ def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) ->
     settings = (cfg.get("rerank") or {}).get("intent")
     if settings is None:
         return None
-    members = membership([row[row > 0] for row in data.item_categories[1:]], len(data.category_names))
+    members = membership(data.item_categories[1:], len(data.category_names))  # 0 = padding, skipped
     intent_settings = IntentSettings.from_dict(OmegaConf.to_container(settings, resolve=True))
     return CategoryIntent.build(members, train_counts, data.category_names, intent_settings)
 
@@ -94,7 +94,7 @@ def evaluate_all(
         "baseline_params": {},
         "baselines_val": {},
     }
-    intent = build_intent(cfg, data, np.bincount(data.items[train_mask], minlength=data.n_items + 1)[1:])
+    intent = build_intent(cfg, data, train_counts(data, split))
     if intent is not None:  # what the bundle serves: the model plus the session-intent re-rank
         served = IntentScorer(scorer, intent, scale=float(net.temperature))
         results["served"] = {
