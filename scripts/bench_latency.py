@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
         [int(n) for n in sizes], out, kinds, OmegaConf.to_container(cfg.sweep),
         base, queries=cfg.queries, k=cfg.k, threads=cfg.threads, dim=cfg.dim,
         bundle=cfg.bundle, run_dir=cfg.run_dir, build_threads=cfg.build_threads, query_mixture=cfg.query_mixture,
+        rounds=cfg.rounds,
     )  # fmt: skip
     (out / "latency.json").write_text(json.dumps(result, indent=2))
     plot_latency(result, out / "latency.png")
@@ -41,7 +42,8 @@ def main(cfg: DictConfig) -> None:
         print(f"{r['n_items']:>9} {r['index']:<20} {setting:<14} recall@10 {r['recall@10']:.3f}"
               f"  encode {r['encode']['p50_ms']:.3f}  search {r['search']['p50_ms']:.3f}"
               f" (own {r['search_user_vector']['p50_ms']:.3f})  recommend p50 {r['recommend']['p50_ms']:.3f}"
-              f" p99 {r['recommend']['p99_ms']:.3f} ms  glue {r['glue_over_encode_plus_search']:+.0%}"
+              f" p99 {r['recommend']['p99_ms']:.3f} (known user {r['recommend_known_user']['p50_ms']:.3f}"
+              f" / {r['recommend_known_user']['p99_ms']:.3f}) ms  glue {r['glue_over_encode_then_search']:+.0%}"
               f"  naive {naive:.2f} ms  build {r['build_seconds']:.1f} s")  # fmt: skip
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
 

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import faiss
 import numpy as np
 import pytest
 import torch
@@ -77,13 +78,25 @@ def test_encode_history_matches_torch(run_and_bundle, rec):
     np.testing.assert_allclose(vector, ref, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf_flat", "ivf_sq", "ivf_pq"])
-def test_ann_agrees_with_exact(kind):
+@pytest.mark.parametrize(
+    ("kind", "spherical"),
+    [
+        ("flat", False),
+        ("hnsw", False),
+        ("ivf_flat", False),
+        ("ivf_sq", False),
+        ("ivf_sq", True),
+        ("ivf_pq", False),
+    ],
+)
+def test_ann_agrees_with_exact(kind, spherical):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 32)).astype(np.float32)
     xb = centers[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 32)).astype(np.float32)
     xq = xb[rng.choice(5000, 100)] + 0.1 * rng.normal(size=(100, 32)).astype(np.float32)
-    index, spec = build_index(xb, IndexSpec(kind=kind, nprobe=16))
+    index, spec = build_index(xb, IndexSpec(kind=kind, nprobe=16, spherical=spherical))
+    if kind.startswith("ivf"):  # the k-means the lists came from
+        assert faiss.extract_index_ivf(index).cp.spherical is spherical
     _, exact = exact_search(xb, xq, 10)
     _, approx = index.search(xq, 10, params=search_parameters(index, spec))
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])

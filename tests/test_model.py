@@ -94,3 +94,23 @@ def test_serving_path_equals_full_states_on_ragged_batch(heads):
     states = model.user_states(items, events, dwell, gaps)  # (4, 7, 16)
     expected = states[torch.arange(4), lengths - 1]
     torch.testing.assert_close(model.encode_user(items, events, dwell, gaps), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("heads", [1, 2, 4])
+@pytest.mark.parametrize("length", [1, 7])
+def test_folded_attention_equals_attention(heads, length):
+    """The export's folded attention (per-head (D, D) products, explicit causal mask) equals the SDPA path."""
+    from twotower.encoders import CausalSelfAttention
+
+    torch.manual_seed(heads)
+    attention = CausalSelfAttention(16, heads).eval()
+    with torch.no_grad():
+        attention.qkv.bias.normal_()  # non-zero biases: the query and value bias terms are folded too
+        attention.proj.bias.normal_()
+    x = torch.randn(3, length, 16)
+    with torch.no_grad():
+        expected = attention(x)
+        attention.folded = True
+        folded = attention(x)
+    torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-4)
+    assert not torch.equal(folded[:, 0], folded[:, -1]) or length == 1  # not a constant

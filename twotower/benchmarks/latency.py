@@ -11,6 +11,11 @@ the encode and search p50s, each timed in its own tight loop (``glue_over_encode
 what one call costs the other, such as the encode evicting the index from the caches), and ``recommend`` over
 the encode and the search of the same history timed back to back (``encode_then_search``,
 ``glue_over_encode_then_search``: only what ``recommend()`` adds, id mapping, exclusion and the response).
+
+Two ``recommend()`` calls are timed: ``recommend`` with the history as external item ids, mapped to catalog rows
+on every call (a one-off history), and ``recommend_known_user`` by user id, whose history the recommender
+holds as rows already (as the serving store's per-user cache does): at 1M items the id mapping alone costs
+tens of microseconds of cache misses in a million-entry dict. The timed passes alternate (``rounds``).
 """
 
 from __future__ import annotations
@@ -71,6 +76,7 @@ class Workload:
         rng = np.random.default_rng(seed)
         users = sorted(rec.histories)
         users = [users[i] for i in rng.choice(len(users), size=min(n_queries, len(users)), replace=False)]
+        self.users = users
         self.histories: list[History] = [rec.histories[u] for u in users]
         self.ids = [[rec.item_ids[r] for r in h.rows] for h in self.histories]
         n = len(self.histories)
@@ -112,7 +118,24 @@ def naive_peer(run_dir: Path, rec: Recommender, work: Workload, threads: int) ->
     return percentiles(timed(one, list(range(len(work.histories)))))
 
 
-def measure_setting(rec: Recommender, work: Workload, encode: dict) -> dict[str, Any]:
+def interleaved(fns: dict[str, Any], items: list, rounds: int, warmup: int = 20) -> dict[str, list[float]]:
+    """Seconds per call of each function over ``items``, the passes alternating ``rounds`` times, so a slow
+    phase of a shared machine weighs on every figure alike (their ratios are what the glue figures use)."""
+    for fn in fns.values():
+        for x in items[:warmup]:
+            fn(x)
+    out: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            times = out[name]
+            for x in items:
+                t0 = time.perf_counter()
+                fn(x)
+                times.append(time.perf_counter() - t0)
+    return out
+
+
+def measure_setting(rec: Recommender, work: Workload, encode: dict, rounds: int = 3) -> dict[str, Any]:
     n = len(rec.item_ids)
     idx = list(range(len(work.histories)))
     found = {}
@@ -128,7 +151,6 @@ def measure_setting(rec: Recommender, work: Workload, encode: dict) -> dict[str,
         with Selector(n, work.histories[i].rows) as selector:
             rec.search(work.user_vectors[i], work.k, selector)
 
-    own = percentiles(timed(search_own, idx))
     resolved = [rec.resolve(ids).history for ids in work.ids]  # what recommend(history=ids) encodes
 
     def encode_then_search(i: int) -> None:  # the two library calls alone, back to back, as in a request
@@ -136,13 +158,20 @@ def measure_setting(rec: Recommender, work: Workload, encode: dict) -> dict[str,
         with Selector(n, resolved[i].rows) as selector:
             rec.search(query, work.k, selector)
 
-    bare = percentiles(timed(encode_then_search, idx))
-    whole = timed(lambda i: rec.recommend(history=work.ids[i], k=work.k), idx)
-    rec_stats = {**percentiles(whole), "qps": float(len(whole) / sum(whole))}
-    glue = rec_stats["p50_ms"] / (encode["p50_ms"] + own["p50_ms"]) - 1.0
-    return {"recall@10": recall, "encode": encode, "search": percentiles(search_s), "search_user_vector": own,
-            "encode_then_search": bare, "recommend": rec_stats, "glue_over_encode_plus_search": glue,
-            "glue_over_encode_then_search": rec_stats["p50_ms"] / bare["p50_ms"] - 1.0}  # fmt: skip
+    times = interleaved({
+        "search_user_vector": search_own,
+        "encode_then_search": encode_then_search,
+        "recommend": lambda i: rec.recommend(history=work.ids[i], k=work.k),  # raw ids, mapped per call
+        "recommend_known_user": lambda i: rec.recommend(user_id=work.users[i], k=work.k),  # stored history
+    }, idx, rounds)  # fmt: skip
+    stats = {name: percentiles(values) for name, values in times.items()}
+    for name in ("recommend", "recommend_known_user"):
+        stats[name]["qps"] = float(len(times[name]) / sum(times[name]))
+    own, bare, whole, known = (stats[name] for name in times)
+    return {"recall@10": recall, "encode": encode, "search": percentiles(search_s), **stats,
+            "glue_over_encode_plus_search": whole["p50_ms"] / (encode["p50_ms"] + own["p50_ms"]) - 1.0,
+            "glue_over_encode_then_search": whole["p50_ms"] / bare["p50_ms"] - 1.0,
+            "glue_known_user_over_encode_then_search": known["p50_ms"] / bare["p50_ms"] - 1.0}  # fmt: skip
 
 
 def index_settings(kinds: list[str], base: dict[str, Any]) -> list[IndexSpec]:
@@ -154,7 +183,7 @@ def index_settings(kinds: list[str], base: dict[str, Any]) -> list[IndexSpec]:
 def run_latency(
     n_items: list[int], out: Path, kinds: list[str], sweep: dict[str, list[int]], index_base: dict[str, Any],
     queries: int = 300, k: int = 10, threads: int = 1, dim: int = 64, bundle: str | None = None,
-    run_dir: str | None = None, build_threads: int | None = None, query_mixture: int = 1,
+    run_dir: str | None = None, build_threads: int | None = None, query_mixture: int = 1, rounds: int = 3,
 ) -> dict[str, Any]:  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     results = []
@@ -177,7 +206,7 @@ def run_latency(
             for value in values:
                 setting = replace(spec, **{SWEEP_FIELD[spec.kind]: value}) if value is not None else spec
                 rec.spec = setting
-                figures = measure_setting(rec, work, encode)
+                figures = measure_setting(rec, work, encode, rounds)
                 params = {k: v for k, v in asdict(setting).items() if v is not None}
                 results.append({"n_items": len(rec.item_ids), "index": setting.factory_string(), "params": params,
                                 **figures, "naive": naive,
@@ -187,4 +216,4 @@ def run_latency(
                 log.info("%s %s: recall@10 %.3f, recommend p50 %.3f ms", len(rec.item_ids),
                          setting.factory_string(), figures["recall@10"], figures["recommend"]["p50_ms"])  # fmt: skip
     return {"machine": machine(threads), "k": k, "queries": queries, "query_mixture": query_mixture,
-            "results": results}  # fmt: skip
+            "rounds": rounds, "results": results}  # fmt: skip
