@@ -64,6 +64,19 @@ class CausalSelfAttention(nn.Module):
         b, length, d = t.shape
         return t.reshape(b, length, self.num_heads, d // self.num_heads).transpose(1, 2)
 
+    def _head_weights(self) -> tuple[torch.Tensor, ...]:
+        """Per-head views of the weights the folded paths multiply together (constants in an exported graph):
+        ``w_q, w_k, w_v`` (H, Dh, D), the query bias (H, Dh), the output projection's columns of each head
+        ``w_p`` (H, D, Dh) and the output bias with the value bias folded in, ``W_p b_v + b_p`` (D,). The key bias
+        is left out: it shifts all scores of a head equally, which the softmax cancels."""
+        d = self.qkv.in_features
+        h, dh = self.num_heads, d // self.num_heads
+        # Slices, not split(): the exporter folds slices of constants (it cannot fold a multi-output Split).
+        weight, bias = self.qkv.weight, self.qkv.bias
+        w_q, w_k, w_v = (weight[i * d : (i + 1) * d].view(h, dh, d) for i in range(3))  # 3 x (H, Dh, D)
+        w_p = self.proj.weight.view(d, h, dh).transpose(0, 1)  # (H, D, Dh)
+        return w_q, w_k, w_v, bias[:d].view(h, dh), w_p, self.proj.weight @ bias[2 * d :] + self.proj.bias
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.folded:
             return self.forward_folded(x)
@@ -81,21 +94,17 @@ class CausalSelfAttention(nn.Module):
         ``q_i.k_j = x_i^T (W_q^T W_k) x_j + (W_k^T b_q).x_j`` + terms of i alone, which cancel in the softmax
         over j; the values and the output projection fold as in :meth:`forward_last`. Same numbers as
         :meth:`forward` up to float rounding (tested)."""
-        b, length, d = x.shape
-        h, dh = self.num_heads, d // self.num_heads
-        weight, bias = self.qkv.weight, self.qkv.bias
-        w_q, w_k, w_v = (weight[i * d : (i + 1) * d].view(h, dh, d) for i in range(3))  # 3 x (H, Dh, D)
-        scale = dh**-0.5
+        length = x.shape[1]
+        w_q, w_k, w_v, b_q, w_p, b_out = self._head_weights()
+        scale = w_q.shape[1] ** -0.5
         w_a = w_q.transpose(1, 2) @ w_k * scale  # (H, D, D)
-        b_a = bias[:d].view(h, 1, dh) @ w_k * scale  # (H, 1, D)
+        b_a = b_q.unsqueeze(1) @ w_k * scale  # (H, 1, D)
         rows = x.unsqueeze(1)  # (B, 1, L, D)
         scores = (rows @ w_a + b_a) @ rows.transpose(-1, -2)  # (B, H, L, L)
         future = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)  # (L, L)
         weights = scores.masked_fill(future, float("-inf")).softmax(-1)  # (B, H, L, L)
-        w_p = self.proj.weight.view(d, h, dh).transpose(0, 1)  # (H, D, Dh)
         w_out = w_v.transpose(1, 2) @ w_p.transpose(1, 2)  # (H, D, D): value then output projection per head
-        out = (weights @ (rows @ w_out)).sum(1)  # (B, L, D)
-        return out + (self.proj.weight @ bias[2 * d :] + self.proj.bias)
+        return (weights @ (rows @ w_out)).sum(1) + b_out  # (B, L, D)
 
     def forward_last(
         self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor | None
@@ -112,17 +121,14 @@ class CausalSelfAttention(nn.Module):
         weight matrices are constants in the exported graph. Same numbers as :meth:`forward` at ``last``
         up to float rounding (tested), O(L D H) work instead of O(L D^2).
         """
-        b, length, d = x.shape
-        h, dh = self.num_heads, d // self.num_heads
+        b, _, d = x.shape
+        h = self.num_heads
         here = x[:, -1] if last is None else at_positions(x, last)  # (B, D)
-        # Slices, not split(): the exporter folds slices of constants (it cannot fold a multi-output Split).
-        weight, bias = self.qkv.weight, self.qkv.bias
-        w_q, w_k, w_v = (weight[i * d : (i + 1) * d].view(h, dh, d) for i in range(3))  # 3 x (H, Dh, D)
-        b_q, b_v = bias[:d], bias[2 * d :]  # (D,) each; the key bias shifts all scores of a head equally
-        scale = dh**-0.5
+        w_q, w_k, w_v, b_q, w_p, b_out = self._head_weights()
+        scale = w_q.shape[1] ** -0.5
         # Query side: u_h = W_k_h^T (W_q_h x_last + b_q_h) / sqrt(Dh), one (H*D, D) matrix for all heads.
         w_u = (w_k.transpose(1, 2) @ w_q * scale).reshape(h * d, d)  # (H*D, D)
-        b_u = (w_k.transpose(1, 2) @ b_q.view(h, dh, 1) * scale).reshape(h * d)  # (H*D,)
+        b_u = (w_k.transpose(1, 2) @ b_q.unsqueeze(-1) * scale).reshape(h * d)  # (H*D,)
         u = F.linear(here, w_u, b_u).view(b, h, d)  # (B, H, D)
         scores = u @ x.transpose(1, 2)  # (B, H, L)
         if valid is not None:
@@ -130,9 +136,8 @@ class CausalSelfAttention(nn.Module):
         weights = scores.softmax(-1)  # (B, H, L)
         context = (weights @ x).reshape(b, h * d)  # (B, H*D); position 0 is always valid
         # Output side: proj(concat_h(W_v_h c_h + b_v_h)) = sum_h (W_p,h W_v_h) c_h + (W_p b_v + b_p).
-        w_p = self.proj.weight.view(d, h, dh).transpose(0, 1)  # (H, D, Dh): proj columns of each head
         w_out = (w_p @ w_v).transpose(0, 1).reshape(d, h * d)  # (D, H*D)
-        return F.linear(context, w_out, self.proj.weight @ b_v + self.proj.bias)  # (B, D)
+        return F.linear(context, w_out, b_out)  # (B, D)
 
 
 class TransformerBlock(nn.Module):

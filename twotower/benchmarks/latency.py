@@ -48,14 +48,8 @@ SWEEP_FIELD = {"hnsw": "ef_search", "ivf_flat": "nprobe", "ivf_sq": "nprobe", "i
 
 
 def timed(fn, items: list, warmup: int = 20) -> list[float]:
-    for x in items[:warmup]:
-        fn(x)
-    out = []
-    for x in items:
-        t0 = time.perf_counter()
-        fn(x)
-        out.append(time.perf_counter() - t0)
-    return out
+    """Seconds per call of ``fn`` over ``items``, after ``warmup`` untimed calls."""
+    return interleaved({"fn": fn}, items, rounds=1, warmup=warmup)["fn"]
 
 
 def machine(threads: int) -> dict[str, Any]:
