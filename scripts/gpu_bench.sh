@@ -6,7 +6,7 @@
 OUT=${OUT:-runs/gpu_bench}
 source "$(dirname "$0")/gpu_env.sh"
 timeout 200 python3 scripts/gpu_bench.py --out "$OUT" --users "${USERS:-200000}" 2>&1 | grep -v Warning | tail -25
-timeout 150 python3 scripts/train.py experiment=ml100k trainer=gpu trainer.max_epochs=10 trainer.enable_progress_bar=false \
+timeout 150 python3 scripts/train.py experiment=ml100k trainer=gpu trainer.precision=32-true trainer.max_epochs=10 trainer.enable_progress_bar=false \
   logger=csv eval.baselines=[popularity] paths.output_dir="$OUT/ml100k_fp32" 2>&1 | tail -3
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib
@@ -17,7 +17,7 @@ if (out / "gpu_batch.json").exists():
 m = out / "ml100k_fp32" / "metrics.json"
 if m.exists():
     m = json.loads(m.read_text())
-    summary["train"] = {"seconds": m["train_seconds"], "epochs": m["epochs_run"],
+    summary["train"] = {"precision": m["precision"], "seconds": m["train_seconds"], "epochs": m["epochs_run"],
                         "targets_per_s": round(m["train_targets_per_epoch"] * m["epochs_run"] / m["train_seconds"]),
                         "test_recall@10": round(m["test"]["recall@10"], 4)}
 print(json.dumps(summary, indent=1))

@@ -16,6 +16,12 @@ PADDING = {"items": (0, np.int64), "events": (0, np.int64), "dwell": (UNKNOWN, n
            "gaps": (UNKNOWN, np.float32)}  # fmt: skip  # ONNX input -> (pad value, dtype)
 
 
+_DEFAULT_LEN = 1024  # histories up to this long share read-only default arrays (no allocation per request)
+_NO_EVENTS = np.zeros(_DEFAULT_LEN, dtype=np.int64)
+_UNKNOWN_SECONDS = np.full(_DEFAULT_LEN, UNKNOWN, dtype=np.float32)
+_NO_EVENTS.flags.writeable = _UNKNOWN_SECONDS.flags.writeable = False
+
+
 def sequence_starts(keys: np.ndarray) -> np.ndarray:
     """(E,) bool: the event opens a new run of equal keys (a user's first event in a user-grouped table)."""
     keys = np.asarray(keys)
@@ -62,14 +68,20 @@ class History:
     ) -> History:
         """From arrays of one length; missing events are index 0, missing dwell/time are unknown."""
         n = len(rows)
-        events = np.zeros(n, np.int64) if events is None else np.asarray(events, np.int64)
+        short = n <= _DEFAULT_LEN
+        if events is None:
+            events = _NO_EVENTS[:n] if short else np.zeros(n, np.int64)
+        else:
+            events = np.asarray(events, np.int64)
         if dwell is None:
-            dwell = np.full(n, UNKNOWN, np.float32)
+            dwell = _UNKNOWN_SECONDS[:n] if short else np.full(n, UNKNOWN, np.float32)
         else:  # negative, NaN or infinite seconds are unknown
             dwell = np.asarray(dwell, np.float32)
             dwell = np.where(np.isfinite(dwell) & (dwell >= 0), dwell, np.float32(UNKNOWN)).astype(np.float32)
-        if gaps is None:
-            gaps = time_gaps(ts) if ts is not None else np.full(n, UNKNOWN, np.float32)
+        if gaps is None and ts is not None:
+            gaps = time_gaps(ts)
+        elif gaps is None:
+            gaps = _UNKNOWN_SECONDS[:n] if short else np.full(n, UNKNOWN, np.float32)
         return cls(np.asarray(rows, np.int64), events, dwell, np.asarray(gaps, np.float32))
 
     def __len__(self) -> int:

@@ -52,9 +52,10 @@ class Recommender(LiveCatalog):
         self.index = bundle.index
         self.category_of = {name: i for i, name in enumerate(bundle.categories)}
         self.live = LiveItems(bundle.dim)  # items added / removed since the bundle (swapped, never mutated)
-        self.spec = IndexSpec(
-            **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
-        )
+        built = self.manifest["index"]
+        self.spec = IndexSpec(**{k: v for k, v in built.items() if k in IndexSpec.__dataclass_fields__})
+        if "coarse_type" not in built:  # bundles from before the setting have float32 centroids
+            self.spec.coarse_type = "flat"
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
@@ -120,8 +121,13 @@ class Recommender(LiveCatalog):
         for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):
             if values is not None and len(values) != n:
                 raise ValueError(f"{name} has {len(values)} values for {n} items")
-        rows = np.fromiter(map(self.row_of.get, map(str, items), repeat(-1)), np.int64, n)  # C-speed loop
+        row_of = self.row_of
+        rows = np.fromiter(map(row_of.get, items, repeat(-1)), np.int64, n)  # C-speed loop; ids are str keys
         known = rows >= 0
+        if not known.all():  # ids given as numbers: looked up again as text
+            for j in np.flatnonzero(~known).tolist():
+                rows[j] = row_of.get(str(items[j]), -1)
+            known = rows >= 0
         ev = np.fromiter(map(self.event_of.get, map(str, events), repeat(0)), np.int64, n) if events else None
         dw = None if dwell is None else np.array([-1.0 if d is None else d for d in dwell], np.float32)
         times = np.asarray(ts, dtype=np.float64) if ts is not None and self.has_time else None

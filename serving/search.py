@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from serving.index import IndexSpec, Selector
+from serving.index import IVF_KINDS, IndexSpec, Selector, search_parameters
 
 
 def exact_search(
@@ -61,6 +61,15 @@ def masked_top_k(xb: np.ndarray, xq: np.ndarray, k: int, selector: Selector) -> 
 
 
 OVERFETCH_ROUNDS = 3
+POSTFILTER_MAX_EXCLUDED = 128  # inverted lists: up to this many excluded rows are dropped after the search
+_PLAIN_PARAMS: dict[tuple, faiss.SearchParameters] = {}  # search parameters without a selector, per setting
+
+
+def postfilters(spec: IndexSpec, selector: Selector) -> bool:
+    """Whether an exclusion-only filter is applied after an unfiltered search (see :func:`filtered_search`)."""
+    if spec.kind not in IVF_KINDS or (spec.kind == "ivf_pq" and spec.refine):
+        return False
+    return selector.allow is None and len(selector.exclude) <= POSTFILTER_MAX_EXCLUDED
 
 
 def filtered_search(
@@ -71,14 +80,20 @@ def filtered_search(
     k: int,
     selector: Selector,
     blas_flat: bool = True,
+    postfilter: bool = True,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k of one query among the ids passing ``selector``: exactly min(k, available) results.
 
     A flat (exact) index is answered by :func:`masked_top_k` over ``xb``, the same exact inner-product search
     (measured 1.3x to 2x faster than FAISS's one-query flat scan from 2k to 200k items, and it needs no bitmap);
-    ``blas_flat=False`` runs FAISS's flat search instead (its twin, for checking). Otherwise the filter runs
-    inside the FAISS search; graph and IVF searches under a tight filter can come back short, so the search is
-    repeated with a 4x larger k, and as a last resort the exact twin answers.
+    ``blas_flat=False`` runs FAISS's flat search instead (its twin, for checking).
+
+    Inverted lists with a short exclusion (a history) are searched unfiltered for the top k + E and the E
+    excluded rows dropped afterwards: the lists scanned are the same, so the answer is the filtered search's,
+    without a bitmap test per scanned code (at 1M items and nprobe 10, 160 against 220 us).
+    ``postfilter=False`` runs the filter inside the search instead (its twin, for checking). Otherwise the
+    filter runs inside the FAISS search; graph and IVF searches under a tight filter can come back short, so
+    the search is repeated with a 4x larger k, and as a last resort the exact twin answers.
     """
     n = index.ntotal
     want = selector.at_most(k)
@@ -87,6 +102,11 @@ def filtered_search(
     if blas_flat and spec.kind == "flat":
         return masked_top_k(xb, np.asarray(xq, dtype=np.float32).reshape(-1), want, selector)
     xq = np.asarray(xq, dtype=np.float32).reshape(1, -1)
+    if postfilter and postfilters(spec, selector):
+        D, I = index.search(xq, min(n, want + len(selector.exclude)), params=_plain_params(spec))
+        scores, rows = _drop_rows(D[0], I[0], selector.exclude)
+        if len(rows) >= want:
+            return scores[:want], rows[:want]
     params = selector.params(index, spec)
     fetch = want
     for _ in range(OVERFETCH_ROUNDS):
@@ -99,3 +119,24 @@ def filtered_search(
         fetch = min(n, fetch * 4)
     D, I = exact_search(xb, xq, want, selector.mask())
     return D[0], I[0]
+
+
+def _drop_rows(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(scores, rows) without the misses (-1) and the excluded rows: a set test per result, which after an
+    encode (cold caches) costs less than any vectorised membership test measured here."""
+    excluded = set(exclude.tolist())
+    drop = [j for j, row in enumerate(rows.tolist()) if row < 0 or row in excluded]
+    if not drop:
+        return scores, rows
+    keep = np.ones(len(rows), dtype=bool)
+    keep[drop] = False
+    return scores[keep], rows[keep]
+
+
+def _plain_params(spec: IndexSpec):
+    """Search parameters of ``spec`` without a selector (made once per setting; they hold no index)."""
+    key = (spec.kind, spec.nprobe, spec.ef_search, spec.refine, spec.k_factor)
+    params = _PLAIN_PARAMS.get(key)
+    if params is None:
+        params = _PLAIN_PARAMS[key] = search_parameters(None, spec)
+    return params

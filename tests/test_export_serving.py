@@ -79,24 +79,32 @@ def test_encode_history_matches_torch(run_and_bundle, rec):
 
 
 @pytest.mark.parametrize(
-    ("kind", "spherical"),
+    ("kind", "spherical", "coarse_type"),
     [
-        ("flat", False),
-        ("hnsw", False),
-        ("ivf_flat", False),
-        ("ivf_sq", False),
-        ("ivf_sq", True),
-        ("ivf_pq", False),
+        ("flat", False, "fp16"),
+        ("hnsw", False, "fp16"),
+        ("ivf_flat", False, "fp16"),
+        ("ivf_sq", False, "fp16"),
+        ("ivf_sq", False, "flat"),
+        ("ivf_sq", True, "fp16"),
+        ("ivf_pq", False, "fp16"),
     ],
 )
-def test_ann_agrees_with_exact(kind, spherical):
+def test_ann_agrees_with_exact(kind, spherical, coarse_type):
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(20, 32)).astype(np.float32)
     xb = centers[rng.integers(0, 20, 5000)] + 0.3 * rng.normal(size=(5000, 32)).astype(np.float32)
     xq = xb[rng.choice(5000, 100)] + 0.1 * rng.normal(size=(100, 32)).astype(np.float32)
-    index, spec = build_index(xb, IndexSpec(kind=kind, nprobe=16, spherical=spherical))
-    if kind.startswith("ivf"):  # the k-means the lists came from
-        assert faiss.extract_index_ivf(index).cp.spherical is spherical
+    index, spec = build_index(
+        xb, IndexSpec(kind=kind, nprobe=16, spherical=spherical, coarse_type=coarse_type)
+    )
+    assert index.ntotal == 5000
+    if kind.startswith("ivf"):  # the k-means the lists came from, and the centroids' type as built
+        ivf = faiss.extract_index_ivf(index)
+        assert ivf.cp.spherical is spherical
+        fp16 = kind in ("ivf_flat", "ivf_sq") and coarse_type == "fp16"  # ivf_pq keeps float32 centroids
+        assert spec.coarse_type == ("fp16" if fp16 else "flat")
+        assert isinstance(faiss.downcast_index(ivf.quantizer), faiss.IndexFlat) is not fp16
     _, exact = exact_search(xb, xq, 10)
     _, approx = index.search(xq, 10, params=search_parameters(index, spec))
     recall = np.mean([len(set(a) & set(e)) / 10 for a, e in zip(approx, exact, strict=True)])
@@ -174,6 +182,83 @@ def test_blas_flat_search_matches_faiss_flat(n_items):
         assert fast[1].tolist() == twin[1].tolist()
         assert not set(fast[1].tolist()) & set(exclude.tolist())
         assert allow is None or set(fast[1].tolist()) <= set(allow.tolist())
+
+
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq"])
+def test_postfiltered_ivf_search_matches_filter_in_search(kind):
+    """Inverted lists with a short exclusion drop it after an unfiltered top k + E; the twin filters inside the
+    search (a bitmap test per code). Same lists scanned, so the same answer; long exclusions, allow-lists and
+    lists too short for k + E take the filtered search."""
+    from serving import search
+    from serving.search import filtered_search, postfilters
+
+    rng = np.random.default_rng(7)
+    centers = rng.normal(size=(20, 16)).astype(np.float32)
+    xb = centers[rng.integers(0, 20, 4000)] + 0.3 * rng.normal(size=(4000, 16)).astype(np.float32)
+    index, spec = build_index(xb, IndexSpec(kind=kind, nlist=40, nprobe=4))
+    cases = 0
+    for trial in range(40):
+        query = xb[rng.integers(4000)] + 0.1 * rng.normal(size=16).astype(np.float32)
+        near = index.search(query[None], 200)[1][0]  # exclusions among the very items the search finds
+        size = [0, 3, 30, search.POSTFILTER_MAX_EXCLUDED, search.POSTFILTER_MAX_EXCLUDED + 1][trial % 5]
+        exclude = rng.choice(near, size=min(size, len(near)), replace=False) if size <= 200 else near
+        exclude = np.concatenate([exclude, exclude[:2]])  # duplicates count once
+        k = int(rng.integers(1, 60)) if trial % 7 else 400  # 400: more than nprobe lists hold, then refetched
+        with Selector(4000, exclude) as sel:
+            cases += postfilters(spec, sel)
+            fast = filtered_search(index, spec, xb, query, k, sel)
+        with Selector(4000, exclude) as sel:
+            twin = filtered_search(index, spec, xb, query, k, sel, postfilter=False)
+        assert fast[1].tolist() == twin[1].tolist(), (trial, size, k)
+        np.testing.assert_allclose(fast[0], twin[0], rtol=1e-6)
+        assert len(fast[1]) == k and not set(fast[1].tolist()) & set(exclude.tolist())
+    assert cases >= 20  # the post-filter path ran, not only its twin
+    with Selector(4000, [1], allow=[1, 2, 3]) as sel:  # an allow-list is always tested inside the search
+        assert not postfilters(spec, sel)
+    assert not postfilters(IndexSpec(kind="hnsw"), Selector(4000, [1]))
+    assert not postfilters(IndexSpec(kind="ivf_pq", refine=True), Selector(4000, [1]))
+
+
+@pytest.mark.parametrize("kind", ["ivf_flat", "ivf_sq"])
+def test_fp16_centroids_build_the_lists_faiss_would(kind):
+    """fp16 centroids: the build assigns vectors to lists by BLAS products of the decoded centroids; FAISS's own
+    add (the twin) assigns them by scanning the fp16 codes. Same lists, same answers, same recall as float32
+    centroids within rounding."""
+    from serving.index import coarse_centroids
+
+    rng = np.random.default_rng(3)
+    centers = rng.normal(size=(30, 24)).astype(np.float32)
+    xb = centers[rng.integers(0, 30, 6000)] + 0.4 * rng.normal(size=(6000, 24)).astype(np.float32)
+    xq = xb[rng.choice(6000, 500)] + 0.1 * rng.normal(size=(500, 24)).astype(np.float32)
+    index, spec = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6))
+    centroids = coarse_centroids(index)
+    assert centroids is not None and centroids.shape == (60, 24)
+    twin = faiss.clone_index(index)  # the same trained fp16 centroids, filled by FAISS's own assignment
+    twin.reset()
+    twin.add(xb)
+    ivf, twin_ivf = faiss.extract_index_ivf(index), faiss.extract_index_ivf(twin)
+    assert [ivf.invlists.list_size(i) for i in range(60)] == [
+        twin_ivf.invlists.list_size(i) for i in range(60)
+    ]
+    params = search_parameters(index, spec)
+    np.testing.assert_array_equal(
+        index.search(xq, 20, params=params)[1], twin.search(xq, 20, params=params)[1]
+    )
+    flat, _ = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6, coarse_type="flat"))
+    assert coarse_centroids(flat) is None
+    _, exact = exact_search(xb, xq, 20)
+    recall = [
+        np.mean(
+            [
+                len(set(a) & set(e)) / 20
+                for a, e in zip(ix.search(xq, 20, params=params)[1], exact, strict=True)
+            ]
+        )
+        for ix in (index, flat)
+    ]
+    assert abs(recall[0] - recall[1]) <= 0.01 and recall[0] >= 0.8, recall
+    with pytest.raises(ValueError, match="coarse_type"):
+        build_index(xb, IndexSpec(kind=kind, coarse_type="bf16"))
 
 
 def test_selector_counts():
