@@ -44,7 +44,8 @@ def main(cfg: DictConfig) -> None:
               f" (own {r['search_user_vector']['p50_ms']:.3f})  recommend p50 {r['recommend']['p50_ms']:.3f}"
               f" p99 {r['recommend']['p99_ms']:.3f} (known user {r['recommend_known_user']['p50_ms']:.3f}"
               f" / {r['recommend_known_user']['p99_ms']:.3f}) ms  glue {r['glue_over_encode_then_search']:+.0%}"
-              f"  naive {naive:.2f} ms  build {r['build_seconds']:.1f} s")  # fmt: skip
+              f"  naive {naive:.2f} ms  build {r['build_seconds']:.1f} s"
+              f"  probe {1000 * r['speed_probe']['p50_ms']:.0f} us")  # fmt: skip
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
 
 

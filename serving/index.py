@@ -15,12 +15,13 @@ lists more like the best item inside them. Measured on a clustered 1M catalog (I
 at nprobe 8 (3.7k codes scanned) against the spherical lists' 0.953 at nprobe 16 (4.5k codes), at 15-20%
 less search time; the lists are less even in size (largest 8k vs 1.5k items).
 
-The centroids of ``ivf_flat`` and ``ivf_sq`` are kept in fp16 (``coarse_type``): a one-query search reads
-them all (1 MB in float32 at 4000 lists of 64 dims). At 1M items, with the user tower run before each search
-as in a request, half the bytes gave 206 against 221 us per search in a steady phase of this machine and 297
-against 350 us in a busy one, at the same recall. Batches lose nothing measurable: FAISS scans fp16
-centroids with SIMD at about the rate of its float32 BLAS path here (13.6k against 14.7k and 10.3k against
-9.6k queries/s for top-132 at nprobe 5 and 8).
+The centroids of ``ivf_flat`` and ``ivf_sq`` can be kept in fp16 (``coarse_type="fp16"``; default float32): a
+one-query search reads them all (1 MB in float32 at 4000 lists of 64 dims). At 1M items, with the user tower
+run before each search as in a request, half the bytes gave 206 against 221 us per search in a steady phase of
+this machine and 297 against 350 us in a busy one, at the same recall. The price is in batches: FAISS finds
+their lists with one BLAS product of float32 centroids (33 ms for 4,096 queries here) but scans fp16 ones
+query by query (126 ms), which cost batch scoring 10 to 15% of its users/s. Hence float32 by default, fp16
+for a latency-first deployment whose batches run elsewhere (a GPU, or a bundle exported for them).
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class IndexSpec:
     k_factor: int = 8
     train_per_list: int = 64  # IVF training sample: this many vectors per list (FAISS warns under 39)
     spherical: bool = False  # IVF k-means on unit-norm centroids (FAISS's default under inner product)
-    coarse_type: str = "fp16"  # ivf_flat / ivf_sq centroids: fp16 (half the bytes per query) | flat (float32)
+    coarse_type: str = (
+        "flat"  # ivf_flat / ivf_sq centroids: flat (float32, BLAS in batches) | fp16 (see above)
+    )
     sq_type: str = "fp16"  # ivf_sq: fp16 | 8bit (FAISS scalar quantiser names, without the "SQ")
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:

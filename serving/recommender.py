@@ -52,10 +52,9 @@ class Recommender(LiveCatalog):
         self.index = bundle.index
         self.category_of = {name: i for i, name in enumerate(bundle.categories)}
         self.live = LiveItems(bundle.dim)  # items added / removed since the bundle (swapped, never mutated)
-        built = self.manifest["index"]
-        self.spec = IndexSpec(**{k: v for k, v in built.items() if k in IndexSpec.__dataclass_fields__})
-        if "coarse_type" not in built:  # bundles from before the setting have float32 centroids
-            self.spec.coarse_type = "flat"
+        self.spec = IndexSpec(
+            **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
+        )
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1

@@ -39,7 +39,8 @@ def test_latency_benchmark_contract(bench_root):
     assert rows[2]["recall@10"] >= rows[1]["recall@10"] - 0.05 and rows[2]["params"]["ef_search"] == 64
     for r in rows:
         assert set(r) >= {"n_items", "index", "params", "recall@10", "encode", "search", "recommend", "naive"}
-        for name in ("recommend", "recommend_known_user", "encode_then_search", "search_user_vector"):
+        for name in ("encode", "recommend", "recommend_known_user", "encode_then_search", "search_user_vector",
+                     "speed_probe"):  # fmt: skip
             assert 0 < r[name]["p50_ms"] <= r[name]["p99_ms"], name
         assert r["recommend"]["qps"] > 0 and r["recommend_known_user"]["qps"] > 0
         assert r["naive"]["p50_ms"] > 0 and r["build_seconds"] >= 0

@@ -81,9 +81,10 @@ def test_encode_history_matches_torch(run_and_bundle, rec):
 @pytest.mark.parametrize(
     ("kind", "spherical", "coarse_type"),
     [
-        ("flat", False, "fp16"),
+        ("flat", False, "fp16"),  # no centroids: recorded as flat
         ("hnsw", False, "fp16"),
         ("ivf_flat", False, "fp16"),
+        ("ivf_flat", False, "flat"),
         ("ivf_sq", False, "fp16"),
         ("ivf_sq", False, "flat"),
         ("ivf_sq", True, "fp16"),
@@ -230,7 +231,7 @@ def test_fp16_centroids_build_the_lists_faiss_would(kind):
     centers = rng.normal(size=(30, 24)).astype(np.float32)
     xb = centers[rng.integers(0, 30, 6000)] + 0.4 * rng.normal(size=(6000, 24)).astype(np.float32)
     xq = xb[rng.choice(6000, 500)] + 0.1 * rng.normal(size=(500, 24)).astype(np.float32)
-    index, spec = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6))
+    index, spec = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6, coarse_type="fp16"))
     centroids = coarse_centroids(index)
     assert centroids is not None and centroids.shape == (60, 24)
     twin = faiss.clone_index(index)  # the same trained fp16 centroids, filled by FAISS's own assignment
@@ -244,8 +245,8 @@ def test_fp16_centroids_build_the_lists_faiss_would(kind):
     np.testing.assert_array_equal(
         index.search(xq, 20, params=params)[1], twin.search(xq, 20, params=params)[1]
     )
-    flat, _ = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6, coarse_type="flat"))
-    assert coarse_centroids(flat) is None
+    flat, flat_spec = build_index(xb, IndexSpec(kind=kind, nlist=60, nprobe=6))  # the default: float32
+    assert coarse_centroids(flat) is None and flat_spec.coarse_type == "flat"
     _, exact = exact_search(xb, xq, 20)
     recall = [
         np.mean(

@@ -15,7 +15,10 @@ the encode and the search of the same history timed back to back (``encode_then_
 Two ``recommend()`` calls are timed: ``recommend`` with the history as external item ids, mapped to catalog rows
 on every call (a one-off history), and ``recommend_known_user`` by user id, whose history the recommender
 holds as rows already (as the serving store's per-user cache does): at 1M items the id mapping alone costs
-tens of microseconds of cache misses in a million-entry dict. The timed passes alternate (``rounds``).
+tens of microseconds of cache misses in a million-entry dict. The timed passes alternate (``rounds``), the
+encode's too, so every figure of a setting comes from the same phases of the machine; ``speed_probe`` times a
+fixed pure-Python loop between them: a shared machine's phases (its speed can halve for seconds) show there,
+and runs are compared by it.
 """
 
 from __future__ import annotations
@@ -50,6 +53,14 @@ SWEEP_FIELD = {"hnsw": "ef_search", "ivf_flat": "nprobe", "ivf_sq": "nprobe", "i
 def timed(fn, items: list, warmup: int = 20) -> list[float]:
     """Seconds per call of ``fn`` over ``items``, after ``warmup`` untimed calls."""
     return interleaved({"fn": fn}, items, rounds=1, warmup=warmup)["fn"]
+
+
+def speed_probe(_: Any = None) -> int:
+    """A fixed pure-Python workload (about 50 us when this machine runs fast): its time reads the phase."""
+    total = 0
+    for i in range(2000):
+        total += i * i
+    return total
 
 
 def machine(threads: int) -> dict[str, Any]:
@@ -129,7 +140,7 @@ def interleaved(fns: dict[str, Any], items: list, rounds: int, warmup: int = 20)
     return out
 
 
-def measure_setting(rec: Recommender, work: Workload, encode: dict, rounds: int = 3) -> dict[str, Any]:
+def measure_setting(rec: Recommender, work: Workload, rounds: int = 3) -> dict[str, Any]:
     n = len(rec.item_ids)
     idx = list(range(len(work.histories)))
     found = {}
@@ -153,16 +164,19 @@ def measure_setting(rec: Recommender, work: Workload, encode: dict, rounds: int 
             rec.search(query, work.k, selector)
 
     times = interleaved({
+        "encode": lambda i: rec.encode_rows(work.histories[i]),
         "search_user_vector": search_own,
         "encode_then_search": encode_then_search,
         "recommend": lambda i: rec.recommend(history=work.ids[i], k=work.k),  # raw ids, mapped per call
         "recommend_known_user": lambda i: rec.recommend(user_id=work.users[i], k=work.k),  # stored history
+        "speed_probe": speed_probe,
     }, idx, rounds)  # fmt: skip
     stats = {name: percentiles(values) for name, values in times.items()}
     for name in ("recommend", "recommend_known_user"):
         stats[name]["qps"] = float(len(times[name]) / sum(times[name]))
-    own, bare, whole, known = (stats[name] for name in times)
-    return {"recall@10": recall, "encode": encode, "search": percentiles(search_s), **stats,
+    encode, own, bare = stats["encode"], stats["search_user_vector"], stats["encode_then_search"]
+    whole, known = stats["recommend"], stats["recommend_known_user"]
+    return {"recall@10": recall, "search": percentiles(search_s), **stats,
             "glue_over_encode_plus_search": whole["p50_ms"] / (encode["p50_ms"] + own["p50_ms"]) - 1.0,
             "glue_over_encode_then_search": whole["p50_ms"] / bare["p50_ms"] - 1.0,
             "glue_known_user_over_encode_then_search": known["p50_ms"] / bare["p50_ms"] - 1.0}  # fmt: skip
@@ -187,7 +201,6 @@ def run_latency(
         runs = Path(run_dir) if run_dir else (out / "bundles" / f"run-{n}-d{dim}" if synthetic else None)
         rec = Recommender.load(path, threads=threads)
         work = Workload(rec, queries, k, synthetic, mixture=query_mixture)
-        encode = percentiles(timed(rec.encode_rows, work.histories))
         naive = naive_peer(runs, rec, work, threads) if runs and (runs / MODEL_FILE).exists() else None
         for spec in tqdm(index_settings(kinds, index_base), desc=f"{len(rec.item_ids)} items", unit="index"):
             faiss.omp_set_num_threads(build_threads or os.cpu_count() or 1)
@@ -200,7 +213,7 @@ def run_latency(
             for value in values:
                 setting = replace(spec, **{SWEEP_FIELD[spec.kind]: value}) if value is not None else spec
                 rec.spec = setting
-                figures = measure_setting(rec, work, encode, rounds)
+                figures = measure_setting(rec, work, rounds)
                 params = {k: v for k, v in asdict(setting).items() if v is not None}
                 results.append({"n_items": len(rec.item_ids), "index": setting.factory_string(), "params": params,
                                 **figures, "naive": naive,
