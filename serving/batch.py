@@ -19,6 +19,7 @@ import logging
 import os
 import shutil
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -43,20 +44,31 @@ class BatchScorer:
     ) -> None:
         self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
 
-    def encode(self, histories: Sequence[History], batch: int = 1024) -> np.ndarray:
-        """(B, D) user vectors (ONNX on every core the session was given).
+    def encode(self, histories: Sequence[History], batch: int = 128) -> np.ndarray:
+        """(B, D) user vectors: ONNX batches of ``batch`` rows, one per core at a time.
 
         Histories are encoded in order of length, so each ONNX batch pads to a length close to its rows'
-        (the vectors are the same: padding is masked), then put back in the callers' order."""
+        (the vectors are the same: padding is masked), then put back in the callers' order. Small batches on
+        single-threaded runs in parallel beat large ones spread over the cores (measured on 2 cores: 17.6k
+        users/s at 128 rows, 16.7k at 256, against 12.5k for 1,024-row runs on 2 intra-op threads)."""
+        rec = self.rec
         if not len(histories):
-            return np.zeros((0, self.rec.bundle.dim), np.float32)
-        lengths = np.fromiter((min(len(h), self.rec.max_len) for h in histories), np.int64, len(histories))
+            return np.zeros((0, rec.bundle.dim), np.float32)
+        lengths = np.fromiter((min(len(h), rec.max_len) for h in histories), np.int64, len(histories))
         order = np.argsort(lengths, kind="stable")
-        out = np.empty((len(histories), self.rec.bundle.dim), np.float32)
-        for i in range(0, len(order), batch):
-            rows = order[i : i + batch]
-            feeds = padded_feeds([histories[j] for j in rows], self.rec.max_len)
-            out[rows] = self.rec.session.run(None, feeds)[0]
+        out = np.empty((len(histories), rec.bundle.dim), np.float32)
+
+        def run(start: int) -> None:  # ONNX Runtime releases the GIL: runs overlap
+            rows = order[start : start + batch]
+            out[rows] = rec.session.run(None, padded_feeds([histories[j] for j in rows], rec.max_len))[0]
+
+        starts = range(0, len(order), batch)
+        if rec.threads <= 1 or len(starts) == 1:
+            for start in starts:
+                run(start)
+        else:
+            with ThreadPoolExecutor(rec.threads) as pool:
+                list(pool.map(run, starts))  # list(): an error in any run is raised here
         return out
 
     def top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:

@@ -30,6 +30,18 @@ def test_batch_top_k_agrees_with_online(rec):
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # sorted
 
 
+def test_parallel_batches_encode_every_user_in_order(rec):
+    """Small batches in length order, run on two threads at once, come back in the callers' order with the
+    vectors each history gets alone (the unpadded single-request graph)."""
+    assert rec.threads == 2
+    _, histories = load_users(rec)
+    histories = histories[::-1]  # not in length order
+    vectors = BatchScorer(rec).encode(histories, batch=7)  # many batches, two at a time
+    alone = np.stack([rec.encode_rows(h) for h in histories])
+    np.testing.assert_allclose(vectors, alone, atol=1e-5)
+    np.testing.assert_allclose(vectors, BatchScorer(rec).encode(histories, batch=len(histories)), atol=1e-6)
+
+
 class Interrupt(Exception):
     pass
 
