@@ -1,7 +1,8 @@
 """Batch scoring: top-k for every user into Parquet, in bounded memory, resumable and shardable. No torch.
 
 Users are cut into chunks (in a fixed order); shard ``s`` of ``n`` takes chunks ``s, s + n, ...``. Each
-chunk is encoded in one ONNX call (right-padded batch), searched in one FAISS call on all cores, filtered of
+chunk is encoded in right-padded ONNX batches of similar lengths (one single-threaded run per core at a time),
+searched in one FAISS call on all cores, filtered of
 the users' histories, and written as ``OUT.parts/chunk-NNNNNN.parquet`` (temp file + rename: a chunk is on
 disk whole or not at all). A re-run skips chunks already on disk; the parts are then streamed into ``OUT``
 (``user_id, rank, item_id, score``; the model version in the file metadata) and removed.
