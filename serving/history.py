@@ -22,6 +22,11 @@ _UNKNOWN_SECONDS = np.full(_DEFAULT_LEN, UNKNOWN, dtype=np.float32)
 _NO_EVENTS.flags.writeable = _UNKNOWN_SECONDS.flags.writeable = False
 
 
+def _filled(constant: np.ndarray, n: int) -> np.ndarray:
+    """(n,) of ``constant``'s value: a read-only view of it when it is long enough, else a new array."""
+    return constant[:n] if n <= len(constant) else np.full(n, constant[0], constant.dtype)
+
+
 def sequence_starts(keys: np.ndarray) -> np.ndarray:
     """(E,) bool: the event opens a new run of equal keys (a user's first event in a user-grouped table)."""
     keys = np.asarray(keys)
@@ -68,20 +73,16 @@ class History:
     ) -> History:
         """From arrays of one length; missing events are index 0, missing dwell/time are unknown."""
         n = len(rows)
-        short = n <= _DEFAULT_LEN
-        if events is None:
-            events = _NO_EVENTS[:n] if short else np.zeros(n, np.int64)
-        else:
-            events = np.asarray(events, np.int64)
+        events = _filled(_NO_EVENTS, n) if events is None else np.asarray(events, np.int64)
         if dwell is None:
-            dwell = _UNKNOWN_SECONDS[:n] if short else np.full(n, UNKNOWN, np.float32)
+            dwell = _filled(_UNKNOWN_SECONDS, n)
         else:  # negative, NaN or infinite seconds are unknown
             dwell = np.asarray(dwell, np.float32)
             dwell = np.where(np.isfinite(dwell) & (dwell >= 0), dwell, np.float32(UNKNOWN)).astype(np.float32)
         if gaps is None and ts is not None:
             gaps = time_gaps(ts)
         elif gaps is None:
-            gaps = _UNKNOWN_SECONDS[:n] if short else np.full(n, UNKNOWN, np.float32)
+            gaps = _filled(_UNKNOWN_SECONDS, n)
         return cls(np.asarray(rows, np.int64), events, dwell, np.asarray(gaps, np.float32))
 
     def __len__(self) -> int:

@@ -54,13 +54,13 @@ class IndexSpec:
     k_factor: int = 8
     train_per_list: int = 64  # IVF training sample: this many vectors per list (FAISS warns under 39)
     spherical: bool = False  # IVF k-means on unit-norm centroids (FAISS's default under inner product)
-    coarse_type: str = (
-        "flat"  # ivf_flat / ivf_sq centroids: flat (float32, BLAS in batches) | fp16 (see above)
-    )
+    coarse_type: str = "flat"  # ivf_flat / ivf_sq centroids: flat (float32) | fp16 (see the module docstring)
     sq_type: str = "fp16"  # ivf_sq: fp16 | 8bit (FAISS scalar quantiser names, without the "SQ")
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""
+        if self.coarse_type not in COARSE_TYPES:
+            raise ValueError(f"unknown coarse_type {self.coarse_type!r}; expected flat or fp16")
         spec = IndexSpec(**asdict(self))
         if spec.kind == "auto":
             spec.kind = "flat" if n_items <= EXACT_MAX_ITEMS else "ivf_sq"
@@ -71,11 +71,6 @@ class IndexSpec:
         if spec.kind not in FP16_COARSE_KINDS:  # what is built: float32 centroids, or no centroids at all
             spec.coarse_type = "flat"
         return spec
-
-    def check(self) -> None:
-        """Raise ValueError for settings no index can have."""
-        if self.coarse_type not in COARSE_TYPES:
-            raise ValueError(f"unknown coarse_type {self.coarse_type!r}; expected flat or fp16")
 
     def factory_string(self) -> str:
         if self.kind == "flat":
@@ -99,7 +94,6 @@ def build_index(xb: np.ndarray, spec: IndexSpec, seed: int = 0) -> tuple[faiss.I
     """Inner-product index over ``xb`` (N, D) float32; row i gets id i."""
     xb = np.ascontiguousarray(xb, dtype=np.float32)
     n, dim = xb.shape
-    spec.check()
     spec = spec.resolve(n, dim)
     index = faiss.index_factory(dim, spec.factory_string(), faiss.METRIC_INNER_PRODUCT)
     if spec.kind == "hnsw":

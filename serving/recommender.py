@@ -56,8 +56,7 @@ class Recommender(LiveCatalog):
             **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
         )
         self.threads = threads
-        # batches of right-padded rows: one thread per run, ``threads`` runs at a time (serving.batch); on
-        # small batches that beats one run spread over the cores (12.5k against 17.6k users/s on 2 cores)
+        # batches of right-padded rows, one thread per run: serving.batch runs ``threads`` of them at a time
         self.session = _session(bundle.onnx_path, 1)
         unpadded = bundle.unpadded_onnx_path  # one history, no padding: fewer nodes, same vector
         self.single_session = _session(unpadded, threads) if unpadded is not None else self.session
