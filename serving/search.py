@@ -122,14 +122,13 @@ def filtered_search(
 
 
 def _drop_rows(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, rows) without the misses (-1) and the excluded rows: a set test per result, which after an
-    encode (cold caches) costs less than any vectorised membership test measured here."""
+    """(scores, rows) without the misses (-1) and the excluded rows: a set test per result and one gather by
+    the kept positions, which after an encode (cold caches) costs less than any vectorised membership test or
+    boolean mask measured here (a mask: 10 to 15 us more per request at 1M items)."""
     excluded = set(exclude.tolist())
-    drop = [j for j, row in enumerate(rows.tolist()) if row < 0 or row in excluded]
-    if not drop:
+    keep = [j for j, row in enumerate(rows.tolist()) if row >= 0 and row not in excluded]
+    if len(keep) == len(rows):
         return scores, rows
-    keep = np.ones(len(rows), dtype=bool)
-    keep[drop] = False
     return scores[keep], rows[keep]
 
 
