@@ -20,8 +20,7 @@ from twotower.config import CONFIG_DIR  # noqa: E402
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="batch_score")
 def main(cfg: DictConfig) -> None:
     rec = Recommender.load(cfg.bundle, threads=cfg.threads or os.cpu_count() or 1)
-    for name, value in OmegaConf.to_container(cfg.index_params).items():
-        setattr(rec.spec, name, value)
+    rec.set_search(**{k: v for k, v in OmegaConf.to_container(cfg.index_params).items() if v is not None})
     users, histories = load_users(
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )

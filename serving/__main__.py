@@ -18,10 +18,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, help="port (TWOTOWER_PORT, default 8000)")
     parser.add_argument("--threads", type=int, help="threads per request (TWOTOWER_THREADS, default 1)")
     parser.add_argument("--state-dir", help="history store directory (TWOTOWER_STATE_DIR, default ./state)")
+    parser.add_argument("--nprobe", type=int, help="inverted lists searched per query (TWOTOWER_NPROBE)")
+    parser.add_argument("--ef-search", type=int, help="HNSW candidate list per query (TWOTOWER_EF_SEARCH)")
     args = parser.parse_args(argv)
     settings = Settings.from_env(
-        bundle=args.bundle, host=args.host, port=args.port, threads=args.threads, state_dir=args.state_dir
-    )
+        bundle=args.bundle, host=args.host, port=args.port, threads=args.threads, state_dir=args.state_dir,
+        nprobe=args.nprobe, ef_search=args.ef_search,
+    )  # fmt: skip
     if not settings.bundle:
         parser.error("no bundle: pass --bundle or set TWOTOWER_BUNDLE")
     if not settings.loopback and not settings.api_token:

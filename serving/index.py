@@ -27,16 +27,20 @@ for a latency-first deployment whose batches run elsewhere (a GPU, or a bundle e
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import threading
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import faiss
 import numpy as np
 
+log = logging.getLogger(__name__)
 EXACT_MAX_ITEMS = 50_000
 IVF_KINDS = ("ivf_flat", "ivf_sq", "ivf_pq")
+# search-time knobs (changed without a rebuild) -> the kinds that read them
+SEARCH_FIELDS = {"ef_search": ("hnsw",), "nprobe": IVF_KINDS, "k_factor": ("ivf_pq",)}
 COARSE_TYPES = ("flat", "fp16")
 FP16_COARSE_KINDS = ("ivf_flat", "ivf_sq")  # ivf_pq keeps float32 centroids (its exact re-ranking wraps it)
 
@@ -71,6 +75,21 @@ class IndexSpec:
         if spec.kind not in FP16_COARSE_KINDS:  # what is built: float32 centroids, or no centroids at all
             spec.coarse_type = "flat"
         return spec
+
+    def with_search(self, **params: int) -> IndexSpec:
+        """A copy with search-time knobs changed, no rebuild: ``ef_search`` (hnsw), ``nprobe`` (inverted lists),
+        ``k_factor`` (ivf_pq's exact re-ranking depth). An unknown name or a value under 1 raises ValueError; a
+        knob this kind does not read is logged and left in place."""
+        for name, value in params.items():
+            if name not in SEARCH_FIELDS:
+                raise ValueError(
+                    f"unknown search parameter {name!r}; expected one of {sorted(SEARCH_FIELDS)}"
+                )
+            if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
+                raise ValueError(f"search parameter {name} must be a positive integer, got {value!r}")
+            if self.kind not in SEARCH_FIELDS[name]:
+                log.warning("search parameter %s has no effect on a %s index", name, self.kind)
+        return replace(self, **{name: int(value) for name, value in params.items()})
 
     def factory_string(self) -> str:
         if self.kind == "flat":

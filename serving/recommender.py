@@ -6,7 +6,7 @@ No torch, Lightning or Hydra. Per-request work is single-threaded (ORT intra-op 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Iterable, Mapping, Sequence, Sized
 from dataclasses import replace
 from itertools import repeat
 from operator import itemgetter
@@ -38,9 +38,11 @@ class Recommender(LiveCatalog):
         threads: int = 1,
         intent: IntentSettings | None = None,
         intent_boost: float | None = None,
+        search: Mapping[str, int] | None = None,
     ) -> None:
         """``intent``: the session-intent re-rank's settings (default: the bundle's, else the library's);
-        ``intent_boost`` replaces just their strength (0 = off)."""
+        ``intent_boost`` replaces just their strength (0 = off); ``search``: search-time knobs replacing the
+        bundle's (``nprobe``, ``ef_search``, ``k_factor``; see :meth:`set_search`)."""
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.model_version = str(self.manifest.get("model_version", "unknown"))
@@ -55,7 +57,7 @@ class Recommender(LiveCatalog):
         self.live = LiveItems(bundle.dim)  # items added / removed since the bundle (swapped, never mutated)
         self.spec = IndexSpec(
             **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
-        )
+        ).with_search(**(search or {}))
         self.threads = threads
         # batches of right-padded rows, one thread per run: serving.batch runs ``threads`` of them at a time
         self.session = _session(bundle.onnx_path, 1)
@@ -93,8 +95,16 @@ class Recommender(LiveCatalog):
         verify: bool = True,
         intent: IntentSettings | None = None,
         intent_boost: float | None = None,
+        search: Mapping[str, int] | None = None,
     ) -> Recommender:
-        return cls(Bundle.load(bundle_dir, verify=verify), threads, intent, intent_boost)
+        return cls(Bundle.load(bundle_dir, verify=verify), threads, intent, intent_boost, search)
+
+    def set_search(self, **params: int) -> IndexSpec:
+        """Change search-time knobs (``nprobe``, ``ef_search``, ``k_factor``) without rebuilding the index: the
+        spec is replaced whole, so a request in flight keeps the one it started with. Bad names or values raise
+        ValueError (see :meth:`IndexSpec.with_search`)."""
+        self.spec = self.spec.with_search(**params)
+        return self.spec
 
     # ---- encoding -------------------------------------------------------------------------------------
     def resolve(

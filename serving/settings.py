@@ -34,11 +34,16 @@ class Settings:
     intent_boost: float = (
         -1.0
     )  # TWOTOWER_INTENT_BOOST: session-intent re-rank strength (-1 = bundle's, 0 = off)
+    nprobe: int = 0  # TWOTOWER_NPROBE: inverted lists searched per query (0 = the bundle's)
+    ef_search: int = 0  # TWOTOWER_EF_SEARCH: HNSW candidate list per query (0 = the bundle's)
 
     def load_kwargs(self) -> dict:
         """``Recommender.load`` arguments these settings give (start, reload, SIGHUP alike)."""
         boost = self.intent_boost if self.intent_boost >= 0 else None
-        return {"threads": self.threads, "verify": self.verify, "intent_boost": boost}
+        search = {
+            name: value for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search)) if value
+        }
+        return {"threads": self.threads, "verify": self.verify, "intent_boost": boost, "search": search}
 
     @property
     def loopback(self) -> bool:

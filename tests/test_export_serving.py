@@ -188,6 +188,26 @@ def test_ids_alone_resolve_as_the_full_path_does(rec):
         rec.resolve([ids[0], ["not", "an", "id"]])
 
 
+def test_search_knobs_change_without_rebuild(run_and_bundle, caplog):
+    from serving.settings import Settings
+
+    rec = Recommender.load(run_and_bundle[1], search={"ef_search": 5})
+    assert rec.spec.kind == "hnsw" and rec.spec.ef_search == 5
+    before = rec.spec
+    assert rec.set_search(ef_search=300).ef_search == 300 and before.ef_search == 5  # replaced, not mutated
+    assert search_parameters(rec.index, rec.spec).efSearch == 300
+    assert len(rec.recommend(history=[rec.item_ids[1], rec.item_ids[2]], k=5)) == 5
+    with caplog.at_level("WARNING", logger="serving.index"):
+        rec.set_search(nprobe=4)
+    assert "no effect on a hnsw index" in caplog.text
+    for bad in ({"nprob": 4}, {"ef_search": 0}, {"ef_search": True}, {"ef_search": "64"}, {"ef_search": 2.5}):
+        with pytest.raises(ValueError, match="search parameter"):
+            rec.set_search(**bad)
+    assert rec.spec.ef_search == 300  # a refused change leaves the spec as it was
+    assert Settings(nprobe=7).load_kwargs()["search"] == {"nprobe": 7}
+    assert Settings().load_kwargs()["search"] == {}
+
+
 @pytest.mark.parametrize("n_items", [50, 3000])
 def test_blas_flat_search_matches_faiss_flat(n_items):
     """A flat index is searched with one BLAS product; FAISS's own flat search (its twin) gives the same."""
