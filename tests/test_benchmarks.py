@@ -59,3 +59,22 @@ def test_batch_throughput_contract(bench_root):
     assert row["users_per_s"] > 0 and 0.5 <= row["recall@20"] <= 1.0 and result["exact"]["users_per_s"] > 0
     rec = Recommender.load(bench_root / "bundles" / "bundle-2000-d16")
     assert len(rec.item_ids) == 2000 and rec.manifest["dim"] == 16
+
+
+def test_interleaved_times_the_call_not_its_preparation():
+    import time
+
+    from twotower.benchmarks.latency import interleaved
+
+    seen = []
+
+    def prepare(x):  # untimed: a sleep here must not show in the figures
+        time.sleep(0.05)
+        return x * 10
+
+    times = interleaved(
+        {"plain": seen.append, "prepared": (prepare, seen.append)}, [1, 2], rounds=2, warmup=1
+    )
+    assert len(times["plain"]) == len(times["prepared"]) == 4
+    assert max(times["prepared"]) < 0.05
+    assert seen == [1, 10, 1, 2, 10, 20, 1, 2, 10, 20]  # warm-up, then the passes alternating

@@ -13,7 +13,8 @@ the encode and the search of the same history timed back to back (``encode_then_
 ``glue_over_encode_then_search``: only what ``recommend()`` adds, id mapping, exclusion and the response).
 
 Two ``recommend()`` calls are timed: ``recommend`` with the history as external item ids, mapped to catalog rows
-on every call (a one-off history), and ``recommend_known_user`` by user id, whose history the recommender
+on every call (a one-off history; the ids are decoded from JSON just before each call, untimed, so they are new
+strings as a request's are), and ``recommend_known_user`` by user id, whose history the recommender
 holds as rows already (as the serving store's per-user cache does): at 1M items the id mapping alone costs
 tens of microseconds of cache misses in a million-entry dict. The timed passes alternate (``rounds``), the
 encode's too, so every figure of a setting comes from the same phases of the machine; ``speed_probe`` times a
@@ -23,6 +24,7 @@ and runs are compared by it.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import resource
@@ -84,6 +86,7 @@ class Workload:
         self.users = users
         self.histories: list[History] = [rec.histories[u] for u in users]
         self.ids = [[rec.item_ids[r] for r in h.rows] for h in self.histories]
+        self.bodies = [json.dumps(ids) for ids in self.ids]  # as a request sends them (see measure_setting)
         n = len(self.histories)
         if synthetic:  # realistic directions: an untrained tower's outputs are not aligned with the catalog
             _, centres = clustered_catalog(len(rec.item_ids), rec.bundle.dim, seed=0)
@@ -125,17 +128,22 @@ def naive_peer(run_dir: Path, rec: Recommender, work: Workload, threads: int) ->
 
 def interleaved(fns: dict[str, Any], items: list, rounds: int, warmup: int = 20) -> dict[str, list[float]]:
     """Seconds per call of each function over ``items``, the passes alternating ``rounds`` times, so a slow
-    phase of a shared machine weighs on every figure alike (their ratios are what the glue figures use)."""
-    for fn in fns.values():
+    phase of a shared machine weighs on every figure alike (their ratios are what the glue figures use).
+
+    A function given as ``(prepare, fn)`` is timed on ``fn(prepare(x))``, ``prepare`` running untimed just
+    before each call."""
+    fns = {name: fn if isinstance(fn, tuple) else (None, fn) for name, fn in fns.items()}
+    for prepare, fn in fns.values():
         for x in items[:warmup]:
-            fn(x)
+            fn(prepare(x) if prepare else x)
     out: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(rounds):
-        for name, fn in fns.items():
+        for name, (prepare, fn) in fns.items():
             times = out[name]
             for x in items:
+                arg = prepare(x) if prepare else x
                 t0 = time.perf_counter()
-                fn(x)
+                fn(arg)
                 times.append(time.perf_counter() - t0)
     return out
 
@@ -167,7 +175,10 @@ def measure_setting(rec: Recommender, work: Workload, rounds: int = 3) -> dict[s
         "encode": lambda i: rec.encode_rows(work.histories[i]),
         "search_user_vector": search_own,
         "encode_then_search": encode_then_search,
-        "recommend": lambda i: rec.recommend(history=work.ids[i], k=work.k),  # raw ids, mapped per call
+        "recommend": (  # raw ids, mapped per call: new strings, just decoded (untimed) as a request's body gives
+            lambda i: json.loads(work.bodies[i]),  # them, not the catalog's own objects (cached hash, same object)
+            lambda ids: rec.recommend(history=ids, k=work.k),
+        ),
         "recommend_known_user": lambda i: rec.recommend(user_id=work.users[i], k=work.k),  # stored history
         "speed_probe": speed_probe,
     }, idx, rounds)  # fmt: skip
