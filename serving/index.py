@@ -91,6 +91,10 @@ class IndexSpec:
                 log.warning("search parameter %s has no effect on a %s index", name, self.kind)
         return replace(self, **{name: int(value) for name, value in params.items()})
 
+    def search_key(self) -> tuple:
+        """What FAISS search parameters are made of (kind and search-time knobs): the key of their caches."""
+        return (self.kind, self.ef_search, self.nprobe, self.refine, self.k_factor)
+
     def factory_string(self) -> str:
         if self.kind == "flat":
             return "Flat"
@@ -270,7 +274,7 @@ class Selector:
     def params(self, index: faiss.Index, spec: IndexSpec):
         """Search parameters for ``spec`` bound to this selector (built once per thread's pooled bitmap)."""
         self._bitmap()
-        key = (id(index), spec.kind, spec.ef_search, spec.nprobe, spec.refine, spec.k_factor)
+        key = (id(index), *spec.search_key())
         params = self._params.get(key)
         if params is None:
             params = self._params[key] = search_parameters(index, spec, self._selector)

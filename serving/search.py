@@ -134,7 +134,7 @@ def _drop_rows(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray) -> tup
 
 def _plain_params(spec: IndexSpec):
     """Search parameters of ``spec`` without a selector (made once per setting; they hold no index)."""
-    key = (spec.kind, spec.nprobe, spec.ef_search, spec.refine, spec.k_factor)
+    key = spec.search_key()
     params = _PLAIN_PARAMS.get(key)
     if params is None:
         params = _PLAIN_PARAMS[key] = search_parameters(None, spec)
