@@ -9,7 +9,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.bench import run  # noqa: E402
+from twotower.benchmarks.service import run  # noqa: E402
 
 
 def main() -> None:

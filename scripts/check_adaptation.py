@@ -12,8 +12,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from serving.adaptation import adaptation_check, pair_sweep  # noqa: E402
 from serving.recommender import Recommender  # noqa: E402
+from twotower.benchmarks.adaptation import adaptation_check, pair_sweep  # noqa: E402
 
 
 def main() -> None:

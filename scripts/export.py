@@ -11,7 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import hydra  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from serving.index import IndexSpec  # noqa: E402
+from serving.core.index import IndexSpec  # noqa: E402
 from twotower.config import CONFIG_DIR  # noqa: E402
 from twotower.export import export_bundle  # noqa: E402
 

@@ -19,7 +19,7 @@ import numpy as np  # noqa: E402
 import pytorch_lightning as pl  # noqa: E402
 import torch  # noqa: E402
 
-from serving.history import History  # noqa: E402
+from serving.core.history import History  # noqa: E402
 from twotower.batch_predict import INPUTS, ParquetPartWriter, TopKPredictor, history_loader  # noqa: E402
 from twotower.benchmarks.catalog import clustered_catalog  # noqa: E402
 from twotower.model import TwoTower  # noqa: E402

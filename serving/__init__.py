@@ -1,20 +1,9 @@
-"""Torch-free runtime: load a bundle, encode live histories with ONNX Runtime, retrieve with FAISS.
+"""The serving side: a bundle served in-process or over HTTP with ONNX Runtime and FAISS, no torch.
 
-The names below load on first use, so ``serving.history`` (shared with training) imports neither FAISS nor
-ONNX Runtime.
+- ``serving.core``: the torch-free library that training shares (bundle, histories, index, search, intent).
+- ``serving.recommender``: :class:`~serving.recommender.Recommender`, one bundle answering requests.
+- ``serving.catalog``: items added or taken down since the bundle was built.
+- ``serving.live``, ``serving.store``: the real-time loop (events in, live histories, erasure).
+- ``serving.app``, ``serving.routes``, ``serving.live_routes``: the HTTP service (``python -m serving``).
+- ``serving.batch``: top-k for many users at once, to Parquet.
 """
-
-from __future__ import annotations
-
-import importlib
-from typing import Any
-
-_EXPORTS = {"Bundle": "serving.bundle", "BundleError": "serving.bundle", "Recommendation": "serving.recommender",
-            "Recommender": "serving.recommender"}  # fmt: skip
-__all__ = list(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(_EXPORTS[name]), name)
-    raise AttributeError(f"module 'serving' has no attribute {name!r}")

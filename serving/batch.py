@@ -9,7 +9,7 @@ disk whole or not at all). A re-run skips chunks already on disk; the parts are 
 
 History exclusion in a batch: the search fetches ``k + overfetch`` candidates; a user with more than
 ``overfetch`` history items among them is searched again alone with their own selector, so everyone gets
-exactly ``k`` (as the online path does). With the session-intent re-rank (:mod:`serving.intent`) on, users
+exactly ``k`` (as the online path does). With the session-intent re-rank (:mod:`serving.core.intent`) on, users
 whose recent history lifts a category get their top ``max(k, depth)`` re-ranked to k, as online.
 """
 
@@ -28,10 +28,10 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from serving.history import History, padded_feeds
-from serving.index import Selector, search_parameters
+from serving.core.history import History, padded_feeds
+from serving.core.index import Selector, search_parameters
+from serving.core.search import exact_search
 from serving.recommender import Recommender
-from serving.search import exact_search
 
 log = logging.getLogger(__name__)
 SCHEMA = pa.schema(

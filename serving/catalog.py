@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from serving.intent import membership
+from serving.core.intent import membership
 
 
 def category_vector(

@@ -20,8 +20,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.core.results import Recommendation, ResolvedHistory
 from serving.recommender import Recommender
-from serving.results import Recommendation, ResolvedHistory
 from serving.store import HistoryStore, StoredEvent
 
 log = logging.getLogger(__name__)

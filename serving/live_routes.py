@@ -11,7 +11,7 @@ import hmac
 
 from fastapi import APIRouter, Depends, HTTPException, Request
 
-from serving.bundle import BundleError
+from serving.core.bundle import BundleError
 from serving.live import EventsRejected, LiveService
 from serving.schemas import (
     ErasedResponse,

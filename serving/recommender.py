@@ -14,14 +14,14 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
-from serving.bundle import Bundle
 from serving.catalog import LiveCatalog, LiveItems
-from serving.history import History, histories_from_frame
-from serving.index import IndexSpec, Selector
-from serving.intent import CategoryIntent, IntentSettings
-from serving.resolve import resolve_history
-from serving.results import Recommendation, ResolvedHistory, merge_top
-from serving.search import filtered_search
+from serving.core.bundle import Bundle
+from serving.core.history import History, histories_from_frame
+from serving.core.index import IndexSpec, Selector
+from serving.core.intent import CategoryIntent, IntentSettings
+from serving.core.resolve import resolve_history
+from serving.core.results import Recommendation, ResolvedHistory, merge_top
+from serving.core.search import filtered_search
 
 log = logging.getLogger(__name__)
 _NO_ROWS = np.zeros(0, dtype=np.int64)
@@ -114,7 +114,7 @@ class Recommender(LiveCatalog):
         ts: Sequence[float] | None = None,
         previous_ts: float | None = None,
     ) -> ResolvedHistory:
-        """External ids (oldest first) -> model inputs against this catalog (:func:`serving.resolve.resolve_history`).
+        """External ids (oldest first) -> model inputs against this catalog (:func:`serving.core.resolve.resolve_history`).
 
         ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
         return resolve_history(items, events, dwell, ts, previous_ts, row_of=self.row_of, event_of=self.event_of,
@@ -144,14 +144,14 @@ class Recommender(LiveCatalog):
     @property
     def extended_vectors(self) -> np.ndarray:
         """(N, D + C) item vectors followed by their category membership (the session-intent re-rank as one
-        inner product, see :mod:`serving.intent`); made on first use."""
+        inner product, see :mod:`serving.core.intent`); made on first use."""
         if self._extended is None:
             members = self.intent.members.astype(np.float32)
             self._extended = np.ascontiguousarray(np.hstack([self.vectors, members]))
         return self._extended
 
     def search(self, query: np.ndarray, k: int, selector: Selector) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, rows) passing the selector (see :func:`serving.search.filtered_search`)."""
+        """Top-k (scores, rows) passing the selector (see :func:`serving.core.search.filtered_search`)."""
         return filtered_search(self.index, self.spec, self.vectors, query, k, selector)
 
     def recommend_detailed(
@@ -185,7 +185,7 @@ class Recommender(LiveCatalog):
     ) -> Recommendation:
         """Top-k for a resolved history (None or empty: the popularity fallback).
 
-        ``rerank=False`` skips the session-intent re-rank (:mod:`serving.intent`): the model's ranking alone."""
+        ``rerank=False`` skips the session-intent re-rank (:mod:`serving.core.intent`): the model's ranking alone."""
         if k < 1:
             raise ValueError("k must be at least 1")
         live = self.live  # one snapshot for the whole request

@@ -56,7 +56,7 @@ def tiny_cfg(tmp_path):
 @pytest.fixture(scope="session")
 def run_and_bundle(tmp_path_factory):
     """A tiny trained run and its exported HNSW bundle: (run_dir, bundle_dir, manifest)."""
-    from serving.index import IndexSpec
+    from serving.core.index import IndexSpec
     from twotower.export import export_bundle
     from twotower.train import train
 

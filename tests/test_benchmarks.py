@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from serving.index import IndexSpec
+from serving.core.index import IndexSpec
 from serving.recommender import Recommender
 from twotower.benchmarks.catalog import clustered_catalog, taste_queries
 

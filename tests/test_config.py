@@ -111,7 +111,7 @@ def test_script_configs_compose(name, overrides, keys):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from serving.index import IndexSpec
+    from serving.core.index import IndexSpec
     from twotower.config import CONFIG_DIR
 
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

@@ -13,7 +13,7 @@ import venv
 
 import pytest
 
-from serving.bench import free_port
+from twotower.benchmarks.service import free_port
 from twotower.config import PROJECT_ROOT
 
 pytestmark = pytest.mark.slow

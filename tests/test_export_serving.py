@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from serving import BundleError, Recommender
-from serving.index import IndexSpec, Selector, build_index, search_parameters
-from serving.search import exact_search
+from serving.core.bundle import BundleError
+from serving.core.index import IndexSpec, Selector, build_index, search_parameters
+from serving.core.search import exact_search
+from serving.recommender import Recommender
 from twotower.artifacts import load_model
 from twotower.config import PROJECT_ROOT
 from twotower.export import onnx_parity, random_histories
@@ -197,7 +198,7 @@ def test_search_knobs_change_without_rebuild(run_and_bundle, caplog):
     assert rec.set_search(ef_search=300).ef_search == 300 and before.ef_search == 5  # replaced, not mutated
     assert search_parameters(rec.index, rec.spec).efSearch == 300
     assert len(rec.recommend(history=[rec.item_ids[1], rec.item_ids[2]], k=5)) == 5
-    with caplog.at_level("WARNING", logger="serving.index"):
+    with caplog.at_level("WARNING", logger="serving.core.index"):
         rec.set_search(nprobe=4)
     assert "no effect on a hnsw index" in caplog.text
     for bad in ({"nprob": 4}, {"ef_search": 0}, {"ef_search": True}, {"ef_search": "64"}, {"ef_search": 2.5}):
@@ -211,7 +212,7 @@ def test_search_knobs_change_without_rebuild(run_and_bundle, caplog):
 @pytest.mark.parametrize("n_items", [50, 3000])
 def test_blas_flat_search_matches_faiss_flat(n_items):
     """A flat index is searched with one BLAS product; FAISS's own flat search (its twin) gives the same."""
-    from serving.search import filtered_search
+    from serving.core.search import filtered_search
 
     rng = np.random.default_rng(n_items)
     xb = rng.normal(size=(n_items, 16)).astype(np.float32)
@@ -237,8 +238,8 @@ def test_postfiltered_ivf_search_matches_filter_in_search(kind):
     """Inverted lists with a short exclusion drop it after an unfiltered top k + E; the twin filters inside the
     search (a bitmap test per code). Same lists scanned, so the same answer; long exclusions, allow-lists and
     lists too short for k + E take the filtered search."""
-    from serving import search
-    from serving.search import filtered_search, postfilters
+    from serving.core import search
+    from serving.core.search import filtered_search, postfilters
 
     rng = np.random.default_rng(7)
     centers = rng.normal(size=(20, 16)).astype(np.float32)
@@ -272,7 +273,7 @@ def test_fp16_centroids_build_the_lists_faiss_would(kind):
     """fp16 centroids: the build assigns vectors to lists by BLAS products of the decoded centroids; FAISS's own
     add (the twin) assigns them by scanning the fp16 codes. Same lists, same answers, same recall as float32
     centroids within rounding."""
-    from serving.index import coarse_centroids
+    from serving.core.index import coarse_centroids
 
     rng = np.random.default_rng(3)
     centers = rng.normal(size=(30, 24)).astype(np.float32)
@@ -342,7 +343,7 @@ def test_corrupt_or_mismatched_bundle_fails_at_load(run_and_bundle, tmp_path):
 
 def test_serving_imports_no_torch(run_and_bundle):
     code = (
-        "import sys; from serving import Recommender; r = Recommender.load(sys.argv[1]); r.recommend(k=3); "
+        "import sys; from serving.recommender import Recommender; r = Recommender.load(sys.argv[1]); r.recommend(k=3); "
         "heavy = [m for m in sys.modules if m.split('.')[0] in ('torch', 'pytorch_lightning', 'lightning', 'hydra')]; "
         "print(heavy); sys.exit(1 if heavy else 0)"
     )

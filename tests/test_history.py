@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from serving.history import History, time_gaps
+from serving.core.history import History, time_gaps
 
 
 def test_time_gaps_rule():

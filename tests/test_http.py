@@ -37,7 +37,7 @@ def test_recommend_contract(client, known):
     assert {x["item_id"] for x in allow["items"]} <= set(items[10:14])
     anon = client.post("/recommend", json={"user_id": "nobody", "k": 3}).json()
     assert anon["source"] == "popularity" and len(anon["items"]) == 3 and anon["intent"] == {}
-    from serving.adaptation import items_by_category
+    from twotower.benchmarks.adaptation import items_by_category
 
     category, members = max(items_by_category(rec).items(), key=lambda kv: len(kv[1]))
     session = client.post("/recommend", json={"history": members[:5], "k": 3}).json()
@@ -109,7 +109,7 @@ def test_openapi_documents_every_field(client):
 def test_serving_benchmark_writes_figures(run_and_bundle, tmp_path):
     import json
 
-    from serving.bench import run
+    from twotower.benchmarks.service import run
 
     result = run(run_and_bundle[1], tmp_path / "latency.json", n_users=20, http_seconds=1.0)
     saved = json.loads((tmp_path / "latency.json").read_text())

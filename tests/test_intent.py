@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from serving import Recommender
-from serving.intent import CategoryIntent, IntentSettings, membership, recent_rows
+from serving.core.intent import CategoryIntent, IntentSettings, membership, recent_rows
+from serving.recommender import Recommender
 
 # 4 items over categories 1..2 (0 = none): item 0 in {1}, item 1 in {2}, item 2 in {1, 2}, item 3 in none
 MEMBERS = membership([[1], [2], [1, 2], []], 3)
@@ -64,7 +64,7 @@ def test_off_switches():
 
 def _session_user(rec: Recommender) -> tuple[list[str], str]:
     """A history of one category's items (the session a new user starts), and that category."""
-    from serving.adaptation import items_by_category
+    from twotower.benchmarks.adaptation import items_by_category
 
     members = items_by_category(rec)
     category = max(members, key=lambda c: len(members[c]))
@@ -75,7 +75,7 @@ def _session_user(rec: Recommender) -> tuple[list[str], str]:
 def test_recommender_rerank_is_the_model_score_plus_boost(run_and_bundle, kind):
     """Exact index: every item scored ``model + boost`` (one extended product); HNSW: its candidates boosted.
     Both against brute force with the boost added by hand (the catalog is smaller than ``depth``)."""
-    from serving.index import IndexSpec, build_index
+    from serving.core.index import IndexSpec, build_index
 
     rec = Recommender.load(run_and_bundle[1])
     rec.index, rec.spec = build_index(rec.vectors, IndexSpec(kind=kind))
@@ -100,7 +100,7 @@ def test_recommender_rerank_is_the_model_score_plus_boost(run_and_bundle, kind):
 
 def test_training_evaluation_ranks_as_serving(run_and_bundle):
     """The ``served`` metrics come from the same re-rank as online answers: top-10 lists agree."""
-    from serving.history import padded_feeds
+    from serving.core.history import padded_feeds
     from twotower.artifacts import load_model
     from twotower.batch_predict import run_intent
     from twotower.evaluate import IntentScorer, ModelScorer, mask_history

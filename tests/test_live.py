@@ -260,7 +260,7 @@ def test_refuses_public_host_without_token(run_and_bundle, monkeypatch):
 
 
 def test_adaptation_check_reports_each_step(run_and_bundle):
-    from serving.adaptation import adaptation_check, items_by_category
+    from twotower.benchmarks.adaptation import adaptation_check, items_by_category
 
     rec = Recommender.load(run_and_bundle[1])
     first, second = sorted(items_by_category(rec), key=lambda c: -len(items_by_category(rec)[c]))[:2]

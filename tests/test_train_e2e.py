@@ -68,8 +68,8 @@ def test_csv_log_with_sampled_softmax(tmp_path, tiny_raw):
 @needs_ml100k
 def test_ml100k_meets_targets(tmp_path):
     """The issue's quality targets, on the real data set (minutes)."""
-    from serving import Recommender
-    from serving.adaptation import adaptation_check
+    from serving.recommender import Recommender
+    from twotower.benchmarks.adaptation import adaptation_check
 
     torch.set_num_threads(2)
     result = train(compose_config(["experiment=ml100k", "trainer.enable_progress_bar=false", "export=true"],
@@ -87,7 +87,7 @@ def test_ml100k_meets_targets(tmp_path):
 
 
 def test_train_with_export_writes_a_bundle(tmp_path):
-    from serving import Recommender
+    from serving.recommender import Recommender
 
     cfg = compose_config(TINY_DATA + FAST_TRAIN + ["export=true", "index=flat", "eval.baselines=[popularity]"],
                          tmp_path / "run")  # fmt: skip

@@ -25,15 +25,15 @@ import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
 from torch.utils.data import DataLoader, Dataset
 
-from serving.history import History, histories_from_frame, padded_feeds
-from serving.intent import CategoryIntent, IntentSettings
+from serving.core.history import History, histories_from_frame, padded_feeds
+from serving.core.intent import CategoryIntent, IntentSettings
 from twotower.model import TwoTower
 
 INPUTS = ("items", "events", "dwell", "gaps")
 
 
 class HistoryDataset(Dataset):
-    """(user index, History) pairs; batches are right-padded by :func:`serving.history.padded_feeds`."""
+    """(user index, History) pairs; batches are right-padded by :func:`serving.core.history.padded_feeds`."""
 
     def __init__(self, histories: Sequence[History]) -> None:
         self.histories = histories

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from serving.intent import CategoryIntent
+from serving.core.intent import CategoryIntent
 from twotower import metrics
 from twotower.data.sequences import EvalQueries
 from twotower.model import TwoTower
@@ -92,7 +92,7 @@ class ModelScorer:
 
 class IntentScorer:
     """The ranking a bundle serves: a model scorer's scores plus serving's session-intent boost
-    (:mod:`serving.intent`) on every item, as an exact index serves it.
+    (:mod:`serving.core.intent`) on every item, as an exact index serves it.
 
     ``scale`` turns the scorer's logits into serving's scores (the model's temperature: logits are
     cosine / temperature).

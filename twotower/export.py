@@ -23,11 +23,11 @@ import pandas as pd
 import torch
 from omegaconf import OmegaConf
 
-from serving import bundle as B
-from serving.history import histories_from_frame
-from serving.index import IndexSpec, build_index, search_parameters
-from serving.intent import IntentSettings
-from serving.search import exact_search
+from serving.core import bundle as bundle_files
+from serving.core.history import histories_from_frame
+from serving.core.index import IndexSpec, build_index, search_parameters
+from serving.core.intent import IntentSettings
+from serving.core.search import exact_search
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.encoders import CausalSelfAttention
 from twotower.model import TwoTower
@@ -164,19 +164,19 @@ def export_bundle(
     item_ids: list[str] = vocab["items"]
     with torch.no_grad():
         item_vectors = net.encode_items().numpy().astype(np.float32)  # (N, D)
-    np.save(out / B.ITEM_EMBEDDINGS, item_vectors, allow_pickle=False)
+    np.save(out / bundle_files.ITEM_EMBEDDINGS, item_vectors, allow_pickle=False)
     with torch.no_grad():  # (C, D): a new item's vector is the normalised mean of its categories' rows
         category_table = net.item_tower.category_embedding.weight.numpy().astype(np.float32)
-    np.save(out / B.CATEGORY_EMBEDDINGS, category_table, allow_pickle=False)
-    (out / B.ITEM_IDS).write_text(json.dumps(item_ids))
-    shutil.copyfile(run / "data" / "items.parquet", out / B.ITEMS)
-    shutil.copyfile(run / "data" / "histories.parquet", out / B.HISTORIES)
+    np.save(out / bundle_files.CATEGORY_EMBEDDINGS, category_table, allow_pickle=False)
+    (out / bundle_files.ITEM_IDS).write_text(json.dumps(item_ids))
+    shutil.copyfile(run / "data" / "items.parquet", out / bundle_files.ITEMS)
+    shutil.copyfile(run / "data" / "histories.parquet", out / bundle_files.HISTORIES)
 
-    histories = pd.read_parquet(out / B.HISTORIES)
+    histories = pd.read_parquet(out / bundle_files.HISTORIES)
     row = {item: i for i, item in enumerate(item_ids)}
     real = real_batches(histories, row, vocab["events"], net.config["max_len"])
     parity = 0.0
-    for name, padded in ((B.USER_TOWER, True), (B.USER_TOWER_UNPADDED, False)):
+    for name, padded in ((bundle_files.USER_TOWER, True), (bundle_files.USER_TOWER_UNPADDED, False)):
         export_onnx(net, out / name, padded)
         worst = onnx_parity(net, out / name, real, padded)
         if worst > PARITY_TOLERANCE:
@@ -187,7 +187,7 @@ def export_bundle(
     build_start = time.perf_counter()
     index, spec = build_index(item_vectors, spec)
     build_seconds = time.perf_counter() - build_start
-    faiss.write_index(index, str(out / B.INDEX))
+    faiss.write_index(index, str(out / bundle_files.INDEX))
     with torch.no_grad():
         queries = torch.cat([net.encode_user(*(torch.tensor(a) for a in r)) for r in real]).numpy()
     recall = index_recall(index, spec, item_vectors, queries) if len(queries) else 1.0
@@ -198,9 +198,9 @@ def export_bundle(
     served = run_metrics.get("served", {})  # measured at training with these settings, or not quoted
     served_test = served.get("test", {}) if served.get("rerank") == reranking else {}
     manifest = {
-        "format_version": B.FORMAT_VERSION,
+        "format_version": bundle_files.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "model_version": f"{vocab.get('dataset', 'model')}-{B.sha256(run / MODEL_FILE)[:12]}",
+        "model_version": f"{vocab.get('dataset', 'model')}-{bundle_files.sha256(run / MODEL_FILE)[:12]}",
         "dataset": run_metrics.get("dataset", {"name": vocab.get("dataset")}),
         "model": net.config,
         "dim": int(item_vectors.shape[1]),
@@ -212,8 +212,8 @@ def export_bundle(
             "gaps": "float32 (B, L) seconds since the previous event, -1 unknown",
         },  # fmt: skip
         "graphs": {
-            B.USER_TOWER: "right-padded rows of any length (batches)",
-            B.USER_TOWER_UNPADDED: "rows without padding (one live history); same inputs and vectors",
+            bundle_files.USER_TOWER: "right-padded rows of any length (batches)",
+            bundle_files.USER_TOWER_UNPADDED: "rows without padding (one live history); same inputs and vectors",
         },
         "events": vocab["events"],
         "categories": _category_names(vocab, len(category_table)),
@@ -241,9 +241,9 @@ def export_bundle(
             "onnxruntime": ort.__version__,
             "python": platform.python_version(),
         },  # fmt: skip
-        "files": B.file_entries(out),
+        "files": bundle_files.file_entries(out),
     }
-    (out / B.MANIFEST).write_text(json.dumps(manifest, indent=2))
+    (out / bundle_files.MANIFEST).write_text(json.dumps(manifest, indent=2))
     log.info("bundle %s: %d items, index %s recall@10 %.3f, ONNX parity %.1e, %.1fs", out, len(item_ids),
              spec.factory_string(), recall, parity, time.perf_counter() - start)  # fmt: skip
     return manifest

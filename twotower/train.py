@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from serving.intent import CategoryIntent, IntentSettings, membership
+from serving.core.intent import CategoryIntent, IntentSettings, membership
 from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix
@@ -26,9 +26,9 @@ from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split, make_split
 from twotower.datamodule import TwoTowerDataModule
 from twotower.evaluate import IntentScorer, ModelScorer, evaluate_scorer
+from twotower.malloc import keep_freed_memory
 from twotower.metrics import user_popularity
 from twotower.model import TwoTower
-from twotower.runtime import keep_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -201,7 +201,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 def export_run(cfg: DictConfig, out: Path) -> str:
     """``export=true``: write the serving bundle into ``OUT/bundle`` with the configured index."""
-    from serving.index import IndexSpec
+    from serving.core.index import IndexSpec
     from twotower.export import export_bundle
 
     spec = IndexSpec(**OmegaConf.to_container(cfg.index, resolve=True)) if cfg.get("index") else IndexSpec()

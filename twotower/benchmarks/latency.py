@@ -38,14 +38,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from serving.bench import machine as serving_machine
-from serving.bench import percentiles
-from serving.history import History
-from serving.index import IndexSpec, Selector, build_index
+from serving.core.history import History
+from serving.core.index import IndexSpec, Selector, build_index
+from serving.core.search import exact_search
 from serving.recommender import Recommender
-from serving.search import exact_search
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.benchmarks.catalog import clustered_catalog, taste_queries
+from twotower.benchmarks.service import machine as serving_machine
+from twotower.benchmarks.service import percentiles
 from twotower.benchmarks.synthetic import synthetic_bundle
 
 log = logging.getLogger(__name__)

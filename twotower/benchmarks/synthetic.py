@@ -16,8 +16,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from serving.history import sequence_starts, time_gaps
-from serving.index import IndexSpec
+from serving.core.history import sequence_starts, time_gaps
+from serving.core.index import IndexSpec
 from twotower.artifacts import MODEL_FILE, save_model
 from twotower.benchmarks.catalog import clustered_catalog
 from twotower.export import export_bundle

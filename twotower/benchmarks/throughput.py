@@ -17,10 +17,10 @@ import faiss
 import numpy as np
 
 from serving.batch import BatchScorer
-from serving.history import History
-from serving.index import IndexSpec, build_index
+from serving.core.history import History
+from serving.core.index import IndexSpec, build_index
+from serving.core.search import exact_search
 from serving.recommender import Recommender
-from serving.search import exact_search
 from twotower.benchmarks.latency import machine
 from twotower.benchmarks.synthetic import synthetic_bundle
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from serving.history import sequence_starts, time_gaps
+from serving.core.history import sequence_starts, time_gaps
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI
 
-from serving.index import Selector
+from serving.core.index import Selector
 from serving.live import LiveService, seed_rows
 from serving.recommender import Recommender
 from serving.store import SQLiteHistoryStore
@@ -183,7 +183,7 @@ def http(
     try:
         procs.append(_start(["-m", "serving", "--bundle", str(bundle), "--port", str(port_a), "--state-dir", state],
                             f"http://127.0.0.1:{port_a}/readyz"))  # fmt: skip
-        procs.append(_start(["-m", "uvicorn", "serving.bench:noop_app", "--port", str(port_b), "--log-level",
+        procs.append(_start(["-m", "uvicorn", "twotower.benchmarks.service:noop_app", "--port", str(port_b), "--log-level",
                              "warning"], f"http://127.0.0.1:{port_b}/docs"))  # fmt: skip
         bodies = [{"user_id": u, "k": 10} for u in users]
         urls = {

@@ -1,5 +1,5 @@
 """FAISS index construction, search parameters and id selectors (no torch). FAISS names (xb, xq, D, I, k) live
-here and in :mod:`serving.search` only.
+here and in :mod:`serving.core.search` only.
 
 Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat``, ``ivf_sq`` and
 ``ivf_pq`` (inverted lists holding float32 vectors, scalar-quantised ones (``sq_type``: fp16 keeps float32's
@@ -7,7 +7,7 @@ recall at half the bytes scanned, 8bit a quarter) or product-quantised codes). `
 ``EXACT_MAX_ITEMS`` items and fp16 inverted lists above (measured at 1M items here: recall@10 0.962 at nprobe 10
 and 0.980 at the default 16 with a 20 s build and 131 MB, against HNSW32's 0.966 at efSearch 128 with a 110 s
 build, 504 MB and twice the search time). Filters run inside the search through an ``IDSelector``, except a
-short exclusion from inverted lists, which is dropped after the search (:func:`serving.search.filtered_search`).
+short exclusion from inverted lists, which is dropped after the search (:func:`serving.core.search.filtered_search`).
 
 IVF lists come from k-means on the raw vectors (``spherical=False``), not FAISS's inner-product default of
 unit-norm centroids: a raw centroid's norm grows with its topic's density, so the inner product to it ranks

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from serving.history import History
-from serving.intent import CategoryIntent
+from serving.core.history import History
+from serving.core.intent import CategoryIntent
 
 
 @dataclass

@@ -12,8 +12,8 @@ from operator import itemgetter
 
 import numpy as np
 
-from serving.history import History, time_gaps
-from serving.results import ResolvedHistory
+from serving.core.history import History, time_gaps
+from serving.core.results import ResolvedHistory
 
 
 def resolve_history(
