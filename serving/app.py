@@ -48,7 +48,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI):
         live = await asyncio.to_thread(open_live_service, settings)
         app.state.live = live
-        app.state.recommender = live.recommender
         log.info("loaded bundle %s (%s), state in %s", settings.bundle, live.recommender.model_version,
                  settings.state_dir)  # fmt: skip
         loop = asyncio.get_running_loop()
@@ -61,7 +60,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         sweeper.cancel()
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.remove_signal_handler(signal.SIGHUP)
-        app.state.recommender = app.state.live = None
+        app.state.live = None
 
     app = FastAPI(
         title="twotower",
@@ -70,7 +69,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    app.state.recommender = app.state.live = None
+    app.state.live = None
     app.include_router(router)
     app.include_router(live_router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
@@ -82,10 +81,9 @@ async def reload_in_background(app: FastAPI) -> None:
     """SIGHUP: reload the configured bundle; a failure is logged and the old bundle keeps serving."""
     try:
         settings = app.state.settings
-        rec = await asyncio.to_thread(app.state.live.reload, settings.bundle, **settings.load_kwargs())
-        app.state.recommender = rec
+        await asyncio.to_thread(app.state.live.reload, settings.bundle, **settings.load_kwargs())
     except Exception:  # noqa: BLE001 - a bad bundle must not take the server down
-        log.exception("reload on SIGHUP failed; still serving %s", app.state.recommender.model_version)
+        log.exception("reload on SIGHUP failed; still serving %s", app.state.live.recommender.model_version)
 
 
 async def sweep_forever(live: LiveService) -> None:

@@ -1,17 +1,17 @@
-"""Catalog changes without retraining: items added since the bundle was built, and items taken down.
+"""The catalog a recommender answers from: the bundle's items plus the changes made since, without retraining.
 
 Added items get their vector from the item tower's category part (the bundle's ``category_embeddings.npy``),
 the same vector ``TwoTower.encode_new_items`` gives (tested). They are searched exactly beside the bundle's
-index and merged by score; removed bundle items are filtered inside the index search. A
-:class:`LiveItems` is immutable: a change builds a new one and swaps it in, so a request in flight keeps
-the snapshot it started with.
+index and merged by score; removed bundle items are filtered inside the index search. The changes are one
+immutable :class:`CatalogChanges` snapshot: a change builds a new one under a lock and swaps it in, so a
+request in flight keeps the snapshot it started with and concurrent changes are never lost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import threading
+from collections.abc import Iterable, Sequence, Sized
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
@@ -36,8 +36,8 @@ def category_vector(
 
 
 @dataclass(frozen=True)
-class LiveItems:
-    """Added items (exact search) and removed bundle rows, as one immutable snapshot."""
+class CatalogChanges:
+    """Items added since the bundle (searched exactly) and removed bundle rows, as one immutable snapshot."""
 
     dim: int
     ids: tuple[str, ...] = ()
@@ -54,7 +54,7 @@ class LiveItems:
 
     def with_added(
         self, ids: Sequence[str], vectors: np.ndarray, categories: Sequence[Sequence[int]] | None = None
-    ) -> LiveItems:
+    ) -> CatalogChanges:
         """A snapshot with ``ids`` added (or their vectors replaced when already added)."""
         keep = [i for i in self.ids if i not in set(ids)]
         kept = self.vectors[[self.row_of[i] for i in keep]] if keep else np.zeros((0, self.dim), np.float32)
@@ -62,10 +62,10 @@ class LiveItems:
         stacked = np.vstack([kept, np.asarray(vectors, np.float32).reshape(len(ids), self.dim)])
         cats = tuple(self.categories[self.row_of[i]] for i in keep)
         cats += tuple(tuple(c) for c in categories) if categories is not None else tuple(() for _ in ids)
-        return LiveItems(self.dim, all_ids, stacked, {i: r for r, i in enumerate(all_ids)}, self.removed_rows,
+        return CatalogChanges(self.dim, all_ids, stacked, {i: r for r, i in enumerate(all_ids)}, self.removed_rows,
                          cats)  # fmt: skip
 
-    def with_removed(self, ids: Iterable[str], bundle_row_of: dict[str, int]) -> LiveItems:
+    def with_removed(self, ids: Iterable[str], bundle_row_of: dict[str, int]) -> CatalogChanges:
         """A snapshot without ``ids``: added ones are dropped, bundle ones are filtered from now on."""
         ids = set(ids)
         rows = [bundle_row_of[i] for i in ids if i in bundle_row_of]
@@ -73,12 +73,14 @@ class LiveItems:
         keep = [i for i in self.ids if i not in ids]
         vectors = self.vectors[[self.row_of[i] for i in keep]] if keep else None
         cats = tuple(self.categories[self.row_of[i]] for i in keep)
-        return LiveItems(self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed, cats)
+        return CatalogChanges(
+            self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed, cats
+        )
 
-    def restored(self, bundle_rows: Iterable[int]) -> LiveItems:
+    def restored(self, bundle_rows: Iterable[int]) -> CatalogChanges:
         """A snapshot where these bundle rows are no longer removed (an item re-added)."""
         removed = np.setdiff1d(self.removed_rows, np.fromiter(bundle_rows, np.int64))
-        return LiveItems(self.dim, self.ids, self.vectors, self.row_of, removed, self.categories)
+        return CatalogChanges(self.dim, self.ids, self.vectors, self.row_of, removed, self.categories)
 
     def members(self, n_categories: int) -> np.ndarray:
         """(M, C) bool category membership of the added items."""
@@ -104,61 +106,93 @@ class LiveItems:
         return [(float(scores[j]), self.ids[j]) for j in best]
 
 
-class LiveCatalog:
-    """Catalog changes without retraining, mixed into :class:`serving.recommender.Recommender` (which holds
-    ``bundle``, ``manifest``, ``item_ids``, ``row_of``, ``category_of`` and the ``live`` snapshot)."""
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_ROWS.flags.writeable = False
 
-    bundle: Any
-    manifest: dict
-    item_ids: list[str]
-    row_of: dict[str, int]
-    category_of: dict[str, int]
-    live: LiveItems
+
+class ItemExists(ValueError):
+    """An item to add is already in the catalog (the HTTP layer answers 409)."""
+
+
+class Catalog:
+    """The bundle's items (rows of its index) and the changes since: owns the id maps and the snapshot."""
+
+    def __init__(
+        self, item_ids: list[str], categories: Sequence[str], category_vectors: np.ndarray, normalize: bool
+    ) -> None:
+        """``category_vectors`` (C, D): the item tower's category table; ``normalize``: unit-norm item vectors."""
+        self.item_ids = item_ids  # bundle row -> external id
+        self.row_of = {item: i for i, item in enumerate(item_ids)}
+        self.category_of = {name: i for i, name in enumerate(categories)}
+        self._category_vectors = category_vectors
+        self._normalize = normalize
+        self.changes = CatalogChanges(category_vectors.shape[1])  # swapped whole, never mutated
+        self._lock = threading.Lock()  # one change at a time: each builds on the latest snapshot
+
+    def __len__(self) -> int:
+        """Rows of the bundle's index (added items are searched beside it)."""
+        return len(self.item_ids)
+
+    def __contains__(self, item_id: object) -> bool:
+        """Whether an item can be answered now: a bundle item not taken down, or one added since."""
+        item_id, changes = str(item_id), self.changes
+        row = self.row_of.get(item_id)
+        if row is not None:
+            return not len(changes.removed_rows) or row not in set(changes.removed_rows.tolist())
+        return item_id in changes.row_of
+
+    def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
+        """int64 bundle rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
+        if isinstance(item_ids, Sized) and len(item_ids) == 0:
+            return _NO_ROWS
+        row_of = self.row_of
+        return np.fromiter((row_of[i] for i in map(str, item_ids) if i in row_of), np.int64)
 
     def new_item_vector(self, categories: Sequence[str]) -> np.ndarray:
         """(D,) vector of an item known only by its categories (the item tower's feature part)."""
-        return category_vector(
-            self.bundle.category_vectors, self.category_of, list(categories), bool(self.manifest["normalize"])
-        )
+        return category_vector(self._category_vectors, self.category_of, list(categories), self._normalize)
 
     def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-        """Add ``(item_id, categories)`` items to the live catalog; re-adding a removed bundle item restores it.
+        """Add ``(item_id, categories)`` items; re-adding a removed bundle item restores it. All or nothing.
 
-        Raises ValueError (naming the item) for an id already live or unknown categories; nothing changes then.
-        """
-        live, restored, new, vectors, cats = self.live, [], [], [], []
-        removed = set(live.removed_rows.tolist())
-        for item_id, categories in items:
-            item_id = str(item_id)
-            row = self.row_of.get(item_id)
-            if row is not None and row in removed:
-                restored.append(row)
-                continue
-            if row is not None or item_id in live.row_of:
-                raise ValueError(f"item {item_id!r} is already in the catalog")
-            try:
-                vectors.append(self.new_item_vector(categories))
-            except ValueError as exc:
-                raise ValueError(f"item {item_id!r}: {exc}") from None
-            new.append(item_id)
-            cats.append(tuple(self.category_of[c] for c in dict.fromkeys(categories)))
-        if restored:
-            live = live.restored(restored)
-        if new:
-            live = live.with_added(new, np.stack(vectors), cats)
-        self.live = live
+        Raises :class:`ItemExists` for an id already in the catalog and ValueError (naming the item) for
+        unknown categories; nothing changes then."""
+        with self._lock:
+            changes, restored, new, vectors, cats, seen = self.changes, [], [], [], [], set()
+            removed = set(changes.removed_rows.tolist())
+            for item_id, categories in items:
+                item_id = str(item_id)
+                row = self.row_of.get(item_id)
+                if row is not None and row in removed:
+                    restored.append(row)
+                    continue
+                if row is not None or item_id in changes.row_of:
+                    raise ItemExists(f"item {item_id!r} is already in the catalog")
+                if item_id in seen:
+                    raise ValueError(f"item {item_id!r} is listed twice")
+                seen.add(item_id)
+                try:
+                    vectors.append(self.new_item_vector(categories))
+                except ValueError as exc:
+                    raise ValueError(f"item {item_id!r}: {exc}") from None
+                new.append(item_id)
+                cats.append(tuple(self.category_of[c] for c in dict.fromkeys(categories)))
+            if restored:
+                changes = changes.restored(restored)
+            if new:
+                changes = changes.with_added(new, np.stack(vectors), cats)
+            self.changes = changes
         return new + [self.item_ids[r] for r in restored]
 
     def remove_items(self, item_ids: Sequence[str]) -> list[str]:
         """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes)."""
         item_ids = [str(i) for i in item_ids]
-        removed = set(self.live.removed_rows.tolist())
-        unknown = [
-            i
-            for i in item_ids
-            if (i not in self.row_of or self.row_of[i] in removed) and i not in self.live.row_of
-        ]
-        if unknown:
-            raise KeyError(f"unknown items {unknown}")
-        self.live = self.live.with_removed(item_ids, self.row_of)
+        with self._lock:
+            changes = self.changes
+            removed = set(changes.removed_rows.tolist())
+            unknown = [i for i in item_ids if self.row_of.get(i, -1) in removed or
+                       (i not in self.row_of and i not in changes.row_of)]  # fmt: skip
+            if unknown:
+                raise KeyError(f"unknown items {unknown}")
+            self.changes = changes.with_removed(item_ids, self.row_of)
         return item_ids

@@ -17,9 +17,10 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
+from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
 from serving.recommender import Recommender
 from serving.store import HistoryStore, StoredEvent
@@ -106,7 +107,7 @@ class LiveService:
         for i, raw in enumerate(events):
             item, kind = str(raw["item_id"]), raw.get("event") or OTHER_EVENT
             dwell, ts = raw.get("dwell_s"), raw.get("ts")
-            if item not in rec.row_of and item not in rec.live.row_of:
+            if item not in rec.catalog:
                 errors.append(EventError(i, "item_id", f"unknown item {item!r}"))
             if kind not in vocabulary:
                 errors.append(
@@ -175,16 +176,16 @@ class LiveService:
             self._cache.popitem(last=False)
         return resolved
 
-    def recommend(self, user_id: str | None = None, history: Sequence[str] | None = None, k: int = 10,
-                  exclude_seen: bool = True, exclude_items: Sequence[str] = (),
-                  allow_items: Sequence[str] | None = None) -> Recommendation:  # fmt: skip
-        """Like :meth:`Recommender.recommend_detailed`, with a ``user_id``'s history read from the store."""
+    def recommend(self, request: RecommendationRequest | None = None, /, **fields) -> Recommendation:
+        """:meth:`Recommender.recommend`, with a ``user_id``'s history read from the store (its current one)."""
+        if request is None:
+            request = RecommendationRequest(**fields)
+        elif fields:
+            request = replace(request, **fields)
         rec = self._recommender
-        if history is not None or user_id is None:
-            return rec.recommend_detailed(None, history, k, exclude_seen, exclude_items, allow_items)
-        return rec.recommend_resolved(
-            self.stored_history(user_id), k, exclude_seen, exclude_items, allow_items
-        )
+        if request.history is not None or request.user_id is None:
+            return rec.recommend(request)
+        return rec.recommend_resolved(self.stored_history(request.user_id), request)
 
     def user_events(self, user_id: str) -> list[dict]:
         """What is stored about a user, oldest first."""
@@ -199,13 +200,13 @@ class LiveService:
 
     # ---- catalog --------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-        added = self._recommender.add_items(items)
+        added = self._recommender.catalog.add_items(items)
         for item_id, categories in items:
             self.store.record_item(str(item_id), "add", list(categories))
         return added
 
     def remove_items(self, item_ids: Sequence[str]) -> list[str]:
-        removed = self._recommender.remove_items(item_ids)
+        removed = self._recommender.catalog.remove_items(item_ids)
         for item_id in removed:
             self.store.record_item(item_id, "remove")
         return removed
@@ -216,13 +217,14 @@ def apply_catalog_changes(rec: Recommender, store: HistoryStore) -> None:
 
     Items a new bundle already contains (a retrain saw them) keep their trained vectors.
     """
+    catalog = rec.catalog
     changes = store.catalog_changes()
-    add = [(i, cats) for i, action, cats in changes if action == "add" and i not in rec.row_of]
+    add = [(i, cats) for i, action, cats in changes if action == "add" and i not in catalog.row_of]
     if add:
-        rec.add_items(add)
-    gone = [i for i, action, _ in changes if action == "remove" and (i in rec.row_of or i in rec.live.row_of)]
+        catalog.add_items(add)
+    gone = [i for i, action, _ in changes if action == "remove" and i in catalog]
     if gone:
-        rec.remove_items(gone)
+        catalog.remove_items(gone)
 
 
 def seed_rows(rec: Recommender):

@@ -7,12 +7,12 @@ commit waiting on the disk never blocks the event loop.
 
 from __future__ import annotations
 
-import hmac
+from fastapi import APIRouter, Depends, HTTPException
 
-from fastapi import APIRouter, Depends, HTTPException, Request
-
+from serving.catalog import ItemExists
 from serving.core.bundle import BundleError
-from serving.live import EventsRejected, LiveService
+from serving.deps import LiveDep, SettingsDep, require_token
+from serving.live import EventsRejected
 from serving.schemas import (
     ErasedResponse,
     EventsRequest,
@@ -24,35 +24,13 @@ from serving.schemas import (
     UserHistoryResponse,
 )
 
-
-def _live(request: Request) -> LiveService:
-    live = getattr(request.app.state, "live", None)
-    if live is None:
-        raise HTTPException(503, "bundle not loaded")
-    return live
-
-
-def require_token(request: Request) -> None:
-    """Bearer-token check (constant-time compare); open when no token is configured (loopback only)."""
-    token = request.app.state.settings.api_token
-    if not token:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, given = header.partition(" ")
-    if scheme.lower() != "bearer" or not given:
-        raise HTTPException(401, "missing bearer token", headers={"WWW-Authenticate": "Bearer"})
-    if not hmac.compare_digest(given.strip().encode(), token.encode()):
-        raise HTTPException(403, "invalid token")
-
-
 router = APIRouter(dependencies=[Depends(require_token)])
 
 
 @router.post(
     "/events", response_model=EventsResponse, summary="Store interactions (answers after the commit)"
 )
-def post_events(body: EventsRequest, request: Request) -> EventsResponse:
-    live, settings = _live(request), request.app.state.settings
+def post_events(body: EventsRequest, live: LiveDep, settings: SettingsDep) -> EventsResponse:
     if len(body.events) > settings.max_batch_events:
         raise HTTPException(
             413, f"{len(body.events)} events in one batch, at most {settings.max_batch_events}"
@@ -67,46 +45,45 @@ def post_events(body: EventsRequest, request: Request) -> EventsResponse:
 
 
 @router.get("/events/types", summary="Event types the model reads (others: '<other>')")
-def event_types(request: Request) -> dict:
-    return {"events": list(_live(request).recommender.event_of)}
+def event_types(live: LiveDep) -> dict:
+    return {"events": list(live.recommender.event_of)}
 
 
 @router.get(
     "/users/{user_id}/history", response_model=UserHistoryResponse, summary="What is stored about a user"
 )
-def user_history(user_id: str, request: Request) -> UserHistoryResponse:
-    return UserHistoryResponse(user_id=user_id, events=_live(request).user_events(user_id))
+def user_history(user_id: str, live: LiveDep) -> UserHistoryResponse:
+    return UserHistoryResponse(user_id=user_id, events=live.user_events(user_id))
 
 
 @router.delete(
     "/users/{user_id}", response_model=ErasedResponse, summary="Erase everything stored about a user"
 )
-def erase_user(user_id: str, request: Request) -> ErasedResponse:
-    return ErasedResponse(user_id=user_id, deleted=_live(request).erase(user_id))
+def erase_user(user_id: str, live: LiveDep) -> ErasedResponse:
+    return ErasedResponse(user_id=user_id, deleted=live.erase(user_id))
 
 
 @router.post("/items", response_model=ItemsResponse, summary="Add items by their categories (no retraining)")
-def add_items(body: ItemsRequest, request: Request) -> ItemsResponse:
-    live = _live(request)
+def add_items(body: ItemsRequest, live: LiveDep) -> ItemsResponse:
     try:
         added = live.add_items([(item.item_id, item.categories) for item in body.items])
+    except ItemExists as exc:
+        raise HTTPException(409, str(exc)) from None
     except ValueError as exc:
-        status = 409 if "already in the catalog" in str(exc) else 422
-        raise HTTPException(status, str(exc)) from None
+        raise HTTPException(422, str(exc)) from None
     return ItemsResponse(items=added)
 
 
 @router.delete("/items/{item_id}", response_model=ItemsResponse, summary="Take an item out of every answer")
-def remove_item(item_id: str, request: Request) -> ItemsResponse:
+def remove_item(item_id: str, live: LiveDep) -> ItemsResponse:
     try:
-        return ItemsResponse(items=_live(request).remove_items([item_id]))
+        return ItemsResponse(items=live.remove_items([item_id]))
     except KeyError:
         raise HTTPException(404, f"unknown item {item_id!r}") from None
 
 
 @router.post("/admin/reload", response_model=ReloadResponse, summary="Swap to a new bundle atomically")
-def reload(request: Request, body: ReloadRequest | None = None) -> ReloadResponse:
-    live, settings = _live(request), request.app.state.settings
+def reload(live: LiveDep, settings: SettingsDep, body: ReloadRequest | None = None) -> ReloadResponse:
     path = (body.bundle if body else None) or settings.bundle
     try:
         rec = live.reload(path, **settings.load_kwargs())
@@ -114,5 +91,4 @@ def reload(request: Request, body: ReloadRequest | None = None) -> ReloadRespons
         raise HTTPException(
             422, f"bundle {path!r} not loaded, still serving the previous one: {exc}"
         ) from None
-    request.app.state.recommender = rec
     return ReloadResponse(model_version=rec.model_version, bundle=str(path))

@@ -1,12 +1,15 @@
 """In-process recommender over a bundle: ONNX user tower + FAISS search with filters + popularity fallback.
 
-No torch, Lightning or Hydra. Per-request work is single-threaded (ORT intra-op 1, FAISS omp 1).
+No torch, Lightning or Hydra. Per-request work is single-threaded (ORT intra-op 1, FAISS omp 1). The
+recommender holds its parts (the bundle, the :class:`~serving.catalog.Catalog` with the changes made since,
+the ONNX sessions, the index and the session-intent re-rank); one :class:`RecommendationRequest` carries a
+request through.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence, Sized
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,21 +17,20 @@ import faiss
 import numpy as np
 import onnxruntime as ort
 
-from serving.catalog import LiveCatalog, LiveItems
+from serving.catalog import Catalog
 from serving.core.bundle import Bundle
 from serving.core.history import History, histories_from_frame
 from serving.core.index import IndexSpec, Selector
 from serving.core.intent import CategoryIntent, IntentSettings
+from serving.core.request import RecommendationRequest
 from serving.core.resolve import resolve_history
 from serving.core.results import Recommendation, ResolvedHistory, merge_top
 from serving.core.search import filtered_search
 
 log = logging.getLogger(__name__)
-_NO_ROWS = np.zeros(0, dtype=np.int64)
-_NO_ROWS.flags.writeable = False
 
 
-class Recommender(LiveCatalog):
+class Recommender:
     """A bundle served in-process: encode a history (ONNX), search with filters (FAISS), fall back to popularity."""
 
     def __init__(
@@ -47,13 +49,12 @@ class Recommender(LiveCatalog):
         self.model_version = str(self.manifest.get("model_version", "unknown"))
         self.max_len = int(self.manifest["max_len"])
         self.has_time = bool(self.manifest.get("has_time", True))
-        self.item_ids = bundle.item_ids
-        self.row_of = {item: i for i, item in enumerate(self.item_ids)}
+        self.catalog = Catalog(bundle.item_ids, bundle.categories, bundle.category_vectors,
+                               bool(self.manifest["normalize"]))  # fmt: skip
+        self.item_ids = self.catalog.item_ids  # bundle row -> external id
         self.event_of = {name: i for i, name in enumerate(self.manifest["events"])}
         self.vectors = bundle.item_vectors
         self.index = bundle.index
-        self.category_of = {name: i for i, name in enumerate(bundle.categories)}
-        self.live = LiveItems(bundle.dim)  # items added / removed since the bundle (swapped, never mutated)
         self.spec = IndexSpec(
             **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
         ).with_search(**(search or {}))
@@ -79,8 +80,8 @@ class Recommender(LiveCatalog):
         self.intent = CategoryIntent.from_items(bundle.items, bundle.categories, intent)
         self._extended: np.ndarray | None = None
         # the bundle's stored histories (gaps computed over the whole log at training time)
-        self.histories = histories_from_frame(bundle.histories, self.row_of, self.event_of)
-        probe = self.encode_rows(History.build(np.array([0])))
+        self.histories = histories_from_frame(bundle.histories, self.catalog.row_of, self.event_of)
+        probe = self.encode(History.build(np.array([0])))
         if probe.shape != (bundle.dim,):
             raise ValueError(
                 f"{bundle.onnx_path}: user vector has shape {probe.shape}, manifest dim is {bundle.dim}"
@@ -117,15 +118,11 @@ class Recommender(LiveCatalog):
         """External ids (oldest first) -> model inputs against this catalog (:func:`serving.core.resolve.resolve_history`).
 
         ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
-        return resolve_history(items, events, dwell, ts, previous_ts, row_of=self.row_of, event_of=self.event_of,
-                               live_ids=self.live.row_of, has_time=self.has_time)  # fmt: skip
+        return resolve_history(items, events, dwell, ts, previous_ts, row_of=self.catalog.row_of,
+                               event_of=self.event_of, live_ids=self.catalog.changes.row_of,
+                               has_time=self.has_time)  # fmt: skip
 
-    def to_history(self, items, events=None, dwell=None, ts=None) -> tuple[History, list[str]]:
-        """Model inputs and the ids that are not in the catalog."""
-        resolved = self.resolve(items, events, dwell, ts)
-        return resolved.history, resolved.unknown
-
-    def encode_rows(self, history: History, padded_graph: bool = False) -> np.ndarray:
+    def encode(self, history: History, padded_graph: bool = False) -> np.ndarray:
         """(D,) float32 user vector from the last ``max_len`` events of a history.
 
         Runs the bundle's unpadded graph when it has one; ``padded_graph=True`` runs the batch graph instead
@@ -133,12 +130,18 @@ class Recommender(LiveCatalog):
         session = self.session if padded_graph else self.single_session
         return session.run(self._output, history.feeds(self.max_len), self._run_options)[0][0]
 
-    def encode_history(self, items, events=None, dwell=None, ts=None) -> np.ndarray:
+    def encode_ids(
+        self,
+        items: Sequence[str],
+        events: Sequence[str] | None = None,
+        dwell: Sequence[float | None] | None = None,
+        ts: Sequence[float] | None = None,
+    ) -> np.ndarray:
         """(D,) float32 user vector of a raw history (external item ids, oldest first)."""
-        history, _ = self.to_history(items, events, dwell, ts)
+        history = self.resolve(items, events, dwell, ts).history
         if not len(history.rows):
             raise ValueError("no known item in the history")
-        return self.encode_rows(history)
+        return self.encode(history)
 
     # ---- retrieval ------------------------------------------------------------------------------------
     @property
@@ -154,56 +157,59 @@ class Recommender(LiveCatalog):
         """Top-k (scores, rows) passing the selector (see :func:`serving.core.search.filtered_search`)."""
         return filtered_search(self.index, self.spec, self.vectors, query, k, selector)
 
-    def recommend_detailed(
-        self,
-        user_id: str | None = None,
-        history: Sequence[str] | None = None,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude_items: Iterable[str] = (),
-        allow_items: Iterable[str] | None = None,
-        events: Sequence[str] | None = None,
-        dwell: Sequence[float] | None = None,
-        ts: Sequence[float] | None = None,
-        rerank: bool = True,
-    ) -> Recommendation:
-        if history is not None:
-            resolved = self.resolve(history, events, dwell, ts)
+    def recommend(self, request: RecommendationRequest | None = None, /, **fields) -> Recommendation:
+        """Top-k items for a user or a history, with how they were made.
+
+        Args:
+            request: the whole request; or give its fields as keywords (``user_id``, ``history``, ``events``,
+                ``dwell``, ``ts``, ``k``, ``exclude_seen``, ``exclude_items``, ``allow_items``, ``rerank``:
+                see :class:`~serving.core.request.RecommendationRequest`). Keywords given beside a request
+                replace its fields.
+
+        Returns:
+            A :class:`~serving.core.results.Recommendation`: ``items`` (``[{"item_id", "score"}]``, best first,
+            exactly ``k`` whenever the filters leave ``k`` items), ``source`` ("model", or "popularity" for a
+            user with no known history), ``unknown_items`` (history ids not in the catalog, ignored),
+            ``history_length`` and ``intent`` (the categories the session-intent re-rank lifted).
+
+        Raises:
+            ValueError / TypeError: a malformed request (``k`` under 1, per-event lists of the wrong length).
+        """
+        if request is None:
+            request = RecommendationRequest(**fields)
+        elif fields:
+            request = replace(request, **fields)
+        if request.history is not None:
+            resolved = self.resolve(request.history, request.events, request.dwell, request.ts)
         else:
-            stored = self.histories.get(str(user_id)) if user_id is not None else None
+            stored = self.histories.get(str(request.user_id)) if request.user_id is not None else None
             resolved = ResolvedHistory(stored) if stored is not None else None
-        return self.recommend_resolved(resolved, k, exclude_seen, exclude_items, allow_items, rerank)
+        return self.recommend_resolved(resolved, request)
 
     def recommend_resolved(
-        self,
-        resolved: ResolvedHistory | None,
-        k: int = 10,
-        exclude_seen: bool = True,
-        exclude_items: Iterable[str] = (),
-        allow_items: Iterable[str] | None = None,
-        rerank: bool = True,
+        self, resolved: ResolvedHistory | None, request: RecommendationRequest
     ) -> Recommendation:
-        """Top-k for a resolved history (None or empty: the popularity fallback).
-
-        ``rerank=False`` skips the session-intent re-rank (:mod:`serving.core.intent`): the model's ranking alone."""
-        if k < 1:
-            raise ValueError("k must be at least 1")
-        live = self.live  # one snapshot for the whole request
-        exclude_ids = {str(i) for i in exclude_items} if exclude_items else set()
-        exclude = self.rows_of(exclude_ids)
-        if len(live.removed_rows):
-            exclude = np.concatenate([exclude, live.removed_rows])
-        allow_ids = None if allow_items is None else {str(i) for i in allow_items}
-        allow = None if allow_ids is None else self.rows_of(allow_ids)
+        """Top-k for a history already resolved against this catalog (None or empty: the popularity fallback);
+        the request's ``user_id`` and ``history`` are not read. The real-time loop calls this with the user's
+        stored history."""
+        k, catalog = request.k, self.catalog
+        changes = catalog.changes  # one snapshot for the whole request
+        exclude_ids = {str(i) for i in request.exclude_items} if request.exclude_items else set()
+        exclude = catalog.rows_of(exclude_ids)
+        if len(changes.removed_rows):
+            exclude = np.concatenate([exclude, changes.removed_rows])
+        allow_ids = None if request.allow_items is None else {str(i) for i in request.allow_items}
+        allow = None if allow_ids is None else catalog.rows_of(allow_ids)
         unknown = resolved.unknown if resolved is not None else []
         if resolved is None or not len(resolved.history):
-            return Recommendation(self._popular(k, set(exclude.tolist()), allow), "popularity", unknown, 0)
+            items = self._popular(k, set(exclude.tolist()), allow)
+            return Recommendation(items, "popularity", unknown, 0, model_version=self.model_version)
         user_history = resolved.history
-        if exclude_seen:
+        if request.exclude_seen:
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
-        query = self.encode_rows(user_history)
-        intent, lift, extra = self.intent if rerank else None, None, None
+        query = self.encode(user_history)
+        intent, lift, extra = self.intent if request.rerank else None, None, None
         if intent is not None:
             lift = intent.session_lift(user_history.rows)  # (C,) float32
             if not lift.any():  # the session looks like anyone's: the model's order stands
@@ -219,37 +225,15 @@ class Recommender(LiveCatalog):
             else:  # approximate: the index's top depth, boosted
                 scores, found = self.search(query, max(k, intent.settings.depth), selector)
                 scores, found = intent.rerank_one(scores, found, lift, k)
-        if lift is not None and live.ids:
-            extra = intent.member_boosts(lift[None], live.members(len(self.category_of))[None])[0]
+        if lift is not None and changes.ids:
+            extra = intent.member_boosts(lift[None], changes.members(len(catalog.category_of))[None])[0]
         ids = self.item_ids
         items = [
             {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
-        if live.ids:
-            items = merge_top(items, live.top(query, k, exclude_ids, allow_ids, extra), k)
-        return Recommendation(items, "model", unknown, len(user_history), lift, intent)
-
-    def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
-        """int64 catalog rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
-        if isinstance(item_ids, Sized) and len(item_ids) == 0:
-            return _NO_ROWS
-        row_of = self.row_of
-        return np.fromiter((row_of[i] for i in map(str, item_ids) if i in row_of), np.int64)
-
-    def recommend(
-        self,
-        user_id=None,
-        history=None,
-        k=10,
-        exclude_seen=True,
-        exclude_items=(),
-        allow_items=None,
-        rerank: bool = True,
-    ):
-        """Top-k ``[{"item_id", "score"}]``; exactly k whenever the filters leave k items."""
-        return self.recommend_detailed(
-            user_id, history, k, exclude_seen, exclude_items, allow_items, rerank=rerank
-        ).items
+        if changes.ids:
+            items = merge_top(items, changes.top(query, k, exclude_ids, allow_ids, extra), k)
+        return Recommendation(items, "model", unknown, len(user_history), lift, intent, self.model_version)
 
     def _popular(self, k: int, exclude: set[int], allow: np.ndarray | None) -> list[dict]:
         """Fallback: most-interacted training items passing the filters (score = training count)."""
@@ -265,22 +249,22 @@ class Recommender(LiveCatalog):
 
     def similar_items(self, item_id: str, k: int = 10) -> list[dict]:
         """Items whose vectors are closest to this item's (the item itself and removed items excluded)."""
-        item_id, live = str(item_id), self.live
-        row = self.row_of.get(item_id)
-        if row is not None and row not in set(live.removed_rows.tolist()):
+        item_id, changes = str(item_id), self.catalog.changes
+        row = self.catalog.row_of.get(item_id)
+        if row is not None and row not in set(changes.removed_rows.tolist()):
             vector = self.vectors[row]
-        elif item_id in live.row_of:
-            vector = live.vectors[live.row_of[item_id]]
+        elif item_id in changes.row_of:
+            vector = changes.vectors[changes.row_of[item_id]]
         else:
             raise KeyError(f"unknown item {item_id!r}")
-        exclude = np.concatenate([live.removed_rows, [row] if row is not None else []]).astype(np.int64)
+        exclude = np.concatenate([changes.removed_rows, [row] if row is not None else []]).astype(np.int64)
         with Selector(len(self.item_ids), exclude) as selector:
             scores, found = self.search(vector, k, selector)
         items = [
             {"item_id": self.item_ids[r], "score": s}
             for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
-        return merge_top(items, live.top(vector, k, {item_id}, None), k)
+        return merge_top(items, changes.top(vector, k, {item_id}, None), k)
 
 
 def _session(path: Path, threads: int) -> ort.InferenceSession:

@@ -6,6 +6,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from serving.core.request import RecommendationRequest
+
 
 def _id_to_str(value: object) -> object:
     """Ids may be JSON strings or integers; booleans and floats are refused."""
@@ -39,6 +41,12 @@ class RecommendRequest(BaseModel):
     exclude_seen: bool = Field(True, description="Leave out items already in the history.")
     exclude_items: list[Id] = Field(default_factory=list, description="Item ids never to return.")
     allow_items: list[Id] | None = Field(None, description="If given, only these item ids may be returned.")
+
+    def to_request(self) -> RecommendationRequest:
+        """The in-process request this body asks for."""
+        return RecommendationRequest(user_id=self.user_id, history=self.history, k=self.k,
+                                     exclude_seen=self.exclude_seen, exclude_items=self.exclude_items,
+                                     allow_items=self.allow_items)  # fmt: skip
 
 
 class ScoredItem(BaseModel):

@@ -64,3 +64,11 @@ def run_and_bundle(tmp_path_factory):
     train(compose_config(TINY_DATA + FAST_TRAIN + ["eval.baselines=[popularity]"], root / "run"))
     manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
     return root / "run", root / "bundle", manifest
+
+
+@pytest.fixture(scope="module")
+def rec(run_and_bundle):
+    """The tiny bundle served in-process (one per test module: tests may change its catalog)."""
+    from serving.recommender import Recommender
+
+    return Recommender.load(run_and_bundle[1])

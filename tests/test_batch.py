@@ -21,7 +21,7 @@ def test_batch_top_k_agrees_with_online(rec):
     scores, rows = BatchScorer(rec, k=10, overfetch=4).top_k(histories)
     agreement = []
     for user, top in zip(users, rows, strict=True):
-        online = [x["item_id"] for x in rec.recommend(user_id=user, k=10)]
+        online = [x["item_id"] for x in rec.recommend(user_id=user, k=10).items]
         agreement.append(len(set(online) & {rec.item_ids[r] for r in top}) / 10)
         assert not set(top) & set(
             rec.histories[user].rows.tolist()
@@ -37,7 +37,7 @@ def test_parallel_batches_encode_every_user_in_order(rec):
     _, histories = load_users(rec)
     histories = histories[::-1]  # not in length order
     vectors = BatchScorer(rec).encode(histories, batch=7)  # many batches, two at a time
-    alone = np.stack([rec.encode_rows(h) for h in histories])
+    alone = np.stack([rec.encode(h) for h in histories])
     np.testing.assert_allclose(vectors, alone, atol=1e-5)
     np.testing.assert_allclose(vectors, BatchScorer(rec).encode(histories, batch=len(histories)), atol=1e-6)
 
@@ -136,7 +136,7 @@ def test_lightning_predict_matches_the_cpu_batch_path(run_and_bundle, rec, tmp_p
     assert len(frame) == 10 * len(users) and set(frame["user_id"]) == set(users)
     agree = []
     for user, group in frame.groupby("user_id"):
-        online = {x["item_id"] for x in rec.recommend(user_id=user, k=10)}
+        online = {x["item_id"] for x in rec.recommend(user_id=user, k=10).items}
         agree.append(len(online & set(group["item_id"])) / 10)
         assert not set(group["item_id"]) & {rec.item_ids[r] for r in rec.histories[user].rows}
     assert np.mean(agree) >= 0.95

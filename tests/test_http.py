@@ -19,7 +19,7 @@ def client(run_and_bundle, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def known(client):
-    rec = client.app.state.recommender
+    rec = client.app.state.live.recommender
     return rec, next(iter(rec.histories)), rec.item_ids
 
 

@@ -81,10 +81,10 @@ def test_recommender_rerank_is_the_model_score_plus_boost(run_and_bundle, kind):
     rec.index, rec.spec = build_index(rec.vectors, IndexSpec(kind=kind))
     assert rec.intent is not None and rec.manifest["rerank"]["intent"] == rec.intent.settings.as_dict()
     history, category = _session_user(rec)
-    served = rec.recommend_detailed(history=history, k=10)
+    served = rec.recommend(history=history, k=10)
     assert category in served.intent
     resolved = rec.resolve(history)
-    query = rec.encode_rows(resolved.history)
+    query = rec.encode(resolved.history)
     scores = rec.vectors @ query  # the exact twin: brute force, then the boost by hand
     scores[resolved.history.rows] = -np.inf
     lift = rec.intent.history_lift([resolved.history.rows])
@@ -92,10 +92,12 @@ def test_recommender_rerank_is_the_model_score_plus_boost(run_and_bundle, kind):
     expected = [rec.item_ids[r] for r in np.argsort(-boosted, kind="stable")[:10]]
     assert [x["item_id"] for x in served.items] == expected
     np.testing.assert_allclose([x["score"] for x in served.items], np.sort(boosted)[::-1][:10], rtol=1e-5)
-    plain = rec.recommend_detailed(history=history, k=10, rerank=False)
+    plain = rec.recommend(history=history, k=10, rerank=False)
     off = Recommender.load(run_and_bundle[1], intent_boost=0.0)
     off.index, off.spec = rec.index, rec.spec
-    assert off.intent is None and off.recommend(history=history, k=10) == plain.items and not plain.intent
+    assert (
+        off.intent is None and off.recommend(history=history, k=10).items == plain.items and not plain.intent
+    )
 
 
 def test_training_evaluation_ranks_as_serving(run_and_bundle):
@@ -119,7 +121,8 @@ def test_training_evaluation_ranks_as_serving(run_and_bundle):
     scores = mask_history(scorer(batch), exclude)  # as evaluate_scorer does
     top = np.argsort(-scores, axis=1, kind="stable")[:, :10]
     agree = [
-        len({rec.item_ids[r] for r in top[b]} & {x["item_id"] for x in rec.recommend(user_id=u, k=10)}) / 10
+        len({rec.item_ids[r] for r in top[b]} & {x["item_id"] for x in rec.recommend(user_id=u, k=10).items})
+        / 10
         for b, u in enumerate(users)
     ]
     assert np.mean(agree) >= 0.95
@@ -130,12 +133,13 @@ def test_training_evaluation_ranks_as_serving(run_and_bundle):
 def test_a_new_item_gets_the_session_boost(run_and_bundle):
     rec = Recommender.load(run_and_bundle[1])
     history, category = _session_user(rec)
-    rec.add_items([("fresh-item", [category])])
-    items = rec.recommend(history=history, k=len(rec.item_ids) + 1)
+    rec.catalog.add_items([("fresh-item", [category])])
+    items = rec.recommend(history=history, k=len(rec.item_ids) + 1).items
     fresh = next(x for x in items if x["item_id"] == "fresh-item")
-    query = rec.encode_history(history)
+    query = rec.encode_ids(history)
     lift = rec.intent.history_lift([rec.resolve(history).history.rows])[0]
     expected = (
-        float(rec.live.vectors[0] @ query) + rec.intent.settings.boost * lift[rec.category_of[category]] ** 2
+        float(rec.catalog.changes.vectors[0] @ query)
+        + rec.intent.settings.boost * lift[rec.catalog.category_of[category]] ** 2
     )
     assert fresh["score"] == pytest.approx(expected, rel=1e-5)

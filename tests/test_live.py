@@ -121,7 +121,7 @@ def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
     assert personal.source == "model" and personal.history_length == 5
     assert not set(clicks) & {x["item_id"] for x in personal.items}
     stamps = [e["ts"] for e in live.user_events("newcomer")]  # the store's clock: same-second gaps are 0
-    expected = rec.recommend_detailed(history=clicks, events=["click"] * 5, dwell=[30.0] * 5, ts=stamps, k=10)
+    expected = rec.recommend(history=clicks, events=["click"] * 5, dwell=[30.0] * 5, ts=stamps, k=10)
     assert [x["item_id"] for x in personal.items] == [x["item_id"] for x in expected.items]
     live.ingest([ev("newcomer", rec.item_ids[7], event="purchase")])  # the next answer sees the new event
     assert live.recommend(user_id="newcomer", k=10).history_length == 6
@@ -135,7 +135,7 @@ def test_seeded_users_match_the_bundle_histories(live):
     rec = live.recommender
     user = next(iter(rec.histories))
     assert [x["item_id"] for x in live.recommend(user_id=user, k=10).items] == [
-        x["item_id"] for x in rec.recommend(user_id=user, k=10)
+        x["item_id"] for x in rec.recommend(user_id=user, k=10).items
     ]
 
 
@@ -158,13 +158,13 @@ def test_new_items_get_the_item_towers_category_vector_and_can_be_removed(run_an
     names = rec.bundle.categories
     with torch.no_grad():
         ref = net.encode_new_items(torch.tensor([[1, 2]])).numpy()[0]
-    np.testing.assert_allclose(rec.new_item_vector([names[1], names[2]]), ref, atol=1e-6)
+    np.testing.assert_allclose(rec.catalog.new_item_vector([names[1], names[2]]), ref, atol=1e-6)
     with pytest.raises(ValueError, match="unknown categories"):
         live.add_items([("fresh", ["no-such-category"])])
     with pytest.raises(ValueError, match="already in the catalog"):
         live.add_items([(rec.item_ids[0], [names[1]])])
     assert live.add_items([("fresh", [names[1]])]) == ["fresh"]
-    assert {x["item_id"] for x in rec.similar_items("fresh", 5)} and "fresh" in rec.live.row_of
+    assert {x["item_id"] for x in rec.similar_items("fresh", 5)} and "fresh" in rec.catalog.changes.row_of
     # an allow-list of just the new item returns it: it is searched with the rest
     user = next(iter(rec.histories))
     assert [x["item_id"] for x in live.recommend(user_id=user, k=3, allow_items=["fresh"]).items] == ["fresh"]
@@ -219,7 +219,7 @@ def secured(run_and_bundle, tmp_path):
 
 def test_http_loop_with_access_control(secured, run_and_bundle):
     auth = {"Authorization": "Bearer t0ken"}
-    item = secured.app.state.recommender.item_ids[0]
+    item = secured.app.state.live.recommender.item_ids[0]
     body = {"events": [{"user_id": "h", "item_id": item, "event": "click", "dwell_s": 12.5}]}
     assert secured.post("/events", json=body).status_code == 401
     assert secured.post("/events", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
@@ -234,7 +234,7 @@ def test_http_loop_with_access_control(secured, run_and_bundle):
     assert secured.post("/events", json={"events": body["events"] * 6}, headers=auth).status_code == 413
     assert secured.post("/events", json={"events": []}, headers=auth).status_code == 422
     assert secured.post("/events", json={"events": [{"user_id": "h"}]}, headers=auth).status_code == 422
-    cats = secured.app.state.recommender.bundle.categories
+    cats = secured.app.state.live.recommender.bundle.categories
     added = secured.post("/items", json={"items": [{"item_id": "n1", "categories": [cats[1]]}]}, headers=auth)
     assert added.json() == {"items": ["n1"]}
     assert secured.post("/items", json={"items": [{"item_id": "n1", "categories": [cats[1]]}]},

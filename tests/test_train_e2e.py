@@ -93,4 +93,4 @@ def test_train_with_export_writes_a_bundle(tmp_path):
                          tmp_path / "run")  # fmt: skip
     result = train(cfg)
     rec = Recommender.load(result["bundle"])
-    assert rec.manifest["index"]["factory"] == "Flat" and len(rec.recommend(k=3)) == 3
+    assert rec.manifest["index"]["factory"] == "Flat" and len(rec.recommend(k=3).items) == 3

@@ -12,7 +12,7 @@ from serving.core.intent import CategoryIntent
 
 @dataclass
 class Recommendation:
-    """What ``recommend_detailed`` returns: the items plus how they were made."""
+    """What ``Recommender.recommend`` returns: the items plus how they were made."""
 
     items: list[dict]
     source: str  # "model" or "popularity" (fallback for unknown users / empty histories)
@@ -20,6 +20,7 @@ class Recommendation:
     history_length: int = 0
     lift: np.ndarray | None = None  # (C,) the session's category lift, when the re-rank acted
     explainer: CategoryIntent | None = None
+    model_version: str = ""  # the bundle that answered
 
     @property
     def intent(self) -> dict[str, float]:

@@ -49,14 +49,14 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     re-rank); ``reranked_share``: how many of the users' histories the re-rank acts on.
     """
     histories = [rec.histories[user] for user in users]
-    queries = [rec.encode_rows(history) for history in histories]
+    queries = [rec.encode(history) for history in histories]
     n_items = len(rec.item_ids)
 
     def encode(i: int) -> None:
-        rec.encode_rows(histories[i])
+        rec.encode(histories[i])
 
     def encode_padded(i: int) -> None:
-        rec.encode_rows(histories[i], padded_graph=True)
+        rec.encode(histories[i], padded_graph=True)
 
     def search(i: int) -> None:
         with Selector(n_items, histories[i].rows) as selector:
@@ -81,7 +81,7 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
                     times[name].append(elapsed)
     out = {name: percentiles(t) for name, t in times.items()}
     out["recommend"]["qps"] = float(len(times["recommend"]) / sum(times["recommend"]))
-    reranked = [rec.recommend_detailed(user_id=u, k=k).lift is not None for u in users]
+    reranked = [rec.recommend(user_id=u, k=k).lift is not None for u in users]
     out["reranked_share"] = float(np.mean(reranked)) if reranked else 0.0
     out["history_length_mean"] = float(np.mean([len(rec.histories[u].rows) for u in users]))
     return out

@@ -1,0 +1,56 @@
+"""One typed request for a recommendation: who it is for, how many, and what may be in the list.
+
+The same object travels from the HTTP layer (or an in-process caller) through the real-time loop to the
+recommender, so a new knob is added here once instead of to every signature on the way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RecommendationRequest:
+    """A recommendation request.
+
+    Attributes:
+        user_id: a known user: their stored history is read (ignored when ``history`` is given). Neither: the
+            popularity fallback.
+        history: external item ids the user interacted with, oldest first (used instead of a stored history).
+        events: event type of each history item (unknown types read as the 'other' bucket).
+        dwell: seconds spent on each history item (None: unknown).
+        ts: unix time of each history event (the model reads the gaps between them).
+        k: how many items to return (at least 1).
+        exclude_seen: leave out items already in the history.
+        exclude_items: item ids never to return.
+        allow_items: if given, only these item ids may be returned.
+        rerank: apply the session-intent re-rank (False: the model's ranking alone).
+    """
+
+    user_id: str | None = None
+    history: Sequence[str] | None = None
+    events: Sequence[str] | None = None
+    dwell: Sequence[float | None] | None = None
+    ts: Sequence[float] | None = None
+    k: int = 10
+    exclude_seen: bool = True
+    exclude_items: Collection[str] = ()
+    allow_items: Collection[str] | None = None
+    rerank: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, bool) or not isinstance(self.k, int):
+            raise TypeError(f"k must be an integer, got {type(self.k).__name__}")
+        if self.k < 1:
+            raise ValueError("k must be at least 1")
+        if self.history is None:
+            given = [n for n in ("events", "dwell", "ts") if getattr(self, n) is not None]
+            if given:
+                raise ValueError(f"{', '.join(given)} given without a history")
+            return
+        n = len(self.history)
+        for name in ("events", "dwell", "ts"):
+            values = getattr(self, name)
+            if values is not None and len(values) != n:
+                raise ValueError(f"{name} has {len(values)} values for {n} items")
