@@ -55,16 +55,14 @@ class Recommender:
         self.event_of = {name: i for i, name in enumerate(self.manifest["events"])}
         self.vectors = bundle.item_vectors
         self.index = bundle.index
-        self.spec = IndexSpec(
-            **{k: v for k, v in self.manifest["index"].items() if k in IndexSpec.__dataclass_fields__}
-        ).with_search(**(search or {}))
+        self.spec = IndexSpec.from_dict(self.manifest["index"], strict=False).with_search(**(search or {}))
         self.threads = threads
         # batches of right-padded rows, one thread per run: serving.batch runs ``threads`` of them at a time
         self.session = _session(bundle.onnx_path, 1)
         unpadded = bundle.unpadded_onnx_path  # one history, no padding: fewer nodes, same vector
         self.single_session = _session(unpadded, threads) if unpadded is not None else self.session
         self._output = [self.session.get_outputs()[0].name]
-        self._run_options = ort.RunOptions()  # reused: run() without one costs ~10 us per call
+        self._run_options = ort.RunOptions()  # reused: run() without one builds a new one per call
         faiss.omp_set_num_threads(threads)
         counts = (
             bundle.items["train_count"].to_numpy()

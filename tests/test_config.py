@@ -10,6 +10,7 @@ from hydra.utils import instantiate
 from tests.conftest import ML100K, TINY_DATA, compose_config
 from twotower.config import CONFIG_DIR
 from twotower.data.schema import RawLog
+from twotower.train import build_net, load_raw
 
 
 def options(group: str) -> list[str]:
@@ -46,18 +47,18 @@ def test_data_configs_instantiate(name, tmp_path):
     elif name == "ml100k" and not (ML100K / "u.data").exists():
         pytest.skip(f"MovieLens 100K not found at {ML100K}")
     cfg = compose_config(overrides, tmp_path / "out")
-    raw = instantiate(cfg.data.loader)
+    raw = load_raw(cfg.data)
     assert isinstance(raw, RawLog) and len(raw.events) > 0
 
 
 @pytest.mark.parametrize("name", options("model"))
-def test_model_configs_instantiate(name):
+def test_model_configs_instantiate(name, tiny_data):
     cfg = compose_config([f"model={name}"])
-    net = instantiate(cfg.model.net)(n_items=10)
+    net = build_net(cfg.model.net, tiny_data)
     loss = instantiate(cfg.model.loss)
     module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
     module = instantiate(module_cfg, _partial_=True)(net=net, loss=loss)
-    assert net.config["encoder"] == cfg.model.net.encoder
+    assert net.config.encoder == cfg.model.net.encoder
     optimizer = module.configure_optimizers()
     assert isinstance(optimizer, torch.optim.Optimizer)
 
@@ -119,4 +120,32 @@ def test_script_configs_compose(name, overrides, keys):
     assert keys <= set(cfg)
     for field in ("index", "index_base"):
         if OmegaConf.is_dict(cfg.get(field)):
-            IndexSpec(**{k: v for k, v in OmegaConf.to_container(cfg[field], resolve=True).items()})
+            IndexSpec.from_dict(cfg[field])
+
+
+def test_index_presets_name_their_kind_and_list_every_setting():
+    """A preset states only what differs from IndexSpec's defaults (its kind); every IndexSpec field is a key
+    (null = the default), so that `index.nprobe=12` overrides it without a `+`."""
+    from dataclasses import fields
+
+    from serving.core.index import IndexSpec
+
+    names = [f.name for f in fields(IndexSpec)]
+    for name in options("index"):
+        cfg = compose_config([f"index={name}"])
+        assert list(cfg.index) == names
+        assert {k: v for k, v in cfg.index.items() if v is not None} == {"kind": name}
+        assert IndexSpec.from_dict(cfg.index) == IndexSpec(kind=name)
+
+
+def test_index_spec_from_dict():
+    """None is the default; an unknown key raises unless strict=False (a manifest's entry records the build)."""
+    from serving.core.index import IndexSpec
+
+    spec = IndexSpec(kind="ivf_sq", nlist=40, coarse_type="fp16")
+    assert IndexSpec.from_dict(spec.to_dict()) == spec
+    assert IndexSpec.from_dict(None) == IndexSpec.from_dict({"nprobe": None}) == IndexSpec()
+    manifest_entry = {**spec.to_dict(), "factory": "IVF40,SQfp16", "recall@10_vs_exact": 1.0}
+    assert IndexSpec.from_dict(manifest_entry, strict=False) == spec
+    with pytest.raises(ValueError, match="nprob"):
+        IndexSpec.from_dict({"kind": "hnsw", "nprob": 8})

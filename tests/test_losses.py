@@ -6,12 +6,12 @@ import torch
 import torch.nn.functional as F
 
 from twotower.losses import SoftmaxLoss
-from twotower.model import TwoTower
+from twotower.model import ModelConfig, TwoTower
 
 
 def small_model(n_items: int = 20) -> TwoTower:
     torch.manual_seed(0)
-    return TwoTower(n_items=n_items, dim=8, max_len=4, encoder="mean", dropout=0.0)
+    return TwoTower(ModelConfig(n_items=n_items, dim=8, max_len=4, encoder="mean", dropout=0.0))
 
 
 def test_full_softmax_equals_cross_entropy_over_catalog():
@@ -67,7 +67,10 @@ def test_loss_decreases_when_training(tiny_data, tiny_split):
     torch.manual_seed(0)
     windows = TrainWindows(tiny_data, tiny_split, SequenceArrays.from_log(tiny_data), max_len=10)
     batch = windows.collate([windows[i] for i in range(len(windows))])
-    model = TwoTower(n_items=tiny_data.n_items, n_events=tiny_data.n_events, dim=16, max_len=10, dropout=0.0)
+    config = ModelConfig(
+        n_items=tiny_data.n_items, n_events=tiny_data.n_events, dim=16, max_len=10, dropout=0.0
+    )
+    model = TwoTower(config)
     for mode in ("full", "sampled"):
         loss_fn = SoftmaxLoss(mode=mode, num_uniform_negatives=16)
         loss_fn.set_item_frequencies(torch.from_numpy(windows.target_counts(tiny_data.n_items)))

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twotower.model import TwoTower, bucketize
+from twotower.model import ModelConfig, TwoTower, bucketize
 
 ENCODERS = ["transformer", "gru", "mean"]
 
@@ -14,8 +14,9 @@ def make_model(encoder: str, **kwargs) -> TwoTower:
     torch.manual_seed(0)
     cats = torch.randint(0, 4, (31, 2))
     cats[0] = 0
-    return TwoTower(n_items=30, item_categories=cats, n_categories=4, n_events=3, dim=16, max_len=8,
-                    encoder=encoder, dropout=0.0, **kwargs).eval()  # fmt: skip
+    config = ModelConfig(n_items=30, n_categories=4, max_categories=2, n_events=3, dim=16, max_len=8,
+                         encoder=encoder, dropout=0.0, **kwargs)  # fmt: skip
+    return TwoTower(config, cats).eval()
 
 
 def history(batch: int = 3, length: int = 6):
@@ -66,7 +67,7 @@ def test_right_padding_does_not_change_user_vector(encoder):
 
 def test_rebuild_from_config():
     model = make_model("transformer", normalize=True, temperature=0.1)
-    clone = TwoTower.from_config(model.config)
+    clone = TwoTower(ModelConfig.from_dict(model.config.to_dict()))
     clone.load_state_dict(model.state_dict())
     clone.eval()
     items, events, dwell, gaps = history()
@@ -76,6 +77,22 @@ def test_rebuild_from_config():
     vectors = clone.encode_items()
     torch.testing.assert_close(vectors.norm(dim=-1), torch.ones(30))
     assert clone.score(vectors[:2], vectors).shape == (2, 30)
+
+
+def test_model_config_reads_saved_dicts():
+    """The dict saved in model.pt / metrics.json / manifest.json (same keys as before the dataclass) loads; a
+    missing key takes its default; an unknown key is refused; a wrong item-category table too."""
+    saved = {"n_items": 30, "n_categories": 4, "max_categories": 2, "n_events": 3, "dim": 16, "max_len": 8,
+             "encoder": "gru", "num_layers": 1, "num_heads": 2, "dropout": 0.0, "use_events": True,
+             "use_dwell": False, "use_time": True, "normalize": True, "temperature": 0.1,
+             "learn_temperature": False}  # fmt: skip
+    config = ModelConfig.from_dict(saved)
+    assert config.to_dict() == saved and list(config.to_dict()) == list(saved)
+    assert ModelConfig.from_dict({"n_items": 5}) == ModelConfig(n_items=5)
+    with pytest.raises(ValueError, match="hidden"):
+        ModelConfig.from_dict({**saved, "hidden": 3})
+    with pytest.raises(ValueError, match="item_categories"):
+        TwoTower(config, torch.zeros(31, 3, dtype=torch.long))
 
 
 def test_bucketize():

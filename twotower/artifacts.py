@@ -13,19 +13,20 @@ import torch
 from twotower.data.schema import EncodedLog
 from twotower.data.sequences import event_gaps
 from twotower.data.splits import Split
-from twotower.model import TwoTower
+from twotower.model import ModelConfig, TwoTower
 
 MODEL_FILE = "model.pt"
 
 
 def save_model(model: TwoTower, path: Path) -> None:
-    """Weights + constructor config (a plain-tensor dict, loadable with ``weights_only=True``)."""
-    torch.save({"config": model.config, "state_dict": model.state_dict()}, path)
+    """Weights + constructor config as plain types (loadable with ``weights_only=True``)."""
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
 
 
 def load_model(path: Path, map_location: str = "cpu") -> TwoTower:
+    """The saved model in eval mode (the item-category table comes with the weights)."""
     payload = torch.load(path, map_location=map_location, weights_only=True)
-    model = TwoTower.from_config(payload["config"])
+    model = TwoTower(ModelConfig.from_dict(payload["config"]))
     model.load_state_dict(payload["state_dict"])
     return model.eval()
 

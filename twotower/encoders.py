@@ -2,16 +2,42 @@
 
 All encoders map ``x`` (B, L, D) with right padding (``valid`` (B, L) bool, padding after the events) to
 per-position states (B, L, D). Right padding keeps causality simple: no real position ever sees a pad.
+Each is a :class:`SequenceEncoder`, whose ``forward_last`` gives one state per row (the serving path).
 """
 
 from __future__ import annotations
+
+from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 
-class MeanEncoder(nn.Module):
+def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """(B, L, D) states and (B,) positions -> (B, D): each row's state at its position."""
+    b, _, d = x.shape
+    return x.gather(1, positions.view(b, 1, 1).expand(b, 1, d)).squeeze(1)
+
+
+class SequenceEncoder(nn.Module, ABC):
+    """What the user tower needs of an encoder: every state (training) and one state per row (serving)."""
+
+    @abstractmethod
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) inputs, (B, L) bool right-padding mask -> (B, L, D) causal states."""
+
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
+        """The state at each row's position ``last`` (B,) -> (B, D); ``valid`` (B, L) marks the real events.
+        ``last=None``: rows without padding (``valid`` all true), whose state is the final position's.
+
+        By default every state is computed and one is gathered; an encoder that can skip the work for the
+        other positions overrides this (the exported serving graphs call it)."""
+        states = self(x, valid)  # (B, L, D)
+        return states[:, -1] if last is None else at_positions(states, last)  # (B, D)
+
+
+class MeanEncoder(SequenceEncoder):
     """Running mean of the event embeddings followed by a small MLP (a strong, order-free baseline)."""
 
     def __init__(self, dim: int, dropout: float = 0.1, **_: object) -> None:
@@ -27,7 +53,7 @@ class MeanEncoder(nn.Module):
         return self.norm(mean + self.mlp(mean))
 
 
-class GRUEncoder(nn.Module):
+class GRUEncoder(SequenceEncoder):
     """GRU over the events (GRU4Rec-style)."""
 
     def __init__(self, dim: int, num_layers: int = 1, dropout: float = 0.1, **_: object) -> None:
@@ -40,12 +66,6 @@ class GRUEncoder(nn.Module):
     def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         out, _ = self.gru(x)  # (B, L, D); pads come after the events, so they never feed a real state
         return self.norm(out)
-
-
-def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) states and (B,) positions -> (B, D): each row's state at its position."""
-    b, _, d = x.shape
-    return x.gather(1, positions.view(b, 1, 1).expand(b, 1, d)).squeeze(1)
 
 
 class CausalSelfAttention(nn.Module):
@@ -164,7 +184,7 @@ class TransformerBlock(nn.Module):
         return here + self.drop(self.ff(self.norm2(here)))
 
 
-class TransformerEncoder(nn.Module):
+class TransformerEncoder(SequenceEncoder):
     """Pre-LayerNorm causal transformer (SASRec-style)."""
 
     def __init__(
@@ -179,26 +199,26 @@ class TransformerEncoder(nn.Module):
             x = block(x)  # (B, L, D)
         return self.norm(x)
 
-    def forward_last(
-        self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor | None
-    ) -> torch.Tensor:
+    def forward_last(self, x: torch.Tensor, last: torch.Tensor | None, valid: torch.Tensor) -> torch.Tensor:
         """State at position ``last`` (B,) only: earlier blocks run on every position, the final block on one.
 
         ``valid`` (B, L) marks the real events of right-padded rows; ``last`` is each row's final one.
-        Both None: rows without padding (every position is real, the final one is the state)."""
+        ``last=None``: rows without padding (every position is real, the final one is the state); ``valid`` is
+        then not read, so the exported graph has no mask."""
         for block in self.blocks[:-1]:
             x = block(x)  # (B, L, D)
-        return self.norm(self.blocks[-1].forward_last(x, last, valid))  # (B, D)
+        mask = None if last is None else valid
+        return self.norm(self.blocks[-1].forward_last(x, last, mask))  # (B, D)
 
 
-ENCODERS: dict[str, type[nn.Module]] = {
+ENCODERS: dict[str, type[SequenceEncoder]] = {
     "mean": MeanEncoder,
     "gru": GRUEncoder,
     "transformer": TransformerEncoder,
 }
 
 
-def build_encoder(name: str, dim: int, **kwargs: object) -> nn.Module:
+def build_encoder(name: str, dim: int, **kwargs: object) -> SequenceEncoder:
     if name not in ENCODERS:
         raise ValueError(f"unknown encoder {name!r}; choose one of {sorted(ENCODERS)}")
     return ENCODERS[name](dim=dim, **kwargs)

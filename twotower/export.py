@@ -61,7 +61,7 @@ class UserTowerGraph(torch.nn.Module):
         self.padded = padded
         self.net = copy.deepcopy(net).eval()
         with torch.no_grad():
-            table = self.net.item_tower(torch.arange(net.config["n_items"] + 1))  # (N + 1, D)
+            table = self.net.item_tower(torch.arange(net.config.n_items + 1))  # (N + 1, D)
         self.net.user_tower.item_tower = ItemInputTable(table)
         for module in self.net.modules():  # fewer graph nodes, same numbers (checked by onnx_parity)
             if isinstance(module, CausalSelfAttention):
@@ -73,8 +73,8 @@ class UserTowerGraph(torch.nn.Module):
 
 def random_histories(net: TwoTower, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    items = torch.randint(1, net.config["n_items"] + 1, (batch, length), generator=g)
-    events = torch.randint(0, max(net.config["n_events"], 1), (batch, length), generator=g)
+    items = torch.randint(1, net.config.n_items + 1, (batch, length), generator=g)
+    events = torch.randint(0, max(net.config.n_events, 1), (batch, length), generator=g)
     dwell = torch.rand(batch, length, generator=g) * 300 - 20  # some unknown (< 0)
     gaps = torch.rand(batch, length, generator=g) * 1e6 - 1e4
     return items, events, dwell, gaps
@@ -105,8 +105,7 @@ def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]], p
     The reference is always the model's padded path, so the unpadded graph is checked against it too."""
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     cases = [
-        random_histories(net, b, n, seed=b * 1000 + n)
-        for b, n in ((1, 1), (3, 7), (8, net.config["max_len"]))
+        random_histories(net, b, n, seed=b * 1000 + n) for b, n in ((1, 1), (3, 7), (8, net.config.max_len))
     ]
     if padded:  # ragged rows: the tail of every other row is padding
         items, *rest = random_histories(net, 4, 9, seed=7)
@@ -174,7 +173,7 @@ def export_bundle(
 
     histories = pd.read_parquet(out / bundle_files.HISTORIES)
     row = {item: i for i, item in enumerate(item_ids)}
-    real = real_batches(histories, row, vocab["events"], net.config["max_len"])
+    real = real_batches(histories, row, vocab["events"], net.config.max_len)
     parity = 0.0
     for name, padded in ((bundle_files.USER_TOWER, True), (bundle_files.USER_TOWER_UNPADDED, False)):
         export_onnx(net, out / name, padded)
@@ -202,9 +201,9 @@ def export_bundle(
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "model_version": f"{vocab.get('dataset', 'model')}-{bundle_files.sha256(run / MODEL_FILE)[:12]}",
         "dataset": run_metrics.get("dataset", {"name": vocab.get("dataset")}),
-        "model": net.config,
+        "model": net.config.to_dict(),
         "dim": int(item_vectors.shape[1]),
-        "max_len": int(net.config["max_len"]),
+        "max_len": int(net.config.max_len),
         "inputs": {
             "items": "int64 (B, L), 1-based item rows, 0 = pad",
             "events": "int64 (B, L) event index",
@@ -220,7 +219,7 @@ def export_bundle(
         "normalize": bool(net.normalize),
         "has_time": vocab.get("has_time", True),
         "index": {
-            **spec.__dict__,
+            **spec.to_dict(),
             "factory": spec.factory_string(),
             "metric": "inner_product",
             "recall@10_vs_exact": recall,

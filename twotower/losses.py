@@ -84,7 +84,7 @@ class SoftmaxLoss(nn.Module):
         history: WindowHistory | None = None,
     ) -> torch.Tensor:
         """users (M, D) output-space vectors, targets (M,) item indices >= 1, weights (M,) -> scalar loss."""
-        n_items = model.config["n_items"]
+        n_items = model.config.n_items
         if self.uses_full_softmax(n_items):
             candidates = None
             items = model.encode_items()  # (N, D)

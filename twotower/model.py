@@ -11,12 +11,11 @@ the model with comparisons, so the exported graph takes raw values.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
-from twotower.encoders import at_positions, build_encoder
+from twotower.encoders import build_encoder
+from twotower.model_config import ModelConfig
 
 # Log-spaced bucket edges in seconds. Bucket 0 = unknown (negative value).
 DWELL_EDGES = [1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0]
@@ -60,24 +59,16 @@ class ItemTower(nn.Module):
 
 
 class UserTower(nn.Module):
-    def __init__(
-        self,
-        item_tower: ItemTower,
-        n_events: int,
-        dim: int,
-        max_len: int,
-        encoder: str,
-        encoder_kwargs: dict[str, Any],
-        dropout: float,
-        use_events: bool,
-        use_dwell: bool,
-        use_time: bool,
-    ) -> None:
+    """The last ``max_len`` events (item via the shared item tower, event type, dwell and gap buckets,
+    position) through the configured causal encoder."""
+
+    def __init__(self, item_tower: ItemTower, config: ModelConfig) -> None:
         super().__init__()
+        dim, max_len = config.dim, config.max_len
         self.item_tower = item_tower  # shared: history items are read through the item tower
         self.max_len = max_len
-        self.use_events, self.use_dwell, self.use_time = use_events, use_dwell, use_time
-        self.event_embedding = nn.Embedding(max(n_events, 1), dim)
+        self.use_events, self.use_dwell, self.use_time = config.use_events, config.use_dwell, config.use_time
+        self.event_embedding = nn.Embedding(max(config.n_events, 1), dim)
         self.dwell_embedding = nn.Embedding(len(DWELL_EDGES) + 2, dim)
         self.gap_embedding = nn.Embedding(len(GAP_EDGES) + 2, dim)
         self.position_embedding = nn.Embedding(max_len, dim)
@@ -86,8 +77,14 @@ class UserTower(nn.Module):
         self.register_buffer("dwell_edges", torch.tensor(DWELL_EDGES), persistent=False)
         self.register_buffer("gap_edges", torch.tensor(GAP_EDGES), persistent=False)
         self.input_norm = nn.LayerNorm(dim)
-        self.dropout = nn.Dropout(dropout)
-        self.encoder = build_encoder(encoder, dim, dropout=dropout, **encoder_kwargs)
+        self.dropout = nn.Dropout(config.dropout)
+        self.encoder = build_encoder(
+            config.encoder,
+            dim,
+            dropout=config.dropout,
+            num_layers=config.num_layers,
+            num_heads=config.num_heads,
+        )
 
     def embed(
         self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
@@ -124,78 +121,36 @@ class UserTower(nn.Module):
 
         ``padded=False`` promises rows without padding (all L events real), as one live history is: the state
         is then the final position's, with no mask (the same numbers, fewer nodes in an exported graph)."""
-        if not padded:
+        if not padded:  # every position real: the state is the final one's
             x = self.embed(items, events, dwell, gaps)  # (B, L, D)
-            if hasattr(self.encoder, "forward_last"):
-                return self.encoder.forward_last(x, None, None)  # (B, D)
-            return self.encoder(x, torch.ones_like(items, dtype=torch.bool))[:, -1]  # (B, D)
+            return self.encoder.forward_last(x, None, torch.ones_like(items, dtype=torch.bool))  # (B, D)
         valid = items > 0  # (B, L)
         last = (valid.sum(1) - 1).clamp_min(0)  # (B,)
         x = self.embed(items, events, dwell, gaps)  # (B, L, D)
-        if hasattr(self.encoder, "forward_last"):  # only the last position is needed at serving time
-            return self.encoder.forward_last(x, last, valid)  # (B, D)
-        states = self.encoder(x, valid)  # (B, L, D)
-        return at_positions(states, last)  # (B, D)
+        return self.encoder.forward_last(x, last, valid)  # (B, D): only the last position is needed
 
 
 class TwoTower(nn.Module):
-    """Two towers in one space; ``score = <user, item> / temperature`` (cosine when ``normalize``)."""
+    """Two towers in one space; ``score = <user, item> / temperature`` (cosine when ``normalize``).
 
-    def __init__(
-        self,
-        n_items: int,
-        item_categories: torch.Tensor | None = None,
-        n_categories: int = 1,
-        n_events: int = 1,
-        dim: int = 64,
-        max_len: int = 50,
-        encoder: str = "transformer",
-        num_layers: int = 2,
-        num_heads: int = 2,
-        dropout: float = 0.2,
-        use_events: bool = True,
-        use_dwell: bool = True,
-        use_time: bool = True,
-        normalize: bool = False,
-        temperature: float = 1.0,
-        learn_temperature: bool = False,
-    ) -> None:
+    Built from a :class:`ModelConfig` (kept as ``self.config``, saved beside the weights so the model can be
+    rebuilt from the artifact alone) and the (N + 1, C) item-category table, a buffer saved with the weights:
+    None gives an all-zero table of the configured shape (a rebuild before ``load_state_dict``)."""
+
+    def __init__(self, config: ModelConfig, item_categories: torch.Tensor | None = None) -> None:
         super().__init__()
+        shape = (config.n_items + 1, config.max_categories)
         if item_categories is None:
-            item_categories = torch.zeros(n_items + 1, 1, dtype=torch.long)
-        # Constructor arguments, saved beside the weights so the model can be rebuilt from the artifact alone.
-        self.config: dict[str, Any] = {
-            "n_items": n_items, "n_categories": n_categories, "max_categories": int(item_categories.shape[1]),
-            "n_events": n_events, "dim": dim, "max_len": max_len, "encoder": encoder, "num_layers": num_layers,
-            "num_heads": num_heads, "dropout": dropout, "use_events": use_events, "use_dwell": use_dwell,
-            "use_time": use_time, "normalize": normalize, "temperature": temperature,
-            "learn_temperature": learn_temperature,
-        }  # fmt: skip
-        self.normalize = normalize
-        self.item_tower = ItemTower(n_items, torch.as_tensor(item_categories), n_categories, dim)
-        encoder_kwargs = {"num_layers": num_layers, "num_heads": num_heads}
-        self.user_tower = UserTower(
-            self.item_tower,
-            n_events,
-            dim,
-            max_len,
-            encoder,
-            encoder_kwargs,
-            dropout,
-            use_events,
-            use_dwell,
-            use_time,
-        )
-        log_t = torch.tensor(float(temperature)).log()
-        self.log_temperature = nn.Parameter(log_t, requires_grad=learn_temperature)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TwoTower:
-        """Rebuild an untrained model of the saved shape (then ``load_state_dict``)."""
-        kwargs = dict(config)
-        max_categories = kwargs.pop("max_categories")
-        categories = torch.zeros(kwargs["n_items"] + 1, max_categories, dtype=torch.long)
-        return cls(item_categories=categories, **kwargs)
+            item_categories = torch.zeros(shape, dtype=torch.long)
+        item_categories = torch.as_tensor(item_categories)
+        if tuple(item_categories.shape) != shape:
+            raise ValueError(f"item_categories is {tuple(item_categories.shape)}; the config says {shape}")
+        self.config = config
+        self.normalize = config.normalize
+        self.item_tower = ItemTower(config.n_items, item_categories, config.n_categories, config.dim)
+        self.user_tower = UserTower(self.item_tower, config)
+        log_t = torch.tensor(float(config.temperature)).log()
+        self.log_temperature = nn.Parameter(log_t, requires_grad=config.learn_temperature)
 
     @property
     def temperature(self) -> torch.Tensor:
@@ -224,7 +179,7 @@ class TwoTower(nn.Module):
     def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """(…) item indices (default: the whole catalog 1..N) -> (…, D) item vectors."""
         if items is None:
-            items = torch.arange(1, self.config["n_items"] + 1, device=self.log_temperature.device)
+            items = torch.arange(1, self.config.n_items + 1, device=self.log_temperature.device)
         return self._out(self.item_tower(items))
 
     def encode_new_items(self, categories: torch.Tensor) -> torch.Tensor:

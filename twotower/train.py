@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,20 +24,31 @@ from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix
 from twotower.data.encode import encode_log
-from twotower.data.schema import EncodedLog
+from twotower.data.schema import EncodedLog, RawLog
 from twotower.data.splits import Split, make_split
 from twotower.datamodule import TwoTowerDataModule
 from twotower.evaluate import IntentScorer, ModelScorer, evaluate_scorer
 from twotower.malloc import keep_freed_memory
 from twotower.metrics import user_popularity
-from twotower.model import TwoTower
+from twotower.model import ModelConfig, TwoTower
 
 log = logging.getLogger(__name__)
 
 
+# Keys of the ``data`` config that prepare the loaded log; every other key is an argument of its loader.
+PREPARE_KEYS = ("loader", "min_events", "drop_duplicates", "split")
+
+
+def load_raw(data_cfg: DictConfig) -> RawLog:
+    """The configured loader (``data.loader``) called with its arguments: its own keys and every key of ``data``
+    but :data:`PREPARE_KEYS`, so that `data=csv data.path=events.csv` sets each argument once."""
+    args = {k: v for k, v in data_cfg.items() if k not in PREPARE_KEYS}
+    return hydra.utils.instantiate(data_cfg.loader, **args)
+
+
 def load_data(cfg: DictConfig) -> tuple[EncodedLog, Split]:
-    """Instantiate the configured loader, validate/encode, and split."""
-    raw = hydra.utils.instantiate(cfg.data.loader)
+    """Load with the configured loader, validate/encode, and split."""
+    raw = load_raw(cfg.data)
     data = encode_log(raw, min_events=cfg.data.min_events, drop_duplicates=cfg.data.drop_duplicates)
     split_cfg = OmegaConf.to_container(cfg.data.split, resolve=True)
     split = make_split(data, **split_cfg)
@@ -43,19 +56,18 @@ def load_data(cfg: DictConfig) -> tuple[EncodedLog, Split]:
     return data, split
 
 
-def build_net(cfg: DictConfig, data: EncodedLog) -> TwoTower:
-    """The configured TwoTower with catalog sizes from the data; features the data lacks are switched off."""
-    factory = hydra.utils.instantiate(cfg.model.net)
-    has_dwell = bool((data.dwell >= 0).any())
-    return factory(
-        n_items=data.n_items,
-        item_categories=torch.from_numpy(data.item_categories),
-        n_categories=data.n_categories,
-        n_events=data.n_events,
-        use_events=bool(cfg.model.net.use_events and data.n_events > 1),
-        use_dwell=bool(cfg.model.net.use_dwell and has_dwell),
-        use_time=bool(cfg.model.net.use_time and data.has_time),
+def build_net(net_cfg: Mapping[str, Any], data: EncodedLog) -> TwoTower:
+    """The TwoTower of ``model.net`` with catalog sizes from the data; features the data lacks are switched off."""
+    sizes = {"n_items": data.n_items, "n_categories": data.n_categories, "n_events": data.n_events,
+             "max_categories": int(data.item_categories.shape[1])}  # fmt: skip
+    config = ModelConfig.from_dict({**net_cfg, **sizes})
+    config = replace(
+        config,
+        use_events=bool(config.use_events and data.n_events > 1),
+        use_dwell=bool(config.use_dwell and (data.dwell >= 0).any()),
+        use_time=bool(config.use_time and data.has_time),
     )
+    return TwoTower(config, torch.from_numpy(data.item_categories))
 
 
 def _instantiate_dict(section: DictConfig | None) -> list[Any]:
@@ -138,7 +150,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     datamodule: TwoTowerDataModule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
         data=data, split=split, max_len=cfg.model.net.max_len
     )
-    net = build_net(cfg, data)
+    net = build_net(cfg.model.net, data)
     loss = hydra.utils.instantiate(cfg.model.loss)
     loss.set_item_frequencies(datamodule.target_counts())
     module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
@@ -148,7 +160,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info(
         "training %s: %d windows, %d targets, full softmax: %s",
-        net.config["encoder"], len(datamodule.train_set), datamodule.train_set.n_targets,
+        net.config.encoder, len(datamodule.train_set), datamodule.train_set.n_targets,
         loss.uses_full_softmax(data.n_items),
     )  # fmt: skip
 
@@ -165,7 +177,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         best_epoch = int(state.get("epoch", best_epoch))
     net = module.eval_net.cpu().eval()
     save_model(net, out / MODEL_FILE)
-    save_data_artifacts(data, split, out / "data", max_len=net.config["max_len"])
+    save_data_artifacts(data, split, out / "data", max_len=net.config.max_len)
 
     results = evaluate_all(cfg, data, split, datamodule, net)
     metrics = {
@@ -183,7 +195,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "train_targets_per_epoch": datamodule.train_set.n_targets,
         "device": str(trainer.strategy.root_device),
         "precision": str(trainer.precision),
-        "model": net.config,
+        "model": net.config.to_dict(),
         "data_report": data.report.as_dict(),
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -204,7 +216,7 @@ def export_run(cfg: DictConfig, out: Path) -> str:
     from serving.core.index import IndexSpec
     from twotower.export import export_bundle
 
-    spec = IndexSpec(**OmegaConf.to_container(cfg.index, resolve=True)) if cfg.get("index") else IndexSpec()
+    spec = IndexSpec.from_dict(cfg.get("index"))
     rerank = OmegaConf.to_container(cfg.rerank, resolve=True) if cfg.get("rerank") else None
     export_bundle(out, out / "bundle", spec, rerank)
     return str(out / "bundle")

@@ -4,24 +4,22 @@ here and in :mod:`serving.core.search` only.
 Index presets (``kind``): ``flat`` (exact inner product), ``hnsw`` (HNSW graph), ``ivf_flat``, ``ivf_sq`` and
 ``ivf_pq`` (inverted lists holding float32 vectors, scalar-quantised ones (``sq_type``: fp16 keeps float32's
 recall at half the bytes scanned, 8bit a quarter) or product-quantised codes). ``auto`` picks exact search below
-``EXACT_MAX_ITEMS`` items and fp16 inverted lists above (measured at 1M items here: recall@10 0.962 at nprobe 10
-and 0.980 at the default 16 with a 20 s build and 131 MB, against HNSW32's 0.966 at efSearch 128 with a 110 s
-build, 504 MB and twice the search time). Filters run inside the search through an ``IDSelector``, except a
-short exclusion from inverted lists, which is dropped after the search (:func:`serving.core.search.filtered_search`).
+``EXACT_MAX_ITEMS`` items and fp16 inverted lists above (at a million items they beat HNSW on build time,
+memory and search time at the same recall: docs/benchmarks.md). Filters run inside the search through an
+``IDSelector``, except a short exclusion from inverted lists, which is dropped after the search
+(:func:`serving.core.search.filtered_search`).
 
 IVF lists come from k-means on the raw vectors (``spherical=False``), not FAISS's inner-product default of
 unit-norm centroids: a raw centroid's norm grows with its topic's density, so the inner product to it ranks
-lists more like the best item inside them. Measured on a clustered 1M catalog (IVF4000,SQfp16): recall@10 0.957
-at nprobe 8 (3.7k codes scanned) against the spherical lists' 0.953 at nprobe 16 (4.5k codes), at 15-20%
-less search time; the lists are less even in size (largest 8k vs 1.5k items).
+lists more like the best item inside them: the same recall with fewer lists probed and fewer codes scanned,
+though the lists are less even in size (docs/benchmarks.md).
 
 The centroids of ``ivf_flat`` and ``ivf_sq`` can be kept in fp16 (``coarse_type="fp16"``; default float32): a
-one-query search reads them all (1 MB in float32 at 4000 lists of 64 dims). At 1M items, with the user tower
-run before each search as in a request, half the bytes gave 206 against 221 us per search in a steady phase of
-this machine and 297 against 350 us in a busy one, at the same recall. The price is in batches: FAISS finds
-their lists with one BLAS product of float32 centroids (33 ms for 4,096 queries here) but scans fp16 ones
-query by query (126 ms), which cost batch scoring 10 to 15% of its users/s. Hence float32 by default, fp16
-for a latency-first deployment whose batches run elsewhere (a GPU, or a bundle exported for them).
+one-query search reads them all (1 MB in float32 at 4000 lists of 64 dims), and half the bytes make a search
+after an encode faster at the same recall. The price is in batches: FAISS finds their lists with one BLAS
+product of float32 centroids but scans fp16 ones query by query, which costs batch scoring some of its
+throughput (figures for both in docs/benchmarks.md). Hence float32 by default, fp16 for a latency-first
+deployment whose batches run elsewhere (a GPU, or a bundle exported for them).
 """
 
 from __future__ import annotations
@@ -30,8 +28,9 @@ import contextlib
 import logging
 import math
 import threading
-from collections.abc import Iterable
-from dataclasses import asdict, dataclass, replace
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
 
 import faiss
 import numpy as np
@@ -60,6 +59,24 @@ class IndexSpec:
     spherical: bool = False  # IVF k-means on unit-norm centroids (FAISS's default under inner product)
     coarse_type: str = "flat"  # ivf_flat / ivf_sq centroids: flat (float32) | fp16 (see the module docstring)
     sq_type: str = "fp16"  # ivf_sq: fp16 | 8bit (FAISS scalar quantiser names, without the "SQ")
+
+    @classmethod
+    def from_dict(cls, mapping: Mapping[str, Any] | None, strict: bool = True) -> IndexSpec:
+        """The one conversion from settings: a ``conf/index`` preset, a benchmark's ``index_base``, a manifest's
+        ``index`` entry. None (the mapping or a value) means the default, so a preset states only what differs
+        and ``key=null`` restores a default. An unknown key raises ValueError (a misspelt setting must not be
+        dropped silently); ``strict=False`` skips unknown keys, for a manifest, whose entry also records the
+        build (factory, recall, build seconds)."""
+        names = {f.name for f in fields(cls)}
+        given = {k: v for k, v in (mapping or {}).items() if v is not None}
+        unknown = sorted(set(given) - names)
+        if unknown and strict:
+            raise ValueError(f"unknown index settings {unknown}; expected some of {sorted(names)}")
+        return cls(**{k: v for k, v in given.items() if k in names})
+
+    def to_dict(self) -> dict[str, Any]:
+        """Every field, plain types (what a manifest's ``index`` entry starts with)."""
+        return asdict(self)
 
     def resolve(self, n_items: int, dim: int) -> IndexSpec:
         """Concrete kind and sizes for a catalog of ``n_items`` vectors of ``dim``."""

@@ -11,19 +11,34 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 import torch
 
 from serving.core.history import sequence_starts, time_gaps
-from serving.core.index import IndexSpec
 from twotower.artifacts import MODEL_FILE, save_model
 from twotower.benchmarks.catalog import clustered_catalog
-from twotower.export import export_bundle
-from twotower.model import TwoTower
+from twotower.model import ModelConfig, TwoTower
+
+if TYPE_CHECKING:
+    from serving.core.index import IndexSpec
 
 log = logging.getLogger(__name__)
+
+
+def catalog_net(catalog: np.ndarray, max_len: int = 50, num_layers: int = 2, seed: int = 0) -> TwoTower:
+    """An untrained two-tower model (latency does not depend on the weights) whose item vectors are ``catalog``
+    (N, D). Importable without FAISS or ONNX Runtime, for the GPU benchmark."""
+    n_items, dim = catalog.shape
+    torch.manual_seed(seed)
+    config = ModelConfig(n_items=n_items, n_events=2, dim=dim, max_len=max_len, num_layers=num_layers,
+                         num_heads=2, dropout=0.0, normalize=True, temperature=0.1)  # fmt: skip
+    net = TwoTower(config).eval()
+    with torch.no_grad():
+        net.item_tower.id_embedding.weight[1:] = torch.from_numpy(catalog)  # (N, D)
+    return net
 
 
 def synthetic_run(
@@ -33,11 +48,7 @@ def synthetic_run(
     """A run directory (model.pt, data/) whose model's item vectors are a clustered catalog of ``n_items``."""
     rng = np.random.default_rng(seed)
     catalog, _ = clustered_catalog(n_items, dim, seed)
-    torch.manual_seed(seed)
-    net = TwoTower(n_items=n_items, n_events=2, dim=dim, max_len=max_len, num_layers=num_layers, num_heads=2,
-                   dropout=0.0, normalize=True, temperature=0.1).eval()  # fmt: skip
-    with torch.no_grad():
-        net.item_tower.id_embedding.weight[1:] = torch.from_numpy(catalog)
+    net = catalog_net(catalog, max_len, num_layers, seed)
     (out / "data").mkdir(parents=True, exist_ok=True)
     save_model(net, out / MODEL_FILE)
     item_ids = [str(i) for i in range(n_items)]
@@ -67,6 +78,9 @@ def synthetic_bundle(
     bundle = root / f"bundle-{n_items}-d{dim}"
     if (bundle / "manifest.json").exists():
         return bundle
+    from serving.core.index import IndexSpec  # FAISS and ONNX Runtime: export only
+    from twotower.export import export_bundle
+
     run = synthetic_run(root / f"run-{n_items}-d{dim}", n_items, dim, **kwargs)
     log.info("exporting a synthetic bundle of %d items to %s", n_items, bundle)
     export_bundle(run, bundle, spec or IndexSpec(kind="flat"))
