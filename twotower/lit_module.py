@@ -8,13 +8,20 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 
+from twotower import metrics
 from twotower.losses import SoftmaxLoss, WindowHistory
 from twotower.model import TwoTower
+from twotower.ranking import rank_targets
 
 
 class TwoTowerModule(pl.LightningModule):
     """Trains every position of a history window to predict the next item; validates with full-catalog
-    NDCG@10 / Recall@10 (history excluded, ties against the model), the metric early stopping watches."""
+    NDCG@10 / Recall@10 (history excluded, ties against the model), the metric early stopping watches.
+
+    Validation ranks with :func:`twotower.ranking.rank_targets` on the module's device (in chunks of
+    ``eval_chunk_items`` catalog columns when set) and turns the epoch's ranks into figures with
+    :func:`twotower.metrics.ranking_metrics`, as the final evaluation does.
+    """
 
     def __init__(
         self,
@@ -24,6 +31,7 @@ class TwoTowerModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         eval_k: int = 10,
         ema_decay: float | None = None,
+        eval_chunk_items: int | None = None,
     ) -> None:
         super().__init__()
         self.net = net
@@ -40,8 +48,12 @@ class TwoTowerModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.eval_k = eval_k
+        self.eval_chunk_items = eval_chunk_items
         self._item_vectors: torch.Tensor | None = None
-        self.save_hyperparameters({"net_config": net.config, "eval_k": eval_k, "ema_decay": ema_decay})
+        self._val_ranks: list[torch.Tensor] = []
+        self.save_hyperparameters(
+            {"net_config": net.config.to_dict(), "eval_k": eval_k, "ema_decay": ema_decay}
+        )
 
     @property
     def eval_net(self) -> TwoTower:
@@ -74,36 +86,35 @@ class TwoTowerModule(pl.LightningModule):
             self.ema.update_parameters(self.net)
 
     def on_validation_epoch_start(self) -> None:
+        self._val_ranks = []
         with torch.no_grad():
             self._item_vectors = self.eval_net.encode_items()  # (N, D)
 
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
-        net = self.eval_net
+        net, items = self.eval_net, self._item_vectors
+        assert items is not None
         users = net.encode_user(batch["items"], batch["events"], batch["dwell"], batch["gaps"])  # (B, D)
-        scores = net.score(users, self._item_vectors).float()  # (B, N)
-        exclude = batch["exclude"]  # (B, H) item indices, 0 = pad
-        rows = torch.arange(len(exclude), device=scores.device).unsqueeze(1).expand_as(exclude)
-        valid = exclude > 0
-        scores[rows[valid], exclude[valid] - 1] = float("-inf")
-        target = scores.gather(1, (batch["targets"] - 1).unsqueeze(1))  # (B, 1)
-        ranks = (scores >= target).sum(1).float()  # (B,) ties count against the model
-        ranks = torch.where(torch.isfinite(target.squeeze(1)), ranks, torch.full_like(ranks, float("inf")))
-        hit = ranks <= self.eval_k
-        ndcg = torch.where(hit, 1.0 / torch.log2(ranks.clamp_max(1e9) + 1.0), torch.zeros_like(ranks))
-        size = len(ranks)
-        k = self.eval_k
-        self.log(f"val/ndcg@{k}", ndcg.mean(), on_epoch=True, prog_bar=True, batch_size=size, sync_dist=True)
-        self.log(
-            f"val/recall@{k}",
-            hit.float().mean(),
-            on_epoch=True,
-            prog_bar=True,
-            batch_size=size,
-            sync_dist=True,
-        )
+
+        def scores(start: int, stop: int) -> torch.Tensor:
+            return net.score(users, items[start:stop]).float()  # (B, stop - start)
+
+        ranks, _ = rank_targets(
+            scores,
+            batch["targets"] - 1,
+            batch["exclude"],
+            chunk_items=self.eval_chunk_items,
+            n_items=len(items),
+        )  # (B,) on the device; only the epoch's ranks go to the host
+        self._val_ranks.append(ranks)
 
     def on_validation_epoch_end(self) -> None:
         self._item_vectors = None
+        if not self._val_ranks:
+            return
+        ranks = self.all_gather(torch.cat(self._val_ranks)).reshape(-1)  # every process's queries
+        self._val_ranks = []
+        for name, value in metrics.ranking_metrics(ranks.cpu().numpy(), (self.eval_k,)).items():
+            self.log(f"val/{name}", value, prog_bar=name != "mrr")
 
     def configure_optimizers(self) -> Any:
         decay, no_decay = [], []

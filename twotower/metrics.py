@@ -74,6 +74,8 @@ def user_popularity(item_user_counts: np.ndarray, n_users: int) -> np.ndarray:
 
 
 def ranking_metrics(ranks: np.ndarray, ks: tuple[int, ...] = (10, 20, 50, 100)) -> dict[str, float]:
+    """Recall@k and NDCG@k for each k, and MRR, from (B,) ranks: the one place validation (ranks ranked in
+    torch, see :mod:`twotower.ranking`) and evaluation (numpy or torch) turn ranks into figures."""
     out: dict[str, float] = {}
     for k in ks:
         out[f"recall@{k}"] = recall_at_k(ranks, k)

@@ -1,0 +1,136 @@
+"""The ranking step in torch, the twin of the numpy one (:func:`twotower.evaluate.mask_history`,
+:func:`twotower.metrics.target_ranks`, :func:`twotower.metrics.top_k`), so validation and evaluation can rank
+on the device that holds the scores and bring only ranks and top-k lists to the host.
+
+Conventions are :mod:`twotower.metrics`'s: column j is item index j + 1; history items are masked to -inf;
+rank = number of unmasked items scoring >= the target (the target included, so ties count against the
+model); a NaN or -inf (masked) target is never a hit (rank = inf); NaN scores never outrank anything.
+
+The catalog is walked in chunks of ``chunk_items`` columns so no (B, N) temporary is needed beyond the
+scores themselves (none at all when the scores come from a :data:`ScoreChunk`); every chunking gives the
+same ranks and top-k lists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+# (start, stop) -> (B, stop - start) scores of catalog columns start .. stop - 1; must be deterministic
+# (a multi-chunk walk calls it twice per chunk: once for the target scores, once to count and rank).
+ScoreChunk = Callable[[int, int], torch.Tensor]
+
+_LOW = 0xFFFFFFFF  # low 32 bits of a top-k key: the inverted column
+
+
+def mask_history(scores: torch.Tensor, exclude: torch.Tensor, start: int = 0) -> torch.Tensor:
+    """Copy of ``scores`` (B, C), columns start .. start + C - 1 of the catalog, with every history item
+    (exclude (B, H) item indices, 0 = pad) at -inf; the input is left alone (it may be the caller's)."""
+    cols = exclude - 1 - start  # (B, H) column within the chunk
+    inside = (exclude > 0) & (cols >= 0) & (cols < scores.shape[1])  # (B, H)
+    rows = torch.arange(len(exclude), device=scores.device).unsqueeze(1).expand_as(exclude)  # (B, H)
+    hidden = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)  # (B, C)
+    hidden[rows[inside], cols[inside]] = True
+    return scores.masked_fill(hidden, float("-inf"))
+
+
+def _top_keys(scores: torch.Tensor, start: int) -> torch.Tensor:
+    """(B, C) float scores -> (B, C) int64 keys ordered as (score desc, column asc), one per column.
+
+    Distinct keys make top-k independent of how ties fall into chunks; NaN sorts as -inf (as in numpy).
+    """
+    inf = float("inf")
+    clean = torch.nan_to_num(scores.float(), nan=-inf, posinf=inf, neginf=-inf)  # (B, C)
+    clean = torch.where(clean == 0, 0.0, clean)  # -0.0 ties with 0.0, as a comparison says
+    bits = clean.view(torch.int32)
+    ordered = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).long()  # (B, C) monotone in the score
+    cols = torch.arange(start, start + scores.shape[1], device=scores.device)  # (C,)
+    return (ordered << 32) + (_LOW - cols)  # (B, C)
+
+
+def _merge_top(best: torch.Tensor | None, keys: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the k largest keys of a running (B, <= k) best and a chunk's (B, C) keys, largest first."""
+    top = keys.topk(min(k, keys.shape[1]), dim=1).values  # (B, <= k)
+    if best is not None:
+        top = torch.cat([best, top], dim=1)  # (B, <= 2k)
+        top = top.topk(min(k, top.shape[1]), dim=1).values
+    return top
+
+
+def _target_scores(
+    chunk: ScoreChunk, bounds: list[tuple[int, int]], targets: torch.Tensor, exclude: torch.Tensor | None
+) -> torch.Tensor:
+    """(B,) score of each target column as the chunk walk sees it; -inf where the target is history."""
+    size = bounds[0][1] - bounds[0][0]
+    found: torch.Tensor | None = None
+    for index in (targets // size).unique().tolist():  # only the chunks that hold a target
+        start, stop = bounds[index]
+        values = chunk(start, stop)  # (B, C)
+        if found is None:
+            found = torch.empty(len(targets), dtype=values.dtype, device=values.device)  # (B,)
+        rows = ((targets >= start) & (targets < stop)).nonzero(as_tuple=True)[0]  # (b,)
+        found[rows] = values[rows, targets[rows] - start]
+    if found is None:  # an empty batch
+        return torch.empty(0, device=targets.device)
+    if exclude is not None:
+        seen = (exclude == (targets + 1).unsqueeze(1)).any(1)  # (B,) target among the history items
+        found = found.masked_fill(seen, float("-inf"))
+    return found
+
+
+def _chunks(
+    scores: torch.Tensor | ScoreChunk, n_items: int | None, chunk_items: int | None
+) -> tuple[ScoreChunk, list[tuple[int, int]]]:
+    """A chunk source over the catalog and its (start, stop) bounds; a single chunk is scored once."""
+    if isinstance(scores, torch.Tensor):
+        n_items, full = scores.shape[1], scores
+
+        def source(start: int, stop: int) -> torch.Tensor:
+            return full[:, start:stop]  # a view: masking copies only the chunk
+
+    elif n_items is None:
+        raise ValueError("rank_targets needs n_items when scores come in chunks")
+    else:
+        source = scores
+    size = max(1, min(chunk_items or n_items, n_items))
+    bounds = [(start, min(start + size, n_items)) for start in range(0, n_items, size)]
+    if len(bounds) > 1:
+        return source, bounds
+    whole = source(0, n_items)  # (B, N)
+    return (lambda start, stop: whole), bounds
+
+
+def rank_targets(
+    scores: torch.Tensor | ScoreChunk,
+    targets: torch.Tensor,
+    exclude: torch.Tensor | None = None,
+    k: int = 0,
+    chunk_items: int | None = None,
+    n_items: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Rank each query's target over the catalog, history excluded; the twin of ``target_ranks`` + ``top_k``.
+
+    ``scores`` is a (B, N) tensor or a :data:`ScoreChunk` (then ``n_items`` = N is required); ``targets``
+    (B,) are column indices; ``exclude`` (B, H) item indices (0 = pad) or None for no masking, moved to the
+    scores' device (with a ScoreChunk they must be on the chunks' device already). Returns (B,) float64 ranks (1 = best, inf = never a hit) and, when k > 0,
+    the (B, min(k, N)) best columns, best first, ties broken towards the lower column; both on that device.
+    """
+    source, bounds = _chunks(scores, n_items, chunk_items)
+    device = scores.device if isinstance(scores, torch.Tensor) else targets.device
+    targets = targets.to(device)
+    exclude = exclude.to(device) if exclude is not None else None
+    target = _target_scores(source, bounds, targets, exclude)  # (B,)
+    at_least = torch.zeros(len(targets), dtype=torch.long, device=device)  # (B,)
+    best = None
+    for start, stop in bounds:
+        part = source(start, stop)  # (B, C)
+        if exclude is not None:
+            part = mask_history(part, exclude, start)
+        at_least += (part >= target.unsqueeze(1)).sum(1)  # NaN compares false: never outranks
+        if k > 0:
+            best = _merge_top(best, _top_keys(part, start), k)
+    miss = torch.isnan(target) | torch.isneginf(target)  # (B,)
+    ranks = torch.where(miss, torch.full_like(target, float("inf"), dtype=torch.float64), at_least.double())
+    top = None if best is None else _LOW - (best & _LOW)  # (B, k) columns
+    return ranks, top
