@@ -1,27 +1,9 @@
-"""Serving benchmark: `python scripts/bench_serving.py BUNDLE [--out serving_latency.json] [--http-seconds 10]`."""
+"""Serving benchmark: `python scripts/bench_serving.py BUNDLE [--out serving_latency.json] [--http-seconds 10]`.
 
-from __future__ import annotations
+Same as `twotower-bench-serving ...` or `python -m twotower.cli.bench_serving ...` (twotower/cli/bench_serving.py).
+"""
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from twotower.benchmarks.service import run  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("bundle")
-    parser.add_argument("--out", default=None, help="write the figures as JSON here")
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--http-seconds", type=float, default=0.0, help="0 skips the HTTP part")
-    args = parser.parse_args()
-    result = run(args.bundle, args.out, n_users=args.users, http_seconds=args.http_seconds)
-    print(json.dumps(result, indent=2))
-
+from twotower.cli.bench_serving import main
 
 if __name__ == "__main__":
     main()

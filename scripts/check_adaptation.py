@@ -1,48 +1,10 @@
 """Feedback-loop check: `python scripts/check_adaptation.py BUNDLE --categories Horror Romance [--out F.json]`.
 
-`--pairs 10`: also every ordered pair of the 10 largest categories; `--boost 0`: the model alone (no
-session-intent re-rank)."""
+Same as `twotower-check-adaptation ...` or `python -m twotower.cli.check_adaptation ...`
+(twotower/cli/check_adaptation.py).
+"""
 
-from __future__ import annotations
-
-import argparse
-import json
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from serving.recommender import Recommender  # noqa: E402
-from twotower.benchmarks.adaptation import adaptation_check, pair_sweep  # noqa: E402
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("bundle")
-    parser.add_argument("--categories", nargs="+", required=True, help="clicked in this order")
-    parser.add_argument("--clicks", type=int, default=15)
-    parser.add_argument("--event", default=None, help="event type of the clicks (default: '<other>')")
-    parser.add_argument(
-        "--pairs", type=int, default=0, help="also sweep the ordered pairs of this many categories"
-    )
-    parser.add_argument(
-        "--boost", type=float, default=None, help="session-intent boost (default: the bundle's)"
-    )
-    parser.add_argument("--out", default=None)
-    args = parser.parse_args()
-    rec = Recommender.load(args.bundle, intent_boost=args.boost)
-    result = adaptation_check(rec, args.categories, args.clicks, event=args.event)
-    for step in result["steps"]:
-        print(f"after {step['category'] or 'no events'}: {step['in_category']} of the top {result['k']}")
-    if args.pairs:
-        result["pairs"] = pair_sweep(rec, args.pairs, args.clicks)
-        print(
-            f"pairs where both steps reach {result['pairs']['need']} of {result['pairs']['k']}: "
-            f"{result['pairs']['both_steps_pass']} of {result['pairs']['pairs']}"
-        )
-    if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=2))
-
+from twotower.cli.check_adaptation import main
 
 if __name__ == "__main__":
     main()

@@ -5,8 +5,8 @@
 # Needs python3 with torch + pytorch-lightning + pandas/pyarrow; hydra wheels from .whl/ if present.
 OUT=${OUT:-runs/gpu_bench}
 source "$(dirname "$0")/gpu_env.sh"
-timeout 200 python3 scripts/gpu_bench.py --out "$OUT" --users "${USERS:-200000}" 2>&1 | grep -v Warning | tail -25
-timeout 150 python3 scripts/train.py experiment=ml100k trainer=gpu trainer.precision=32-true trainer.max_epochs=10 trainer.enable_progress_bar=false \
+timeout 200 python3 -m twotower.cli.gpu_bench --out "$OUT" --users "${USERS:-200000}" 2>&1 | grep -v Warning | tail -25
+timeout 150 python3 -m twotower.cli.train experiment=ml100k trainer=gpu trainer.precision=32-true trainer.max_epochs=10 trainer.enable_progress_bar=false \
   logger=csv eval.baselines=[popularity] paths.output_dir="$OUT/ml100k_fp32" 2>&1 | tail -3
 python3 - "$OUT" <<'PY'
 import json, sys, pathlib

@@ -9,7 +9,7 @@ python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__versio
 python3 -m pytest -q -p no:cacheprovider tests/test_train_e2e.py -k "tiny or csv" 2>&1 | tail -3 | tee "$OUT/tests.txt"
 # 2. the ml100k experiment on the GPU, bf16 mixed precision and fp32
 for precision in bf16-mixed 32-true; do
-  python3 scripts/train.py experiment=ml100k trainer=gpu trainer.precision=$precision \
+  python3 -m twotower.cli.train experiment=ml100k trainer=gpu trainer.precision=$precision \
     trainer.enable_progress_bar=false logger=csv paths.output_dir="$OUT/ml100k_$precision" 2>&1 | tail -8
 done
 python3 - "$OUT" <<'PY'

@@ -15,11 +15,11 @@ the encode and the search of the same history timed back to back (``encode_then_
 Two ``recommend()`` calls are timed: ``recommend`` with the history as external item ids, mapped to catalog rows
 on every call (a one-off history; the ids are decoded from JSON just before each call, untimed, so they are new
 strings as a request's are), and ``recommend_known_user`` by user id, whose history the recommender
-holds as rows already (as the serving store's per-user cache does): at 1M items the id mapping alone costs
-tens of microseconds of cache misses in a million-entry dict. The timed passes alternate (``rounds``), the
-encode's too, so every figure of a setting comes from the same phases of the machine; ``speed_probe`` times a
-fixed pure-Python loop between them: a shared machine's phases (its speed can halve for seconds) show there,
-and runs are compared by it.
+holds as rows already (as the serving store's per-user cache does): at a million items the id mapping is a
+chain of cache misses in a million-entry dict. The timed passes alternate (``rounds``), the encode's too, so
+every figure of a setting comes from the same phases of the machine; ``speed_probe`` times a fixed pure-Python
+loop between them: a shared machine's phases (its speed can change for seconds at a time) show there, and runs
+are compared by it.
 """
 
 from __future__ import annotations
@@ -58,7 +58,7 @@ def timed(fn, items: list, warmup: int = 20) -> list[float]:
 
 
 def speed_probe(_: Any = None) -> int:
-    """A fixed pure-Python workload (about 50 us when this machine runs fast): its time reads the phase."""
+    """A fixed pure-Python workload: its time reads the machine's phase (docs/benchmarks.md)."""
     total = 0
     for i in range(2000):
         total += i * i
@@ -92,10 +92,8 @@ class Workload:
             _, centres = clustered_catalog(len(rec.item_ids), rec.bundle.dim, seed=0)
             self.queries = taste_queries(centres, n, seed=seed + 1, mixture=mixture)
         else:
-            self.queries = np.stack([rec.encode_rows(h) for h in self.histories])
-        self.user_vectors = np.stack(
-            [rec.encode_rows(h) for h in self.histories]
-        )  # what recommend() searches
+            self.queries = np.stack([rec.encode(h) for h in self.histories])
+        self.user_vectors = np.stack([rec.encode(h) for h in self.histories])  # what recommend() searches
         self.k = k
         self.exact = self._exact(rec.vectors)
 
@@ -167,12 +165,12 @@ def measure_setting(rec: Recommender, work: Workload, rounds: int = 3) -> dict[s
     resolved = [rec.resolve(ids).history for ids in work.ids]  # what recommend(history=ids) encodes
 
     def encode_then_search(i: int) -> None:  # the two library calls alone, back to back, as in a request
-        query = rec.encode_rows(resolved[i])
+        query = rec.encode(resolved[i])
         with Selector(n, resolved[i].rows) as selector:
             rec.search(query, work.k, selector)
 
     times = interleaved({
-        "encode": lambda i: rec.encode_rows(work.histories[i]),
+        "encode": lambda i: rec.encode(work.histories[i]),
         "search_user_vector": search_own,
         "encode_then_search": encode_then_search,
         "recommend": (  # raw ids, mapped per call: new strings, just decoded (untimed) as a request's body gives
@@ -195,8 +193,7 @@ def measure_setting(rec: Recommender, work: Workload, rounds: int = 3) -> dict[s
 
 def index_settings(kinds: list[str], base: dict[str, Any]) -> list[IndexSpec]:
     """One built index per kind; the swept parameter varies at search time only."""
-    return [IndexSpec(kind=kind, **{k: v for k, v in base.items() if k in IndexSpec.__dataclass_fields__})
-            for kind in kinds]  # fmt: skip
+    return [IndexSpec.from_dict({**base, "kind": kind}) for kind in kinds]
 
 
 def run_latency(

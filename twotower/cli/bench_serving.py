@@ -1,0 +1,23 @@
+"""Serving benchmark: `twotower-bench-serving BUNDLE [--out serving_latency.json] [--http-seconds 10]`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from twotower.benchmarks.service import run
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("bundle")
+    parser.add_argument("--out", default=None, help="write the figures as JSON here")
+    parser.add_argument("--users", type=int, default=300)
+    parser.add_argument("--http-seconds", type=float, default=0.0, help="0 skips the HTTP part")
+    args = parser.parse_args(argv)
+    result = run(args.bundle, args.out, n_users=args.users, http_seconds=args.http_seconds)
+    print(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
