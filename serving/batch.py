@@ -50,8 +50,7 @@ class BatchScorer:
 
         Histories are encoded in order of length, so each ONNX batch pads to a length close to its rows'
         (the vectors are the same: padding is masked), then put back in the callers' order. Small batches on
-        single-threaded runs in parallel beat large ones spread over the cores (measured on 2 cores: 17.6k
-        users/s at 128 rows, 16.7k at 256, against 12.5k for 1,024-row runs on 2 intra-op threads)."""
+        single-threaded runs in parallel beat large ones spread over the cores (docs/benchmarks.md)."""
         rec = self.rec
         if not len(histories):
             return np.zeros((0, rec.bundle.dim), np.float32)
@@ -124,7 +123,7 @@ class BatchScorer:
         if self.exclude_seen:  # one sorted lookup for the whole batch: key = user * N + row
             n = len(rec.item_ids)
             seen = np.sort(np.concatenate([b * n + h.rows for b, h in enumerate(histories)]))  # (S,)
-            # binary search of the candidates in the few seen keys (np.isin sorts them all: 4x slower)
+            # binary search of the candidates in the few seen keys (np.isin would sort them all)
             if len(seen):
                 wanted = np.arange(len(histories))[:, None] * n + found  # (B, fetch)
                 at = np.minimum(np.searchsorted(seen, wanted), len(seen) - 1)

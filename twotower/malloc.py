@@ -15,9 +15,8 @@ def keep_freed_memory() -> bool:
     """Ask glibc to keep freed memory for reuse instead of returning it to the OS.
 
     Training allocates and frees the same large (targets x catalog) logit buffers every step; by default each
-    of them is a fresh mmap whose pages fault in one by one, which cost about a quarter of the step time on
-    a 2-core machine (measured: 1M minor faults and 3.2 s of system time per 8 steps, 0.2 s after this).
-    No-op (returns False) outside glibc.
+    of them is a fresh mmap whose pages fault in one by one, a large share of the step time on a small CPU
+    machine (figures in docs/benchmarks.md). No-op (returns False) outside glibc.
     """
     if not sys.platform.startswith("linux"):
         return False

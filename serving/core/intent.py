@@ -1,8 +1,8 @@
 """Session intent: a re-rank that follows what a user is doing right now, from their live history.
 
 The model ranks by what usually comes next, which on logs of bulk activity (ml-100k users rate dozens of
-films in one sitting) is long-term taste: fifteen romance clicks barely move it. This stage makes the
-answer follow the session, by category, without retraining:
+films in one sitting) is long-term taste: a run of clicks in another genre barely moves it (the figures are
+in docs/realtime.md). This stage makes the answer follow the session, by category, without retraining:
 
 - ``f_c``: the recency-weighted share of the user's last ``window`` events whose item is in category ``c``
   (weight ``decay ** age``, age 0 = newest);

@@ -39,7 +39,7 @@ def resolve_history(
             found = itemgetter(*items)(row_of)
         except (KeyError, TypeError):
             pass
-        else:  # every id is a catalog row: no mask, no second pass (~50 us less per request at 1M items)
+        else:  # every id is a catalog row: no mask, no second pass (the fast path)
             rows = np.fromiter(found if n > 1 else (found,), np.int64, n)
             return ResolvedHistory(History.build(rows), n_events=n)
     for name, values in (("events", events), ("dwell", dwell), ("ts", ts)):

@@ -85,12 +85,12 @@ def filtered_search(
     """Top-k of one query among the ids passing ``selector``: exactly min(k, available) results.
 
     A flat (exact) index is answered by :func:`masked_top_k` over ``xb``, the same exact inner-product search
-    (measured 1.3x to 2x faster than FAISS's one-query flat scan from 2k to 200k items, and it needs no bitmap);
+    (faster than FAISS's one-query flat scan, and it needs no bitmap: docs/benchmarks.md);
     ``blas_flat=False`` runs FAISS's flat search instead (its twin, for checking).
 
     Inverted lists with a short exclusion (a history) are searched unfiltered for the top k + E and the E
     excluded rows dropped afterwards: the lists scanned are the same, so the answer is the filtered search's,
-    without a bitmap test per scanned code (at 1M items and nprobe 10, 160 against 220 us).
+    without a bitmap test per scanned code, which makes it faster.
     ``postfilter=False`` runs the filter inside the search instead (its twin, for checking). Otherwise the
     filter runs inside the FAISS search; graph and IVF searches under a tight filter can come back short, so
     the search is repeated with a 4x larger k, and as a last resort the exact twin answers.
@@ -123,8 +123,8 @@ def filtered_search(
 
 def _drop_rows(scores: np.ndarray, rows: np.ndarray, exclude: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(scores, rows) without the misses (-1) and the excluded rows: a set test per result and one gather by
-    the kept positions, which after an encode (cold caches) costs less than any vectorised membership test or
-    boolean mask measured here (a mask: 10 to 15 us more per request at 1M items)."""
+    the kept positions, which after an encode (cold caches) costs less than a vectorised membership test or a
+    boolean mask."""
     excluded = set(exclude.tolist())
     keep = [j for j, row in enumerate(rows.tolist()) if row >= 0 and row not in excluded]
     if len(keep) == len(rows):
