@@ -4,13 +4,15 @@ Added items get their vector from the item tower's category part (the bundle's `
 the same vector ``TwoTower.encode_new_items`` gives (tested). They are searched exactly beside the bundle's
 index and merged by score; removed bundle items are filtered inside the index search. The changes are one
 immutable :class:`CatalogChanges` snapshot: a change builds a new one under a lock and swaps it in, so a
-request in flight keeps the snapshot it started with and concurrent changes are never lost.
+request in flight keeps the snapshot it started with and concurrent changes are never lost. A ``persist``
+callback (the history store's write) runs after the new snapshot is built and before it is swapped in: a
+change is visible only once it is durable, and a failed write leaves nothing changed.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Sequence, Sized
+from collections.abc import Callable, Iterable, Sequence, Sized
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -152,11 +154,13 @@ class Catalog:
         """(D,) vector of an item known only by its categories (the item tower's feature part)."""
         return category_vector(self._category_vectors, self.category_of, list(categories), self._normalize)
 
-    def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
+    def add_items(
+        self, items: Sequence[tuple[str, Sequence[str]]], persist: Callable[[], None] | None = None
+    ) -> list[str]:
         """Add ``(item_id, categories)`` items; re-adding a removed bundle item restores it. All or nothing.
 
         Raises :class:`ItemExists` for an id already in the catalog and ValueError (naming the item) for
-        unknown categories; nothing changes then."""
+        unknown categories or an id listed twice; nothing changes then, nor when ``persist`` raises."""
         with self._lock:
             changes, restored, new, vectors, cats, seen = self.changes, [], [], [], [], set()
             removed = set(changes.removed_rows.tolist())
@@ -181,11 +185,14 @@ class Catalog:
                 changes = changes.restored(restored)
             if new:
                 changes = changes.with_added(new, np.stack(vectors), cats)
+            if persist is not None:
+                persist()
             self.changes = changes
         return new + [self.item_ids[r] for r in restored]
 
-    def remove_items(self, item_ids: Sequence[str]) -> list[str]:
-        """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes)."""
+    def remove_items(self, item_ids: Sequence[str], persist: Callable[[], None] | None = None) -> list[str]:
+        """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes, nor
+        when ``persist`` raises)."""
         item_ids = [str(i) for i in item_ids]
         with self._lock:
             changes = self.changes
@@ -194,5 +201,8 @@ class Catalog:
                        (i not in self.row_of and i not in changes.row_of)]  # fmt: skip
             if unknown:
                 raise KeyError(f"unknown items {unknown}")
-            self.changes = changes.with_removed(item_ids, self.row_of)
+            after = changes.with_removed(item_ids, self.row_of)
+            if persist is not None:
+                persist()
+            self.changes = after
         return item_ids

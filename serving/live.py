@@ -200,16 +200,21 @@ class LiveService:
 
     # ---- catalog --------------------------------------------------------------------------------------
     def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
-        added = self._recommender.catalog.add_items(items)
-        for item_id, categories in items:
-            self.store.record_item(str(item_id), "add", list(categories))
-        return added
+        """Add items: durable in the store before any answer can hold them; all or nothing (see
+        :meth:`Catalog.add_items`). Serialised with reloads, so a new bundle replays every change."""
+        changes = [(str(item_id), "add", list(categories)) for item_id, categories in items]
+        with self._reload_lock:
+            return self._recommender.catalog.add_items(
+                items, persist=lambda: self.store.record_items(changes)
+            )
 
     def remove_items(self, item_ids: Sequence[str]) -> list[str]:
-        removed = self._recommender.catalog.remove_items(item_ids)
-        for item_id in removed:
-            self.store.record_item(item_id, "remove")
-        return removed
+        """Take items out of every answer: durable first, then visible; all or nothing."""
+        changes = [(str(item_id), "remove", []) for item_id in item_ids]
+        with self._reload_lock:
+            return self._recommender.catalog.remove_items(
+                item_ids, persist=lambda: self.store.record_items(changes)
+            )
 
 
 def apply_catalog_changes(rec: Recommender, store: HistoryStore) -> None:

@@ -28,6 +28,11 @@ import numpy as np
 DB_FILE = "history.sqlite3"
 
 
+class StoreUnavailable(RuntimeError):
+    """The store cannot take writes now (read-only, full or missing files); the message names the path.
+    The service answers 503 and reports not ready while reads keep working."""
+
+
 @dataclass(frozen=True)
 class StoredEvent:
     """One interaction as stored (ids external, seconds since the epoch)."""
@@ -51,7 +56,7 @@ class HistoryStore(Protocol):
     def erase(self, user_key: str) -> int: ...
     def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int: ...
     def sweep(self, now: float | None = None) -> int: ...
-    def record_item(self, item_id: str, action: str, categories: Sequence[str] = ()) -> None: ...
+    def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None: ...
     def catalog_changes(self) -> list[tuple[str, str, list[str]]]: ...
 
 
@@ -234,11 +239,16 @@ class SQLiteHistoryStore:
         return {"events": events, "users": users}
 
     # ---- live catalog changes (items added or removed without retraining) ---------------------------
-    def record_item(self, item_id: str, action: str, categories: Sequence[str] = ()) -> None:
+    def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Store ``(item_id, "add" | "remove", categories)`` changes in one transaction (all or none)."""
+        now = time.time()
         with self._write() as db:
-            db.execute(
+            db.executemany(
                 "INSERT OR REPLACE INTO catalog_changes VALUES (?, ?, ?, ?)",
-                (item_id, action, json.dumps(list(categories)), time.time()),
+                [
+                    (item_id, action, json.dumps(list(categories)), now)
+                    for item_id, action, categories in changes
+                ],
             )
 
     def catalog_changes(self) -> list[tuple[str, str, list[str]]]:

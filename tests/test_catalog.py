@@ -63,3 +63,23 @@ def test_concurrent_changes_are_never_lost(catalog):
     assert len(added) == 400 and len(removed) == 192
     assert live == set(added) - set(removed)
     assert len(catalog.changes.vectors) == len(catalog.changes.ids) == len(catalog.changes.categories)
+
+
+def test_a_change_is_visible_only_after_it_is_persisted(catalog):
+    """The store's write runs before the swap: when it fails, nothing changed and a retry can succeed."""
+    during = []
+
+    def failing(item: str):
+        def write() -> None:
+            during.append(item in catalog)
+            raise OSError("disk full")
+
+        return write
+
+    with pytest.raises(OSError, match="disk full"):
+        catalog.add_items([("late", ["a"])], persist=failing("late"))
+    with pytest.raises(OSError, match="disk full"):
+        catalog.remove_items(["i4"], persist=failing("i4"))
+    assert during == [False, True]  # not yet added / still served while the write runs
+    assert "late" not in catalog and "i4" in catalog
+    assert catalog.add_items([("late", ["a"])], persist=lambda: None) == ["late"] and "late" in catalog
