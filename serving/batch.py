@@ -191,12 +191,20 @@ def load_users(
                 group["ts"].tolist() if "ts" in group else None,
             ).history
     elif state_dir:
+        from serving.privacy import key_scheme, pseudonym_key, user_key
+        from serving.settings import Settings
         from serving.store import SQLiteHistoryStore
 
         store = SQLiteHistoryStore(state_dir, max_events=rec.max_len + 1)
-        keys = _read_ids(users_file) if users_file else [
+        key = pseudonym_key(state_dir, Settings.from_env().pseudonym_key, create=False)
+        if store.key_scheme not in (None, key_scheme(key)):  # ids given here must map to the stored keys
+            raise ValueError(
+                f"{state_dir}: user keys are {store.key_scheme}, TWOTOWER_PSEUDONYM_KEY gives {key_scheme(key)}"
+            )
+        ids = _read_ids(users_file) if users_file else [  # without a users file: the stored keys themselves
             r[0] for r in store.db.execute("SELECT user_key FROM users ORDER BY user_key")]  # fmt: skip
-        table = {key: rec.resolve(*store.history_columns(key)).history for key in keys}
+        keys = [user_key(key, u) for u in ids] if users_file else ids
+        table = {u: rec.resolve(*store.history_columns(k)).history for u, k in zip(ids, keys, strict=True)}
     else:
         table = rec.histories
     users = _read_ids(users_file) if users_file else sorted(table)

@@ -9,8 +9,6 @@ requests run; the store, and so every history, stays.
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import logging
 import math
 import threading
@@ -22,6 +20,7 @@ from pathlib import Path
 
 from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
+from serving.privacy import has_lone_surrogate, key_scheme, user_key
 from serving.recommender import Recommender
 from serving.store import HistoryStore, StoredEvent
 
@@ -47,6 +46,15 @@ class EventError:
         return {"index": self.index, "field": self.field, "msg": self.message}
 
 
+@dataclass(frozen=True)
+class Ingested:
+    """What a write of events did: ``accepted`` events are stored; ``trimmed`` ones were valid but older than
+    the newest ``max_events`` their user keeps, so they are not (the store keeps a window, not a log)."""
+
+    accepted: int
+    trimmed: int = 0
+
+
 class EventsRejected(ValueError):
     """Some events of a batch are invalid; none of the batch was stored."""
 
@@ -60,13 +68,16 @@ class LiveService:
         self,
         recommender: Recommender,
         store: HistoryStore,
-        pseudonym_key: str | None = None,
+        pseudonym_key: str | bytes | None = None,
         limits: EventLimits | None = None,
         cache_size: int = 100_000,
     ) -> None:
         self._recommender = recommender
         self.store = store
-        self._key = pseudonym_key.encode() if pseudonym_key else None
+        if isinstance(pseudonym_key, str):
+            pseudonym_key = pseudonym_key.encode()
+        self._key = pseudonym_key or None
+        self.key_scheme = key_scheme(self._key)
         self.limits = limits or EventLimits()
         # user key -> (store version, resolved history, the recommender whose catalog it was resolved against)
         self._cache: OrderedDict[str, tuple[int, ResolvedHistory, Recommender]] = OrderedDict()
@@ -93,10 +104,19 @@ class LiveService:
 
     # ---- users ----------------------------------------------------------------------------------------
     def user_key(self, user_id: str) -> str:
-        """How a user id is stored: as given, or a keyed hash (HMAC-SHA256) when pseudonymisation is on."""
-        if self._key is None:
-            return str(user_id)
-        return hmac.new(self._key, str(user_id).encode(), hashlib.sha256).hexdigest()
+        """How a user id is stored: a keyed hash (HMAC-SHA256) when pseudonymisation is on, else as given
+        (ValueError naming ``user_id`` for an id that is not valid UTF-8)."""
+        return user_key(self._key, user_id)
+
+    @property
+    def writable(self) -> bool:
+        """False from a write the store refused (read-only, full) until a write succeeds: not ready."""
+        return getattr(self.store, "writable", True)
+
+    def probe_writable(self) -> bool:
+        """A one-row write when the store is marked unwritable, so it recovers without client writes (a
+        disk write: call it off the event loop)."""
+        return self.writable or self.store.probe()
 
     def validate(self, events: Sequence[dict], now: float | None = None) -> list[tuple[str, StoredEvent]]:
         """Check every event; raises :class:`EventsRejected` listing each bad one (the batch is all or none)."""
@@ -105,11 +125,19 @@ class LiveService:
         vocabulary = set(rec.event_of) | {OTHER_EVENT, "other"}  # "other" is the bucket's plain name
         errors, out = [], []
         for i, raw in enumerate(events):
-            item, kind = str(raw["item_id"]), raw.get("event") or OTHER_EVENT
+            user, item, kind = raw.get("user_id"), str(raw["item_id"]), raw.get("event")
+            kind = OTHER_EVENT if kind is None else str(kind)
             dwell, ts = raw.get("dwell_s"), raw.get("ts")
-            if item not in rec.catalog:
+            bad_text = [name for name, text in (("user_id", user), ("item_id", item), ("event", kind))
+                        if text is not None and has_lone_surrogate(str(text))]  # fmt: skip
+            errors += [EventError(i, name, "holds a lone surrogate (not valid UTF-8)") for name in bad_text]
+            if user is None or str(user) == "":
+                errors.append(EventError(i, "user_id", "a user id is needed"))
+            if "item_id" not in bad_text and item not in rec.catalog:
                 errors.append(EventError(i, "item_id", f"unknown item {item!r}"))
-            if kind not in vocabulary:
+            if kind == "":
+                errors.append(EventError(i, "event", "empty; leave it out (or null) for '<other>'"))
+            elif "event" not in bad_text and kind not in vocabulary:
                 errors.append(
                     EventError(i, "event", f"unknown event type {kind!r}; known: {sorted(vocabulary)}")
                 )
@@ -123,20 +151,25 @@ class LiveService:
                 errors.append(EventError(i, "ts", f"{ts} is {ts - now:.0f} s in the future"))
             elif ts is not None and ts < now - limits.max_past_s:
                 errors.append(EventError(i, "ts", f"{ts} is more than {limits.max_past_s:g} s in the past"))
-            out.append(
-                (self.user_key(raw["user_id"]), StoredEvent(item, kind, dwell, now if ts is None else ts))
-            )
+            if not errors:
+                out.append((self.user_key(user), StoredEvent(item, kind, dwell, now if ts is None else ts)))
         if errors:
             raise EventsRejected(errors)
         return out
 
     def ingest(self, events: Sequence[dict]) -> int:
-        """Validate, then store durably; returns how many were stored (after the commit).
+        """Validate, then store durably; returns how many were stored (after the commit)."""
+        return self.ingest_report(events).accepted
 
-        A cached history that was current just before this write is extended in place (what a re-read
-        would give), so the next recommendation does not re-read the store."""
+    def ingest_report(self, events: Sequence[dict]) -> Ingested:
+        """:meth:`ingest`, also saying how many valid events were too old for their user's window.
+
+        Raises :class:`EventsRejected` or :class:`~serving.store.StoreUnavailable` (the disk refused the
+        write), storing nothing. A cached history that was current just before this write is extended in
+        place (what a re-read would give), so the next recommendation does not re-read the store."""
         validated = self.validate(events)
-        versions = self.store.append_tracked(validated)
+        appended = self.store.append_tracked(validated)
+        versions = appended.versions
         by_user: dict[str, list] = {}
         for key, event in validated:
             by_user.setdefault(key, []).append(event)
@@ -156,7 +189,7 @@ class LiveService:
                 self._cache.pop(key, None)
             else:
                 self._cache[key] = (after, extended, rec)
-        return len(validated)
+        return Ingested(len(validated) - appended.trimmed, appended.trimmed)
 
     def stored_history(self, user_id: str) -> ResolvedHistory | None:
         """The user's current history from the store (None if nothing is stored)."""
@@ -192,7 +225,8 @@ class LiveService:
         return [e.__dict__.copy() for e in self.store.history(self.user_key(user_id))]
 
     def erase(self, user_id: str) -> int:
-        """Delete a user's stored history; the next recommendation for them is the anonymous fallback."""
+        """Delete a user's stored history, from the store's files too; the next recommendation for them is
+        the anonymous fallback. The erasure log keeps a hash of the stored key, never the id."""
         key = self.user_key(user_id)
         count = self.store.erase(key)
         self._cache.pop(key, None)

@@ -1,10 +1,11 @@
 """Where live user histories are kept: a small interface and its embedded default, SQLite in WAL mode.
 
-An event is acknowledged only after its transaction committed (``synchronous=FULL`` by default: it survives
-a killed process and a power cut). Each write is one transaction, so a reader sees all of a batch or none of
-it. Per user the store keeps the most recent ``max_events`` events; ``retention_s`` bounds how long anything
-is kept after it was stored. Writers and readers may be threads (one connection per thread) or processes
-(SQLite's file locks, with a busy timeout).
+An event is acknowledged only after its transaction committed (``synchronous=FULL`` by default, checked
+on every connection: it survives a killed process and a power cut). Each write is one transaction, so a
+reader sees all of a batch or none of it. Per user the store keeps the most recent ``max_events`` events;
+``retention_s`` bounds how long anything is kept after it was stored. Writers and readers may be threads or
+processes. An erasure overwrites the rows and truncates the WAL: the bytes leave the files, not only the
+answers (see :mod:`serving.sqlitedb` for the file, its settings and :class:`StoreUnavailable`).
 
 Sharing between replicas: every replica opening one SQLite file works on one host only. Several hosts need a
 networked store behind the same :class:`HistoryStore` interface: for example Redis, one list per user key
@@ -15,22 +16,26 @@ for the same durability), ``version`` being a per-user counter ``INCR``-ed in th
 from __future__ import annotations
 
 import json
+import logging
+import math
+import re
 import sqlite3
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-import numpy as np
+from serving.privacy import RAW_SCHEME, erasure_key
+from serving.sqlitedb import SQLiteFile, StoreUnavailable
+
+__all__ = ["HistoryStore", "SQLiteHistoryStore", "StoreUnavailable", "StoredEvent", "Appended"]
+
+log = logging.getLogger(__name__)
 
 DB_FILE = "history.sqlite3"
-
-
-class StoreUnavailable(RuntimeError):
-    """The store cannot take writes now (read-only, full or missing files); the message names the path.
-    The service answers 503 and reports not ready while reads keep working."""
+LEGACY_PSEUDONYMS = "hmac-sha256:unrecorded"  # pseudonyms written before the store recorded its key
+_HEX64 = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
@@ -43,19 +48,28 @@ class StoredEvent:
     ts: float
 
 
+@dataclass(frozen=True)
+class Appended:
+    """What one write did: each user's version just before and just after it, and how many of its events
+    were older than the ``max_events`` newest their user keeps, so were not kept."""
+
+    versions: dict[str, tuple[int | None, int]]
+    trimmed: int = 0
+
+
 class HistoryStore(Protocol):
     max_events: int
+    writable: bool
 
     def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int: ...
-    def append_tracked(
-        self, events: Sequence[tuple[str, StoredEvent]]
-    ) -> dict[str, tuple[int | None, int]]: ...
+    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended: ...
     def history(self, user_key: str) -> list[StoredEvent]: ...
     def version(self, user_key: str) -> int | None: ...
     def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]: ...
     def erase(self, user_key: str) -> int: ...
     def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int: ...
     def sweep(self, now: float | None = None) -> int: ...
+    def probe(self) -> bool: ...
     def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None: ...
     def catalog_changes(self) -> list[tuple[str, str, list[str]]]: ...
 
@@ -85,7 +99,7 @@ CREATE TABLE IF NOT EXISTS catalog_changes (
 """
 
 
-class SQLiteHistoryStore:
+class SQLiteHistoryStore(SQLiteFile):
     """The embedded default :class:`HistoryStore` (one file in ``state_dir``)."""
 
     def __init__(
@@ -96,54 +110,29 @@ class SQLiteHistoryStore:
         synchronous: str = "FULL",
         busy_timeout_s: float = 30.0,
     ) -> None:
-        if synchronous.upper() not in ("FULL", "NORMAL", "EXTRA"):
-            raise ValueError(f"synchronous must be FULL, NORMAL or EXTRA, not {synchronous!r}")
-        self.path = Path(state_dir) / DB_FILE
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        super().__init__(Path(state_dir) / DB_FILE, synchronous, busy_timeout_s)
         self.max_events = int(max_events)
         self.retention_s = retention_s if retention_s and retention_s > 0 else None
-        self._pragmas = (
-            f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}",
-            "PRAGMA journal_mode=WAL",
-            f"PRAGMA synchronous={synchronous.upper()}",
-        )
-        self._local = threading.local()
-        self.db.executescript(SCHEMA)  # idempotent; executescript commits by itself
-
-    # ---- connections --------------------------------------------------------------------------------
-    @property
-    def db(self) -> sqlite3.Connection:
-        """This thread's connection (SQLite connections are not shared between threads)."""
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=True)
-            for pragma in self._pragmas:
-                conn.execute(pragma)
-            self._local.conn = conn
-        return conn
-
-    def _write(self) -> _Transaction:
-        return _Transaction(self.db)
-
-    def close(self) -> None:
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            conn.close()
-            self._local.conn = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.db.executescript(SCHEMA)  # idempotent; executescript commits by itself
+            self.key_scheme = self._meta(self.db, "user_keys")
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreUnavailable(f"history store {self.path} cannot be opened for writing: {exc}") from exc
 
     # ---- histories ----------------------------------------------------------------------------------
     def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int:
-        """Store ``(user_key, event)`` pairs in one transaction; returns how many were stored."""
-        self.append_tracked(events)
-        return len(events)
+        """Store ``(user_key, event)`` pairs in one transaction; returns how many were kept."""
+        return len(events) - self.append_tracked(events).trimmed
 
-    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> dict[str, tuple[int | None, int]]:
-        """:meth:`append`, returning each user's version just before and just after this write."""
+    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended:
+        """:meth:`append`, returning each user's version before and after and how many events were trimmed."""
         now = time.time()
         rows = [(u, e.item_id, e.event, e.dwell_s, e.ts, now) for u, e in events]
         users = list(dict.fromkeys(r[0] for r in rows))
         with self._write() as db:
             before = {u: self._version(db, u) for u in users}
+            last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             db.executemany(
                 "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
                 rows,
@@ -155,7 +144,8 @@ class SQLiteHistoryStore:
                     "INSERT INTO users VALUES (?1, ?2) ON CONFLICT (user_key) DO UPDATE SET version = ?2",
                     (user, clock),
                 )
-        return {u: (before[u], clock) for u in users}
+            kept = db.execute("SELECT count(*) FROM events WHERE seq > ?", (last,)).fetchone()[0]
+        return Appended({u: (before[u], clock) for u in users}, trimmed=len(rows) - kept)
 
     def _trim(self, db: sqlite3.Connection, user_key: str) -> None:
         """Keep only the user's ``max_events`` most recent events."""
@@ -175,7 +165,7 @@ class SQLiteHistoryStore:
         return tuple(zip(*rows, strict=True)) if rows else ((), (), (), ())  # type: ignore[return-value]
 
     def _rows(self, user_key: str) -> list[tuple]:
-        cutoff = time.time() - self.retention_s if self.retention_s else -np.inf
+        cutoff = time.time() - self.retention_s if self.retention_s else -math.inf
         return self.db.execute(
             "SELECT item_id, event, dwell_s, ts FROM events WHERE user_key = ? AND stored_at >= ? "
             "ORDER BY ts, seq",
@@ -192,15 +182,19 @@ class SQLiteHistoryStore:
         return None if row is None else row[0]
 
     def erase(self, user_key: str) -> int:
-        """Delete everything stored about a user; the erasure itself is logged (key, time, count)."""
+        """Delete everything stored about a user, expired or not, from the files too; the erasure is logged
+        as (a hash of the stored key, time, count): neither the id nor its pseudonym."""
         with self._write() as db:
             count = db.execute("DELETE FROM events WHERE user_key = ?", (user_key,)).rowcount
             db.execute("DELETE FROM users WHERE user_key = ?", (user_key,))
-            db.execute("INSERT INTO erasures VALUES (?, ?, ?)", (user_key, time.time(), count))
+            db.execute("INSERT INTO erasures VALUES (?, ?, ?)",
+                       (erasure_key(user_key), time.time(), count))  # fmt: skip
+        self._checkpoint()
         return count
 
     def erased_since(self, since: float = 0.0) -> list[str]:
-        """User keys erased since ``since`` (for the retraining pipeline to leave out)."""
+        """Erased users since ``since`` as the log holds them (:func:`serving.privacy.erasure_key`), for the
+        retraining pipeline to leave out; entries older than the retention window are pruned."""
         rows = self.db.execute("SELECT DISTINCT user_key FROM erasures WHERE erased_at >= ?", (since,))
         return [r[0] for r in rows]
 
@@ -220,7 +214,8 @@ class SQLiteHistoryStore:
             return cursor.rowcount
 
     def sweep(self, now: float | None = None) -> int:
-        """Delete events stored longer than the retention window; returns how many."""
+        """Delete events stored, and erasure records logged, longer ago than the retention window; returns
+        how many events. Users who lost events get a new version, so no cache keeps serving them."""
         if not self.retention_s:
             return 0
         cutoff = (now or time.time()) - self.retention_s
@@ -232,11 +227,63 @@ class SQLiteHistoryStore:
             )
             removed = db.execute("DELETE FROM events WHERE stored_at < ?", (cutoff,)).rowcount
             db.execute("DELETE FROM users WHERE user_key NOT IN (SELECT user_key FROM events)")
-            return removed
+            pruned = db.execute("DELETE FROM erasures WHERE erased_at < ?", (cutoff,)).rowcount
+        if removed or pruned:
+            self._checkpoint()
+        return removed
 
     def counts(self) -> dict[str, int]:
         events, users = self.db.execute("SELECT count(*), count(DISTINCT user_key) FROM events").fetchone()
         return {"events": events, "users": users}
+
+    # ---- how user keys are made ---------------------------------------------------------------------
+    @staticmethod
+    def _meta(db: sqlite3.Connection, key: str) -> str | None:
+        row = db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else row[0]
+
+    def adopt_key_scheme(self, scheme: str, rekey: Callable[[str], str]) -> int:
+        """Record how user keys are made (:func:`serving.privacy.key_scheme`). A store of raw ids is re-keyed
+        with ``rekey`` once, in one transaction, when pseudonymisation is turned on; any other change is
+        refused, since old keys cannot be mapped to new ones. Returns how many users were re-keyed."""
+        with self._write() as db:
+            recorded = self._meta(db, "user_keys") or self._unrecorded_scheme(db)
+            rekeyed = 0
+            if recorded == LEGACY_PSEUDONYMS and scheme != RAW_SCHEME:
+                log.warning(
+                    "%s: pseudonyms from an older version; assuming they were made with this key", self.path
+                )
+            elif recorded not in (None, scheme):
+                if recorded != RAW_SCHEME:
+                    raise StoreUnavailable(
+                        f"history store {self.path} holds user ids keyed as {recorded}, not {scheme}: set "
+                        "TWOTOWER_PSEUDONYM_KEY to the key it was written with, or start a new state dir"
+                    )
+                db.create_function("rekey", 1, rekey, deterministic=True)
+                rekeyed = db.execute("UPDATE users SET user_key = rekey(user_key)").rowcount
+                db.execute("UPDATE events SET user_key = rekey(user_key)")
+            db.execute("INSERT OR REPLACE INTO meta VALUES ('user_keys', ?)", (scheme,))
+        self.key_scheme = scheme
+        if rekeyed:
+            try:
+                self.db.execute("VACUUM")  # rewrites the file: no free page keeps a raw id
+            except sqlite3.Error as exc:
+                log.warning(
+                    "%s: VACUUM after re-keying failed (%s); freed pages were overwritten", self.path, exc
+                )
+            self._checkpoint()
+            log.info("%s: %d users' raw ids replaced by pseudonyms", self.path, rekeyed)
+        return rekeyed
+
+    def _unrecorded_scheme(self, db: sqlite3.Connection) -> str | None:
+        """A store from before schemes were recorded: raw ids unless every key looks like a pseudonym. Its
+        erasure log (stored keys then) is hashed on the way."""
+        keys = [r[0] for r in db.execute("SELECT user_key FROM users UNION SELECT user_key FROM erasures")]
+        if not keys:
+            return None
+        db.create_function("erasure_key", 1, erasure_key, deterministic=True)
+        db.execute("UPDATE erasures SET user_key = erasure_key(user_key)")
+        return LEGACY_PSEUDONYMS if all(_HEX64.fullmatch(k) for k in keys) else RAW_SCHEME
 
     # ---- live catalog changes (items added or removed without retraining) ---------------------------
     def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
@@ -260,17 +307,3 @@ def _tick(db: sqlite3.Connection) -> int:
     """Advance and return the store-wide write clock (inside the caller's write transaction)."""
     db.execute("UPDATE meta SET value = CAST(value AS INTEGER) + 1 WHERE key = 'clock'")
     return int(db.execute("SELECT value FROM meta WHERE key = 'clock'").fetchone()[0])
-
-
-class _Transaction:
-    """``BEGIN IMMEDIATE`` ... ``COMMIT`` (or ``ROLLBACK`` on error): writers queue instead of failing."""
-
-    def __init__(self, db: sqlite3.Connection) -> None:
-        self.db = db
-
-    def __enter__(self) -> sqlite3.Connection:
-        self.db.execute("BEGIN IMMEDIATE")
-        return self.db
-
-    def __exit__(self, kind, value, tb) -> None:
-        self.db.execute("ROLLBACK" if kind else "COMMIT")

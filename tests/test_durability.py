@@ -41,7 +41,7 @@ def test_acknowledged_events_survive_kill_9(run_and_bundle, tmp_path):
                 batch = [{"user_id": f"d{i % 3}", "item_id": items[(i * 5 + j) % len(items)], "ts": now - 1000 + i * 10 + j}
                          for j in range(2)]  # fmt: skip
                 response = client.post("/events", json={"events": batch})
-                assert response.json() == {"accepted": 2}
+                assert response.json() == {"accepted": 2, "trimmed": 0}
                 acked += [(e["user_id"], e["item_id"], e["ts"]) for e in batch]
     finally:
         proc.send_signal(signal.SIGKILL)  # no shutdown hook runs

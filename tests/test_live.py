@@ -13,9 +13,10 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.live import EventsRejected, LiveService, seed_rows
+from serving.privacy import erasure_key
 from serving.recommender import Recommender
 from serving.settings import Settings
-from serving.store import SQLiteHistoryStore, StoredEvent
+from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def ev(user, item, event=None, dwell=None, ts=None):
 def test_store_orders_bounds_erases_and_seeds_once(tmp_path):
     store = SQLiteHistoryStore(tmp_path, max_events=3)
     store.append([("u", StoredEvent(str(i), "click", None, 100.0 + i)) for i in range(5)])
-    store.append([("u", StoredEvent("late", "view", 2.0, 50.0))])  # older than the kept window: trimmed
+    assert store.append([("u", StoredEvent("late", "view", 2.0, 50.0))]) == 0  # older than the kept window
     assert [e.item_id for e in store.history("u")] == ["2", "3", "4"]
     before = store.version("u")
     store.append([("u", StoredEvent("5", "click", None, 106.0))])
@@ -42,7 +43,7 @@ def test_store_orders_bounds_erases_and_seeds_once(tmp_path):
     assert store.seed([("v", StoredEvent("1", "click", None, 1.0))], "a") == 1
     assert store.seed([("w", StoredEvent("1", "click", None, 1.0))], "b") == 0  # once per store
     assert store.erase("u") == 3 and store.history("u") == [] and store.version("u") is None
-    assert store.erased_since(0) == ["u"]
+    assert store.erased_since(0) == [erasure_key("u")]  # a hash, never the id
 
 
 def test_retention_window(tmp_path):
@@ -71,28 +72,30 @@ def test_concurrent_threads_and_processes_lose_nothing_and_see_whole_batches(tmp
                 if count % 3:  # batches of three: a reader sees all of one or none
                     torn.append(count)
 
-    stop = threading.Event()
-    reader = threading.Thread(target=read_loop, args=(stop,))
-    reader.start()
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 40)) for w in range(2)]
-    for p in procs:
-        p.start()
-
     def thread_writer(w):
         for i in range(40):
             store.append([(f"t{w}", StoredEvent(f"{w}-{i}-{j}", "view", 1.0, float(i))) for j in range(3)])
 
+    stop = threading.Event()
+    reader = threading.Thread(target=read_loop, args=(stop,))
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 40)) for w in range(2)]
     threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(3)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
-    stop.set()
-    reader.join()
+    try:  # a failure below must fail the test, not leave the reader or a writer running forever
+        reader.start()
+        for worker in procs + threads:
+            worker.start()
+        for t in threads:
+            t.join(60)
+        for p in procs:
+            p.join(60)
+        assert [p.exitcode for p in procs] == [0, 0] and not any(t.is_alive() for t in threads)
+    finally:
+        stop.set()
+        for p in procs:
+            if p.is_alive():
+                p.kill()
+        reader.join(10)
     assert not torn
     assert [len(store.history(f"p{w}")) for w in range(2)] == [120, 120]
     assert [len(store.history(f"t{w}")) for w in range(3)] == [120, 120, 120]
@@ -223,8 +226,11 @@ def test_http_loop_with_access_control(secured, run_and_bundle):
     body = {"events": [{"user_id": "h", "item_id": item, "event": "click", "dwell_s": 12.5}]}
     assert secured.post("/events", json=body).status_code == 401
     assert secured.post("/events", json=body, headers={"Authorization": "Bearer nope"}).status_code == 403
-    assert secured.post("/events", json=body, headers=auth).json() == {"accepted": 1}
-    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).json()["source"] == "model"
+    assert secured.post("/events", json=body, headers=auth).json() == {"accepted": 1, "trimmed": 0}
+    assert (
+        secured.post("/recommend", json={"user_id": "h", "k": 3}).status_code == 401
+    )  # a stored user's data
+    assert secured.post("/recommend", json={"user_id": "h", "k": 3}, headers=auth).json()["source"] == "model"
     history = secured.get("/users/h/history", headers=auth).json()
     assert history["user_id"] == "h" and history["events"][0]["item_id"] == item
     assert history["events"][0]["dwell_s"] == 12.5 and history["events"][0]["event"] == "click"
@@ -244,11 +250,14 @@ def test_http_loop_with_access_control(secured, run_and_bundle):
     assert secured.delete("/items/n1", headers=auth).json() == {"items": ["n1"]}
     assert secured.delete("/items/n1", headers=auth).status_code == 404
     assert secured.delete("/users/h", headers=auth).json() == {"user_id": "h", "deleted": 1}
-    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).json()["source"] == "popularity"
+    assert (
+        secured.post("/recommend", json={"user_id": "h", "k": 3}, headers=auth).json()["source"]
+        == "popularity"
+    )
     reload = secured.post("/admin/reload", json={}, headers=auth)
     assert reload.status_code == 200 and reload.json()["model_version"]
     assert secured.post("/admin/reload", json={"bundle": "/no/such/dir"}, headers=auth).status_code == 422
-    assert secured.post("/recommend", json={"user_id": "h", "k": 3}).status_code == 200
+    assert secured.post("/recommend", json={"user_id": "h", "k": 3}, headers=auth).status_code == 200
 
 
 def test_refuses_public_host_without_token(run_and_bundle, monkeypatch):
@@ -267,7 +276,11 @@ def test_adaptation_check_reports_each_step(run_and_bundle):
     result = adaptation_check(rec, [first, second], clicks=3, k=5)
     assert [s["category"] for s in result["steps"]] == [None, first, second]
     assert result["steps"][1]["source"] == "model" and len(result["steps"][2]["top"]) == 5
-    assert all(0 <= n <= 5 for s in result["steps"] for n in s["in_category"].values())
+    members = items_by_category(rec)
+    for s in result["steps"]:  # the counts are of the top-5 shown
+        assert s["in_category"] == {c: sum(i in members[c] for i in s["top"]) for c in (first, second)}
+    counts = [s["in_category"] for s in result["steps"]]
+    assert counts[1][first] > counts[0][first] and counts[2][second] > counts[1][second]  # clicks pull
 
 
 def test_cached_history_extended_on_ingest_equals_a_re_read(live):
@@ -289,3 +302,49 @@ def test_cached_history_extended_on_ingest_equals_a_re_read(live):
                 np.testing.assert_array_equal(array, reread.history.feeds(rec.max_len)[name], err_msg=name)
     live.ingest([ev("fresh-user", items[3], ts=now - 1000)])  # older than the newest: re-read next time
     assert "fresh-user" not in live._cache
+
+
+def test_an_empty_event_type_and_lone_surrogates_are_refused_by_field(live):
+    item = live.recommender.item_ids[0]
+    bad = [ev("u", item, event=""), ev("s\ud800", item), ev("u", "i\udfff"),
+           ev("u", item, event="click\ud800"), ev("", item)]  # fmt: skip
+    with pytest.raises(EventsRejected) as info:
+        live.ingest([ev("u", item)] + bad)
+    assert [(e.index, e.field) for e in info.value.errors] == [
+        (1, "event"), (2, "user_id"), (3, "item_id"), (4, "event"), (5, "user_id")]  # fmt: skip
+    assert live.user_events("u") == []
+    assert live.ingest([ev("u", item, event=None)]) == 1 and live.user_events("u")[0]["event"] == "<other>"
+
+
+def test_a_lone_surrogate_user_id_is_hashed_or_refused_never_sent_to_sqlite(run_and_bundle, live):
+    with pytest.raises(ValueError, match="user_id"):
+        live.user_key("s\ud800")  # raw ids: it could not be stored
+    hashed = LiveService(live.recommender, live.store, pseudonym_key="k")
+    assert len(hashed.user_key("s\ud800")) == 64 and hashed.stored_history("s\ud800") is None
+
+
+def test_events_older_than_the_users_window_are_acknowledged_as_trimmed(live):
+    items, now = live.recommender.item_ids, time.time()
+    window = live.store.max_events
+    live.ingest([ev("busy", items[i % 10], ts=now - 1000 + i) for i in range(window)])
+    done = live.ingest_report([ev("busy", items[11], ts=now - 5000), ev("busy", items[12], ts=now)])
+    assert (done.accepted, done.trimmed) == (1, 1)
+    stored = live.user_events("busy")
+    assert len(stored) == window and items[11] not in {e["item_id"] for e in stored}
+
+
+def test_an_id_with_a_slash_is_stored_read_and_erased(live):
+    live.ingest([ev("team/alice", live.recommender.item_ids[0])])
+    assert len(live.user_events("team/alice")) == 1 and live.user_events("team") == []
+    assert live.erase("team/alice") == 1 and live.user_events("team/alice") == []
+
+
+def test_a_refused_write_makes_the_service_not_writable_until_a_write_succeeds(live):
+    assert live.writable and live.probe_writable()
+    live.store.db.execute("PRAGMA query_only=ON")
+    with pytest.raises(StoreUnavailable):
+        live.ingest([ev("u", live.recommender.item_ids[0])])
+    assert not live.writable and not live.probe_writable()
+    assert live.recommend(user_id=next(iter(live.recommender.histories)), k=3).source == "model"  # reads work
+    live.store.db.execute("PRAGMA query_only=OFF")
+    assert live.probe_writable() and live.writable

@@ -1,0 +1,177 @@
+"""The history store: durability settings read back, faults as StoreUnavailable, the window, retention."""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+import time
+
+import pytest
+
+from serving.live import LiveService
+from serving.recommender import Recommender
+from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+
+
+def click(item: str, ts: float) -> StoredEvent:
+    return StoredEvent(item, "click", None, ts)
+
+
+def age(store: SQLiteHistoryStore, user_key: str, seconds: float, item: str | None = None) -> None:
+    """Pretend a user's events (or one of them) were stored ``seconds`` earlier than they were."""
+    store.db.execute(
+        "UPDATE events SET stored_at = stored_at - ? WHERE user_key = ? AND (? IS NULL OR item_id = ?)",
+        (seconds, user_key, item, item),
+    )
+
+
+# ---- durability settings ---------------------------------------------------------------------------------
+def test_synchronous_off_cannot_be_configured(tmp_path):
+    for value in ("OFF", "off", "0"):
+        with pytest.raises(ValueError, match="synchronous must be FULL, NORMAL or EXTRA"):
+            SQLiteHistoryStore(tmp_path, max_events=5, synchronous=value)
+
+
+def test_every_connection_reports_the_durability_it_was_asked_for(tmp_path):
+    """Read back on the raw connection, not through the store: a planted ``synchronous=OFF`` fails here."""
+    full = SQLiteHistoryStore(tmp_path / "full", max_events=5)
+    normal = SQLiteHistoryStore(tmp_path / "normal", max_events=5, synchronous="NORMAL")
+    settings = ("synchronous", "journal_mode", "secure_delete")
+
+    def read(store):
+        return tuple(store.db.execute(f"PRAGMA {name}").fetchone()[0] for name in settings)
+
+    seen = {}
+    thread = threading.Thread(target=lambda: seen.update(other=read(full)))  # a second thread's connection
+    thread.start()
+    thread.join()
+    assert read(full) == seen["other"] == (2, "wal", 1)
+    assert read(normal) == (1, "wal", 1)
+
+
+def test_a_pragma_that_did_not_apply_refuses_the_connection(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=5)
+    store.close()
+    store._pragmas = tuple(p.replace("synchronous=FULL", "synchronous=OFF") for p in store._pragmas)
+    with pytest.raises(
+        StoreUnavailable, match=r"\(synchronous, journal_mode, secure_delete\) is \(0, 'wal', 1\)"
+    ):
+        store.db.execute("SELECT 1")
+
+
+# ---- faults: the disk refuses writes ---------------------------------------------------------------------
+def test_a_read_only_store_raises_store_unavailable_naming_the_file_and_reads_keep_working(tmp_path):
+    """``query_only`` makes SQLite itself answer SQLITE_READONLY through the store's own connection (as a
+    read-only file or mount does), so the real error mapping runs; chmod would not stop root, which runs
+    these tests here."""
+    store = SQLiteHistoryStore(tmp_path, max_events=5)
+    store.append([("u", click("1", 1.0))])
+    store.db.execute("PRAGMA query_only=ON")
+    with pytest.raises(StoreUnavailable, match=re.escape(str(store.path)) + ".*readonly"):
+        store.append([("u", click("2", 2.0))])
+    assert not store.writable and [e.item_id for e in store.history("u")] == ["1"]
+    with pytest.raises(StoreUnavailable):
+        store.erase("u")
+    assert not store.probe() and store.history("u")
+    store.db.execute("PRAGMA query_only=OFF")
+    assert store.probe() and store.writable  # recovers without a client write
+    assert store.append([("u", click("2", 2.0))]) == 1 and store.writable
+
+
+def test_a_full_disk_raises_store_unavailable_and_nothing_of_the_batch_is_stored(run_and_bundle, tmp_path):
+    """``max_page_count`` caps the file at its size: SQLite answers SQLITE_FULL as on a full disk."""
+    rec = Recommender.load(run_and_bundle[1])
+    store = SQLiteHistoryStore(tmp_path, max_events=10_000)
+    live = LiveService(rec, store)
+    item = rec.item_ids[0]
+    live.ingest([{"user_id": "u", "item_id": item}])
+    pages = store.db.execute("PRAGMA page_count").fetchone()[0]
+    store.db.execute(f"PRAGMA max_page_count={pages}")
+    batch = [{"user_id": f"user-{i}-" + "x" * 200, "item_id": item} for i in range(500)]
+    with pytest.raises(StoreUnavailable, match=re.escape(str(store.path)) + ".*full"):
+        live.ingest(batch)
+    assert not live.writable and store.counts() == {"events": 1, "users": 1}
+    assert live.user_events("u")[0]["item_id"] == item  # reads keep working
+    store.db.execute(f"PRAGMA max_page_count={pages * 1000}")
+    assert live.ingest(batch) == 500 and live.writable
+
+
+def test_start_up_on_a_state_dir_that_cannot_hold_a_store_names_the_path(tmp_path):
+    not_a_dir = tmp_path / "state"
+    not_a_dir.write_text("a file where the state dir should be")
+    with pytest.raises(StoreUnavailable, match=re.escape(str(not_a_dir))):
+        SQLiteHistoryStore(not_a_dir, max_events=5)
+    (tmp_path / "other" / "history.sqlite3").mkdir(parents=True)  # the database path is taken by a directory
+    with pytest.raises(StoreUnavailable, match=re.escape(str(tmp_path / "other" / "history.sqlite3"))):
+        SQLiteHistoryStore(tmp_path / "other", max_events=5)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through chmod; the query_only test covers it here")
+def test_start_up_on_a_read_only_state_dir_names_the_path(tmp_path):
+    tmp_path.chmod(0o500)
+    try:
+        with pytest.raises(StoreUnavailable, match=re.escape(str(tmp_path))):
+            SQLiteHistoryStore(tmp_path, max_events=5)
+    finally:
+        tmp_path.chmod(0o700)
+
+
+# ---- the per-user window -----------------------------------------------------------------------------------
+def test_events_older_than_the_kept_window_are_counted_as_trimmed(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=3)
+    assert store.append_tracked([("u", click(str(i), 100.0 + i)) for i in range(5)]).trimmed == 2
+    done = store.append_tracked(
+        [("u", click("late", 50.0)), ("u", click("new", 200.0)), ("v", click("x", 1.0))]
+    )
+    assert done.trimmed == 1 and set(done.versions) == {"u", "v"}
+    assert [e.item_id for e in store.history("u")] == ["3", "4", "new"]
+    assert store.append([("u", click("late", 60.0))]) == 0  # nothing of it kept
+
+
+# ---- retention: reads, the sweep and the live cache --------------------------------------------------------
+def test_reads_ignore_expired_events_before_any_sweep(tmp_path):
+    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
+    store.append([("u", click("old", 1.0)), ("u", click("new", 2.0))])
+    age(store, "u", 120, item="old")
+    assert [e.item_id for e in store.history("u")] == ["new"]
+    assert store.history_columns("u")[0] == ("new",)
+    assert store.counts()["events"] == 2  # still on disk: only the sweep deletes
+
+
+def test_a_sweep_gives_new_versions_so_the_live_cache_stops_serving_expired_events(run_and_bundle, tmp_path):
+    rec = Recommender.load(run_and_bundle[1])
+    store = SQLiteHistoryStore(tmp_path, max_events=50, retention_s=3600)
+    live = LiveService(rec, store)
+    a, b, c = rec.item_ids[:3]
+    now = time.time()
+    live.ingest(
+        [{"user_id": "partly", "item_id": a, "ts": now - 10}, {"user_id": "partly", "item_id": b, "ts": now}]
+    )
+    live.ingest([{"user_id": "wholly", "item_id": c}])
+    assert (
+        live.stored_history("partly").n_events == 2 and live.stored_history("wholly").n_events == 1
+    )  # cached
+    age(store, "partly", 7200, item=a)
+    age(store, "wholly", 7200)
+    assert store.sweep() == 2
+    assert live.stored_history("partly").n_events == 1
+    assert live.stored_history("wholly") is None
+    assert live.recommend(user_id="wholly", k=5).source == "popularity"
+    personal = live.recommend(user_id="partly", k=50)
+    assert personal.history_length == 1 and a in {x["item_id"] for x in personal.items}  # no longer excluded
+
+
+def test_a_catalog_change_the_disk_refuses_is_not_served_and_a_retry_works(run_and_bundle, tmp_path):
+    rec = Recommender.load(run_and_bundle[1])
+    live = LiveService(rec, SQLiteHistoryStore(tmp_path, max_events=50))
+    category, gone = rec.bundle.categories[1], rec.item_ids[0]
+    live.store.db.execute("PRAGMA query_only=ON")
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        live.add_items([("fresh", [category])])
+    with pytest.raises(StoreUnavailable, match="readonly"):
+        live.remove_items([gone])
+    assert "fresh" not in rec.catalog and gone in rec.catalog and live.store.catalog_changes() == []
+    live.store.db.execute("PRAGMA query_only=OFF")
+    assert live.add_items([("fresh", [category])]) == ["fresh"] and live.remove_items([gone]) == [gone]
+    assert {(i, a) for i, a, _ in live.store.catalog_changes()} == {("fresh", "add"), (gone, "remove")}
