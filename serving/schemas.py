@@ -1,24 +1,78 @@
-"""Typed, documented request/response models (they make the OpenAPI page)."""
+"""Typed, documented request/response models (they make the OpenAPI page).
+
+Every string a client sends must be valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused with
+422 naming the field: it could be neither stored nor written back as JSON), and every number finite.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
 
 from serving.core.request import RecommendationRequest
+from serving.live import EventLimits
+
+ID_MAX_LENGTH = 256
+# integer ids: those a JSON number carries exactly everywhere (I-JSON, RFC 7493); larger ones go as strings
+INT_ID_MIN, INT_ID_MAX = -(2**53 - 1), 2**53 - 1
+MAX_DWELL_S = EventLimits().max_dwell_s
 
 
 def _id_to_str(value: object) -> object:
-    """Ids may be JSON strings or integers; booleans and floats are refused."""
+    """Ids may be JSON strings or integers up to 2**53 - 1 (``7.0`` is the integer 7, as JSON Schema has it); booleans
+    and fractional numbers are refused."""
     if isinstance(value, bool):
         raise ValueError("an id must be a string or an integer, not a boolean")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int):
+        if not INT_ID_MIN <= value <= INT_ID_MAX:
+            raise ValueError(f"an integer id must be within +-{INT_ID_MAX} (send larger ids as strings)")
         return str(value)
     return value
 
 
-Id = Annotated[str, BeforeValidator(_id_to_str), Field(min_length=1, max_length=256)]
+def _unicode(value: str) -> str:
+    """Refuse text that is not valid Unicode (lone surrogates): it cannot be stored or encoded as UTF-8."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("text must be valid Unicode (no lone surrogates such as \\ud800)") from None
+    return value
+
+
+ID_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH},
+        {"type": "integer", "minimum": INT_ID_MIN, "maximum": INT_ID_MAX},
+    ]
+}
+Text = Annotated[str, AfterValidator(_unicode)]
+Id = Annotated[
+    str,
+    BeforeValidator(_id_to_str),
+    Field(min_length=1, max_length=ID_MAX_LENGTH),
+    AfterValidator(_unicode),
+    WithJsonSchema(ID_SCHEMA),
+]
+Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a JSON number: not a boolean, not text
+
+
+def _json_integer(value: object) -> object:
+    """A JSON integer (``5`` or ``5.0``), not a boolean or a numeric string (pydantic's lax mode takes both)."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a JSON integer")
+    return value
+
+
+JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+
+
+class ErrorResponse(BaseModel):
+    """An error that names no field (401, 403, 404, 409, 413, 503)."""
+
+    detail: str
 
 
 class RecommendRequest(BaseModel):
@@ -29,7 +83,8 @@ class RecommendRequest(BaseModel):
     user_id: Id | None = Field(
         None,
         description="A user: their current stored history (training history + events posted since) is encoded. "
-        "A user with nothing stored gets the popularity fallback.",
+        "A user with nothing stored gets the popularity fallback. Reading a stored history needs a token with "
+        "the read scope when tokens are configured; a request that carries its own `history` needs none.",
     )
     history: list[Id] | None = Field(
         None,
@@ -37,8 +92,8 @@ class RecommendRequest(BaseModel):
         "Only the most recent `max_len` events (the model's window) are read; longer than the server's "
         "TWOTOWER_MAX_HISTORY is refused. Unknown ids are ignored and listed in `unknown_items`.",
     )
-    k: int = Field(10, ge=1, description="How many items to return (1 .. TWOTOWER_MAX_K).")
-    exclude_seen: bool = Field(True, description="Leave out items already in the history.")
+    k: JsonInt = Field(10, ge=1, description="How many items to return (1 .. TWOTOWER_MAX_K).")
+    exclude_seen: StrictBool = Field(True, description="Leave out items already in the history.")
     exclude_items: list[Id] = Field(default_factory=list, description="Item ids never to return.")
     allow_items: list[Id] | None = Field(None, description="If given, only these item ids may be returned.")
 
@@ -88,13 +143,15 @@ class EventIn(BaseModel):
 
     user_id: Id = Field(description="Who interacted (stored as a keyed hash when pseudonymisation is on).")
     item_id: Id = Field(description="With what: an item of the catalog (bundle or added since).")
-    event: str | None = Field(
+    event: Text | None = Field(
         None,
         max_length=64,
         description="Event type from the bundle's vocabulary (`GET /events/types`), or '<other>'. Default '<other>'.",
     )
-    dwell_s: float | None = Field(None, description="Seconds spent, 0 .. 86400; bucketed as in training.")
-    ts: float | None = Field(
+    dwell_s: Finite | None = Field(
+        None, ge=0, le=MAX_DWELL_S, description="Seconds spent, 0 .. 86400; bucketed as in training."
+    )
+    ts: Finite | None = Field(
         None,
         description="Unix seconds; default: arrival time. At most 300 s in the future, at most 10 years old.",
     )
@@ -111,6 +168,11 @@ class EventsRequest(BaseModel):
 
 class EventsResponse(BaseModel):
     accepted: int = Field(description="Events stored durably (the commit happened before this answer).")
+    trimmed: int = Field(
+        0,
+        description="Valid events not kept: older than the newest TWOTOWER_MAX_EVENTS_PER_USER events the "
+        "store keeps for their user. accepted + trimmed = the batch.",
+    )
 
 
 class StoredEventOut(BaseModel):
@@ -134,7 +196,9 @@ class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: Id
-    categories: list[str] = Field(min_length=1, max_length=64, description="Category names of the bundle.")
+    categories: list[Annotated[Text, Field(max_length=256)]] = Field(
+        min_length=1, max_length=64, description="Category names of the bundle."
+    )
 
 
 class ItemsRequest(BaseModel):
@@ -150,11 +214,35 @@ class ItemsResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bundle: str | None = Field(
-        None, description="Bundle directory; default: the one the server was started with."
+    bundle: Annotated[Text, Field(min_length=1, max_length=4096)] | None = Field(
+        None,
+        description="Bundle directory (relative paths are taken under TWOTOWER_BUNDLE_ROOT when it is set, "
+        "and a path outside that root is refused); default: the bundle now in use.",
     )
 
 
 class ReloadResponse(BaseModel):
     model_version: str
     bundle: str
+
+
+ERRORS = {
+    401: "No bearer token, and this operation needs one (only when tokens are configured).",
+    403: "The token is wrong or does not hold the scope this operation needs.",
+    404: "Unknown item.",
+    409: "The item is already in the catalog.",
+    413: "The request body (or the batch) is larger than the server allows.",
+    503: "Not ready: the bundle is loading, or the history store cannot take writes now (retry later).",
+}
+
+
+def error_responses(*codes: int) -> dict[int | str, dict]:
+    """OpenAPI ``responses=`` entries for the error statuses an operation can answer (422 FastAPI adds)."""
+    out: dict[int | str, dict] = {}
+    for code in codes:
+        out[code] = {"model": ErrorResponse, "description": ERRORS[code]}
+        if code == 401:
+            out[code]["headers"] = {
+                "WWW-Authenticate": {"schema": {"type": "string"}, "description": "Bearer"}
+            }
+    return out

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, fields
 
+READ, WRITE, ADMIN = "read", "write", "admin"
+SCOPES = frozenset({READ, WRITE, ADMIN})
+
 
 @dataclass
 class Settings:
@@ -18,18 +21,22 @@ class Settings:
     max_filter_items: int = 100_000  # TWOTOWER_MAX_FILTER_ITEMS: cap on exclude_items / allow_items
     max_body_bytes: int = 1 << 20  # TWOTOWER_MAX_BODY_BYTES: larger bodies get 413
     threads: int = 1  # TWOTOWER_THREADS: ORT / FAISS threads per request
+    read_concurrency: int = 0  # TWOTOWER_READ_CONCURRENCY: recommendations at once (0: cores - 1)
     verify: bool = True  # TWOTOWER_VERIFY: check bundle checksums at load
     state_dir: str = "state"  # TWOTOWER_STATE_DIR: where the history store (SQLite, WAL) lives
-    api_token: str = (
-        ""  # TWOTOWER_API_TOKEN: required as a Bearer token by every write / admin / user-data endpoint
-    )
-    pseudonym_key: str = ""  # TWOTOWER_PSEUDONYM_KEY: if set, user ids are stored as HMAC-SHA256(key, id)
+    api_token: str = ""  # TWOTOWER_API_TOKEN: a Bearer token holding every scope (read, write, admin)
+    read_token: str = ""  # TWOTOWER_READ_TOKEN: a token with the read scope (stored user data)
+    write_token: str = ""  # TWOTOWER_WRITE_TOKEN: a token with the write scope (events, items, erasure)
+    admin_token: str = ""  # TWOTOWER_ADMIN_TOKEN: a token with the admin scope (/admin/*)
+    metrics_need_token: bool = False  # TWOTOWER_METRICS_NEED_TOKEN: /metrics needs the read scope
+    bundle_root: str = ""  # TWOTOWER_BUNDLE_ROOT: /admin/reload loads bundles under this directory only
+    pseudonym_key: str = ""  # TWOTOWER_PSEUDONYM_KEY: HMAC key for user ids ("": a key file; "off": raw)
     retention_days: float = (
         365.0  # TWOTOWER_RETENTION_DAYS: events are deleted this long after storage (0 = keep)
     )
     max_events_per_user: int = 0  # TWOTOWER_MAX_EVENTS_PER_USER: 0 = the model's window + 1
     max_batch_events: int = 1000  # TWOTOWER_MAX_BATCH_EVENTS: larger POST /events batches get 413
-    synchronous: str = "FULL"  # TWOTOWER_SYNCHRONOUS: SQLite durability (FULL survives power loss)
+    synchronous: str = "FULL"  # TWOTOWER_SYNCHRONOUS: FULL, EXTRA or NORMAL (OFF refused)
     seed_histories: bool = True  # TWOTOWER_SEED_HISTORIES: load the bundle's histories into an empty store
     intent_boost: float = (
         -1.0
@@ -44,6 +51,17 @@ class Settings:
             name: value for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search)) if value
         }
         return {"threads": self.threads, "verify": self.verify, "intent_boost": boost, "search": search}
+
+    def tokens(self) -> list[tuple[str, frozenset[str]]]:
+        """Each configured token with the scopes it holds (a value given twice holds both sets)."""
+        given = ((self.api_token, SCOPES), (self.read_token, frozenset({READ})),
+                 (self.write_token, frozenset({WRITE})), (self.admin_token, frozenset({ADMIN})))  # fmt: skip
+        return [(token, scopes) for token, scopes in given if token]
+
+    @property
+    def auth_enabled(self) -> bool:
+        """Any token configured: from then on every protected operation needs its scope."""
+        return bool(self.tokens())
 
     @property
     def loopback(self) -> bool:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 REGISTRY = CollectorRegistry()
@@ -24,12 +25,13 @@ LATENCY = Histogram(
 
 
 def endpoint_of(scope: Scope) -> str:
+    """The route's template without convertors (``/items/{item_id}/similar``), or "unmatched"."""
     route = scope.get("route")
-    return getattr(route, "path", None) or "unmatched"
+    return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
 
 
 class TelemetryMiddleware:
-    """Counts and times every request under its route template (``/items/{item_id}/similar``)."""
+    """Counts and times every request under its route template (:func:`endpoint_of`)."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -78,7 +80,7 @@ class BodyLimitMiddleware:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _TooLarge
+                    raise _TooLarge(self.max_bytes)
             return message
 
         try:
@@ -87,11 +89,19 @@ class BodyLimitMiddleware:
             await self._reject(send)
 
     async def _reject(self, send: Send) -> None:
-        body = b'{"detail":"request body larger than %d bytes"}' % self.max_bytes
+        body = b'{"detail":"%s"}' % _TooLarge.message(self.max_bytes).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})  # fmt: skip
         await send({"type": "http.response.body", "body": body})
 
 
-class _TooLarge(Exception):
-    pass
+class _TooLarge(HTTPException):
+    """Raised from ``receive`` when a streamed (chunked) body passes the limit. An HTTP exception, so that
+    FastAPI's body reader passes it on as it is (anything else it turns into a 400) and the app answers 413."""
+
+    def __init__(self, max_bytes: int) -> None:
+        super().__init__(413, self.message(max_bytes))
+
+    @staticmethod
+    def message(max_bytes: int) -> str:
+        return f"request body larger than {max_bytes} bytes"

@@ -1,0 +1,73 @@
+"""Exception handlers: a client's mistake is a JSON 4xx naming the field, a store that cannot take writes a 503.
+
+FastAPI's own 422 echoes the offending input, which may be a value JSON cannot carry (``NaN`` and
+``Infinity``, which Python's JSON parser accepts, or a lone surrogate): encoding that answer failed, so the
+client got a 500 and a reset connection. Here every error body is made JSON-safe first.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+
+from serving.store import StoreUnavailable
+
+log = logging.getLogger(__name__)
+RETRY_AFTER_S = 5
+
+
+def json_safe(value: object) -> object:
+    """``value`` with every part JSON can carry as it is, non-finite floats as their JSON names ("NaN") and
+    text that is not valid Unicode with its surrogates written out (``\\ud800``); anything else as text."""
+    if value is None or isinstance(value, bool | int):
+        return value
+    if isinstance(value, float):
+        if math.isfinite(value):
+            return value
+        return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
+    if isinstance(value, dict):
+        return {str(json_safe(str(k))): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set | frozenset):
+        return [json_safe(v) for v in value]
+    return json_safe(str(value))
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    return JSONResponse(status_code=422, content={"detail": json_safe(exc.errors())})
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    """Our own errors, and FastAPI's 400 for a body it could not read as JSON (bytes that are not UTF-8),
+    which is answered like any other malformed body: 422 naming the body."""
+    if exc.status_code == 400 and exc.__cause__ is not None:
+        detail = [{"loc": ["body"], "msg": "the body is not JSON text (UTF-8)", "type": "json_invalid"}]
+        return JSONResponse(status_code=422, content={"detail": detail})
+    return JSONResponse(
+        status_code=exc.status_code, content={"detail": json_safe(exc.detail)}, headers=exc.headers
+    )
+
+
+async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResponse:
+    log.error("history store cannot take writes: %s", exc)
+    return JSONResponse(
+        status_code=503,
+        content={
+            "detail": f"history store cannot take writes now, nothing was stored: {json_safe(str(exc))}"
+        },
+        headers={"Retry-After": str(RETRY_AFTER_S)},
+    )
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(StoreUnavailable, store_unavailable)
