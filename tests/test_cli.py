@@ -13,9 +13,10 @@ import pytest
 from twotower.config import PROJECT_ROOT
 
 HYDRA = ["train", "export", "batch_score", "bench_latency", "bench_batch"]
-ARGPARSE = ["bench_serving", "check_adaptation", "gpu_bench"]
+ARGPARSE = ["bench_serving", "check_adaptation", "gpu_bench", "soak"]
 COMMANDS = HYDRA + ARGPARSE
-SERVING_SIDE = ["batch_score", "bench_serving", "check_adaptation"]  # run where torch is not installed
+# run where torch is not installed
+SERVING_SIDE = ["batch_score", "bench_serving", "check_adaptation", "soak"]
 
 
 def console_name(command: str) -> str:
