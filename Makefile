@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: a CPU build that pip finds on local disk here; a bare `torch` would pull CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-all lint format clean
+.PHONY: install demo test test-slow test-fuzz test-all mutants lint format clean
 
 install: $(STAMP)
 
@@ -27,8 +27,16 @@ test: install
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
+# schemathesis over every operation of a real server (tests/test_fuzz.py; settings in tests/schemathesis.toml).
+test-fuzz: install
+	$(PY) -m pytest -q -m fuzz tests/test_fuzz.py
+
 test-all: install
-	$(PY) -m pytest -q -m "slow or not slow"
+	$(PY) -m pytest -q -m "slow or not slow or fuzz"
+
+# Plants plausible one-line bugs in a copy of the tree, one at a time: each must fail a test CI runs.
+mutants: install
+	$(PY) tests/mutants.py
 
 lint: install
 	$(VENV)/bin/ruff check .

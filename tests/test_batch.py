@@ -140,3 +140,20 @@ def test_lightning_predict_matches_the_cpu_batch_path(run_and_bundle, rec, tmp_p
         agree.append(len(online & set(group["item_id"])) / 10)
         assert not set(group["item_id"]) & {rec.item_ids[r] for r in rec.histories[user].rows}
     assert np.mean(agree) >= 0.95
+
+
+def test_a_history_longer_than_the_model_window_excludes_every_seen_item(rec, tmp_path):
+    """The model reads the last ``max_len`` events; every item of the history is still left out, in batch
+    scoring (a log file holds whole histories) and online."""
+    catalog = len(rec.item_ids)
+    seen_ids = [rec.item_ids[r] for r in rec.popular_rows[: catalog - 12]]  # the most popular first: oldest
+    assert len(seen_ids) > 2 * rec.max_len
+    log = pd.DataFrame({"user_id": "long", "item_id": seen_ids, "ts": np.arange(len(seen_ids), dtype=float)})
+    log.to_csv(tmp_path / "log.csv", index=False)
+    _, histories = load_users(rec, histories_file=str(tmp_path / "log.csv"))
+    assert len(histories[0]) == len(seen_ids)
+    _, rows = BatchScorer(rec, k=10).top_k(histories)
+    unseen = set(rec.item_ids) - set(seen_ids)
+    assert {rec.item_ids[r] for r in rows[0]} <= unseen and (rows[0] >= 0).all()
+    online = rec.recommend(history=seen_ids, k=10).items
+    assert len(online) == 10 and {x["item_id"] for x in online} <= unseen

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 import time
 import urllib.request
 import venv
@@ -46,14 +45,16 @@ def test_serving_image_install_and_request(run_and_bundle, tmp_path):
                     output = server.stdout.read().decode() if server.poll() is not None else "timeout"
                     raise AssertionError(output) from None
                 time.sleep(0.3)
-        history = json.loads((run_and_bundle[1] / "item_ids.json").read_text())[:3]
+        catalog = json.loads((run_and_bundle[1] / "item_ids.json").read_text())
+        history = catalog[:3]
         request = urllib.request.Request(
             f"{base}/recommend", data=json.dumps({"history": history, "k": 5}).encode(),
             headers={"content-type": "application/json"},
         )  # fmt: skip
         body = json.loads(urllib.request.urlopen(request, timeout=10).read())
         assert len(body["items"]) == 5 and body["model_version"] and body["source"] == "model"
+        served = [item["item_id"] for item in body["items"]]
+        assert len(set(served)) == 5 and set(served) <= set(catalog) - set(history)  # catalog items, unseen
     finally:
         server.terminate()
         server.wait(timeout=10)
-    assert sys.executable != str(python)

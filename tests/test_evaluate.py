@@ -51,3 +51,32 @@ def test_mask_history():
     scores = np.zeros((2, 5), dtype=np.float32)
     mask_history(scores, np.array([[1, 3, 0], [5, 0, 0]]))
     assert np.isneginf(scores).tolist() == [[True, False, True, False, False], [False] * 4 + [True]]
+
+
+def test_every_seen_item_is_excluded_even_beyond_the_model_window(tiny_data, tiny_split):
+    """The model reads the last ``max_len`` events, but every item the user had before the target is masked:
+    a scorer that puts all of them above the target still ranks each fresh target first."""
+    queries = _queries(tiny_data, tiny_split)
+    offsets = tiny_data.user_offsets
+
+    def seen(i: int) -> np.ndarray:  # the user's items before the target, read from the log itself
+        return tiny_data.items[offsets[queries.users[i]] : queries.positions[i]]
+
+    def seen_first(batch):
+        scores = np.zeros((len(batch["targets"]), tiny_data.n_items))
+        for row, (i, target) in enumerate(
+            zip(batch["index"].tolist(), batch["targets"].tolist(), strict=True)
+        ):
+            scores[row, target - 1] = 1.0
+            scores[row, seen(i) - 1] = 2.0  # a seen target stays masked, as the oracle test expects
+        return scores
+
+    long = [
+        i
+        for i in range(len(queries))
+        if len(np.setdiff1d(seen(i)[: -queries.max_len], seen(i)[-queries.max_len :]))
+    ]
+    assert len(long) >= 10  # users with items seen only before the window: what this test is about
+    fresh = np.mean([queries.targets[i] not in seen(i) for i in range(len(queries))])
+    result = evaluate_scorer(seen_first, queries, tiny_data.n_items, _popularity(tiny_data), ks=(1,))
+    assert result["recall@1"] == pytest.approx(fresh)

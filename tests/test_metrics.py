@@ -24,12 +24,15 @@ def test_target_ranks_ties_count_against_and_nan_is_a_miss():
     assert ranks.tolist() == [2.0, 3.0, 2.0, math.inf, math.inf]
 
 
-def test_recall_ndcg_mrr_by_hand():
-    ranks = np.array([1.0, 3.0, 11.0, math.inf])
-    assert metrics.recall_at_k(ranks, 10) == 0.5
-    assert metrics.ndcg_at_k(ranks, 10) == pytest.approx((1.0 + 1.0 / 2.0) / 4)  # 1/log2(2), 1/log2(4)
-    assert metrics.ndcg_at_k(ranks, 2) == pytest.approx(0.25)
-    assert metrics.mrr(ranks) == pytest.approx((1 + 1 / 3 + 1 / 11) / 4)
+def test_recall_ndcg_mrr_by_hand_with_ranks_exactly_at_the_cutoff():
+    ranks = np.array([1.0, 3.0, 10.0, 11.0, math.inf])  # 3 and 10 sit exactly at a cutoff: hits there
+    assert metrics.recall_at_k(ranks, 10) == pytest.approx(3 / 5)
+    assert metrics.recall_at_k(ranks, 3) == pytest.approx(2 / 5)
+    # 1/log2(1 + 1), 1/log2(3 + 1), 1/log2(10 + 1)
+    assert metrics.ndcg_at_k(ranks, 10) == pytest.approx((1.0 + 1.0 / 2.0 + 1.0 / math.log2(11)) / 5)
+    assert metrics.ndcg_at_k(ranks, 3) == pytest.approx((1.0 + 1.0 / 2.0) / 5)
+    assert metrics.ndcg_at_k(ranks, 2) == pytest.approx(1 / 5)
+    assert metrics.mrr(ranks) == pytest.approx((1 + 1 / 3 + 1 / 10 + 1 / 11) / 5)
 
 
 def test_top_k_order_and_nan():

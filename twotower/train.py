@@ -23,6 +23,7 @@ from serving.core.intent import CategoryIntent, IntentSettings, membership
 from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix
+from twotower.callbacks import FiniteLossCheck, ResumableRandomness, resolve_ckpt_path
 from twotower.data.encode import encode_log
 from twotower.data.schema import EncodedLog, RawLog
 from twotower.data.splits import Split, make_split
@@ -72,6 +73,22 @@ def build_net(net_cfg: Mapping[str, Any], data: EncodedLog) -> TwoTower:
 
 def _instantiate_dict(section: DictConfig | None) -> list[Any]:
     return [hydra.utils.instantiate(c) for c in (section or {}).values() if c is not None and "_target_" in c]
+
+
+def build_callbacks(section: DictConfig | None) -> list[pl.Callback]:
+    """The configured callbacks, plus the guards every run keeps whatever the config says (``callbacks=none``
+    included): a NaN loss stops the run, and a checkpoint resumes as the run it continues."""
+    callbacks = _instantiate_dict(section)
+    for guard in (FiniteLossCheck, ResumableRandomness):
+        if not any(isinstance(c, guard) for c in callbacks):
+            callbacks.append(guard())
+    return callbacks
+
+
+def checkpoint_dir(cfg: DictConfig) -> Path:
+    """Where the run's checkpoints go: the ModelCheckpoint's ``dirpath``, else ``OUT/checkpoints``."""
+    dirpath = ((cfg.get("callbacks") or {}).get("model_checkpoint") or {}).get("dirpath")
+    return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
 def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) -> CategoryIntent | None:
@@ -140,6 +157,8 @@ def evaluate_all(
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Train and evaluate; returns the metrics dict and the paths written."""
     out = Path(cfg.paths.output_dir)
+    # a missing checkpoint fails before any work
+    resume = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
@@ -155,7 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss.set_item_frequencies(datamodule.target_counts())
     module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
     module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss)
-    callbacks = _instantiate_dict(cfg.get("callbacks"))
+    callbacks = build_callbacks(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info(
@@ -164,8 +183,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         loss.uses_full_softmax(data.n_items),
     )  # fmt: skip
 
+    if resume:
+        log.info("resuming from %s", resume)
     start = time.perf_counter()
-    trainer.fit(module, datamodule=datamodule)
+    trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
 
     best_epoch = int(trainer.current_epoch) - 1
@@ -189,7 +210,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "baselines": results["baselines"],
         "baselines_val": results["baselines_val"],
         "baseline_params": results["baseline_params"],
-        "train_seconds": round(train_seconds, 2),
+        "train_seconds": round(train_seconds, 2),  # of this run only when it resumed another
+        "resumed_from": resume,
         "best_epoch": best_epoch,
         "epochs_run": int(trainer.current_epoch),
         "train_targets_per_epoch": datamodule.train_set.n_targets,

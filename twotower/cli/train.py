@@ -4,13 +4,17 @@ from __future__ import annotations
 
 from omegaconf import DictConfig
 
+from twotower.callbacks import CheckpointNotFoundError, NonFiniteLossError
 from twotower.cli._hydra import hydra_app
 from twotower.train import format_summary, train
 
 
 @hydra_app("train")
 def main(cfg: DictConfig) -> float:
-    result = train(cfg)
+    try:
+        result = train(cfg)
+    except (CheckpointNotFoundError, NonFiniteLossError) as error:  # expected: the message says it all
+        raise SystemExit(f"error: {error}") from None
     print(format_summary(result["metrics"]))
     print(f"metrics: {result['output_dir']}/metrics.json")
     return float(result["metrics"]["val"]["ndcg@10"])  # for sweepers (e.g. Optuna) to maximise
