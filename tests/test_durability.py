@@ -59,3 +59,60 @@ def test_acknowledged_events_survive_kill_9(run_and_bundle, tmp_path):
         proc.terminate()
         proc.wait()
     assert sorted(stored) == sorted(acked)
+
+
+CATALOG_CLIENT = """
+import json, sys, threading, httpx
+port, prefix, category, adds = int(sys.argv[1]), sys.argv[2], sys.argv[3], int(sys.argv[4])
+added, removed, lock = [], [], threading.Lock()
+
+def worker(t):
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", headers={"Authorization": "Bearer k"}, timeout=60) as c:
+        for n in range(adds):
+            item = f"{prefix}-{t}-{n}"
+            if c.post("/items", json={"items": [{"item_id": item, "categories": [category]}]}).status_code == 200:
+                with lock:
+                    added.append(item)
+            if n % 2 and c.delete(f"/items/{item}").status_code == 200:
+                with lock:
+                    removed.append(item)
+
+threads = [threading.Thread(target=worker, args=(t,)) for t in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+print(json.dumps({"added": added, "removed": removed}))
+"""
+
+
+def test_catalog_changes_from_16_threads_in_two_processes_are_all_live_and_durable(run_and_bundle, tmp_path):
+    """1,008 acknowledged additions and removals at once: each is served as acknowledged, and after kill -9."""
+    import json
+
+    import pandas as pd
+
+    bundle, state, port = run_and_bundle[1], tmp_path / "state", free_port()
+    category = next(c for cats in pd.read_parquet(bundle / "items.parquet")["categories"] for c in cats)
+    proc = start(bundle, state, port)
+    try:
+        clients = [subprocess.Popen([sys.executable, "-c", CATALOG_CLIENT, str(port), f"p{p}", category, "42"],
+                                    stdout=subprocess.PIPE, text=True) for p in range(2)]  # fmt: skip
+        results = [json.loads(c.communicate(timeout=300)[0]) for c in clients]
+        added = {i for r in results for i in r["added"]}
+        removed = {i for r in results for i in r["removed"]}
+        assert len(added) == 2 * 8 * 42 and len(removed) == 2 * 8 * 21  # every change acknowledged
+
+        def served(client: httpx.Client, item: str) -> bool:
+            return client.get(f"/items/{item}/similar", params={"k": 1}).status_code == 200
+
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert [i for i in sorted(added) if served(client, i) == (i in removed)] == []
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        proc = start(bundle, state, port)
+        with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+            assert [i for i in sorted(added) if served(client, i) == (i in removed)] == []
+    finally:
+        proc.kill()
+        proc.wait()
