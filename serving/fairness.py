@@ -5,7 +5,8 @@ transaction whose client waits for the commit. Python threads share one interpre
 recommendations running a write waits its turn for it again and again. The gate bounds how many
 recommendations run at once and lets none start while a write is in flight: a write then waits at most for
 the few already running. Threads waiting at the gate hold no lock. A read waits for writes no longer than
-``max_read_wait_s``, so a stream of writes cannot starve reads either.
+``max_read_wait_s``, so a stream of writes cannot starve reads either. Waiting reads are woken one per free
+slot, oldest first (Python's condition variables queue their waiters), not all at once.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ class FairGate:
         finally:
             with self._cond:
                 self._reading -= 1
-                self._cond.notify_all()
+                if not self._writing:
+                    self._cond.notify()  # the longest-waiting read takes the freed slot
 
     @contextmanager
     def write(self) -> Iterator[None]:
@@ -54,4 +56,5 @@ class FairGate:
         finally:
             with self._cond:
                 self._writing -= 1
-                self._cond.notify_all()
+                if not self._writing:  # as many waiting reads as there are free slots, oldest first
+                    self._cond.notify(self.readers - self._reading)

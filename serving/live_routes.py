@@ -95,8 +95,9 @@ def user_history(user_id: UserId, live: LiveDep) -> UserHistoryResponse:
     dependencies=[require(WRITE)],
     responses=error_responses(401, 403, 503),
 )
-def erase_user(user_id: UserId, live: LiveDep) -> ErasedResponse:
-    return ErasedResponse(user_id=user_id, deleted=live.erase(user_id))
+def erase_user(user_id: UserId, live: LiveDep, gate: GateDep) -> ErasedResponse:
+    with gate.write():
+        return ErasedResponse(user_id=user_id, deleted=live.erase(user_id))
 
 
 @router.post(
@@ -107,9 +108,10 @@ def erase_user(user_id: UserId, live: LiveDep) -> ErasedResponse:
     dependencies=[require(WRITE)],
     responses=error_responses(401, 403, 409, 413, 503),
 )
-def add_items(body: ItemsRequest, live: LiveDep) -> ItemsResponse:
+def add_items(body: ItemsRequest, live: LiveDep, gate: GateDep) -> ItemsResponse:
     try:
-        added = live.add_items([(item.item_id, item.categories) for item in body.items])
+        with gate.write():
+            added = live.add_items([(item.item_id, item.categories) for item in body.items])
     except ItemExists as exc:
         raise HTTPException(409, str(exc)) from None
     except ValueError as exc:  # an unknown category or an id listed twice: the message names the item
@@ -125,9 +127,10 @@ def add_items(body: ItemsRequest, live: LiveDep) -> ItemsResponse:
     dependencies=[require(WRITE)],
     responses=error_responses(401, 403, 404, 503),
 )
-def remove_item(item_id: ItemId, live: LiveDep) -> ItemsResponse:
+def remove_item(item_id: ItemId, live: LiveDep, gate: GateDep) -> ItemsResponse:
     try:
-        return ItemsResponse(items=live.remove_items([item_id]))
+        with gate.write():
+            return ItemsResponse(items=live.remove_items([item_id]))
     except KeyError:
         raise HTTPException(404, f"unknown item {item_id!r}") from None
 
