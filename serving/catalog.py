@@ -47,8 +47,10 @@ class CatalogChanges:
     row_of: dict[str, int] = field(default_factory=dict)
     removed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # bundle rows
     categories: tuple[tuple[int, ...], ...] = ()  # category indices of each added item
+    removed: frozenset[int] = field(init=False, repr=False)  # removed_rows as a set, for membership tests
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "removed", frozenset(self.removed_rows.tolist()))
         if self.vectors is None:
             object.__setattr__(self, "vectors", np.zeros((0, self.dim), np.float32))
         if len(self.categories) != len(self.ids):
@@ -140,8 +142,12 @@ class Catalog:
         item_id, changes = str(item_id), self.changes
         row = self.row_of.get(item_id)
         if row is not None:
-            return not len(changes.removed_rows) or row not in set(changes.removed_rows.tolist())
+            return row not in changes.removed
         return item_id in changes.row_of
+
+    def knows(self, item_id: str) -> bool:
+        """Whether a history may hold the item: one of the bundle's (taken down or not) or one added since."""
+        return item_id in self.row_of or item_id in self.changes.row_of
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """int64 bundle rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
@@ -163,7 +169,7 @@ class Catalog:
         unknown categories or an id listed twice; nothing changes then, nor when ``persist`` raises."""
         with self._lock:
             changes, restored, new, vectors, cats, seen = self.changes, [], [], [], [], set()
-            removed = set(changes.removed_rows.tolist())
+            removed = changes.removed
             for item_id, categories in items:
                 item_id = str(item_id)
                 row = self.row_of.get(item_id)
@@ -196,7 +202,7 @@ class Catalog:
         item_ids = [str(i) for i in item_ids]
         with self._lock:
             changes = self.changes
-            removed = set(changes.removed_rows.tolist())
+            removed = changes.removed
             unknown = [i for i in item_ids if self.row_of.get(i, -1) in removed or
                        (i not in self.row_of and i not in changes.row_of)]  # fmt: skip
             if unknown:

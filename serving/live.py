@@ -15,7 +15,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 from serving.core.request import RecommendationRequest
@@ -133,7 +133,7 @@ class LiveService:
             errors += [EventError(i, name, "holds a lone surrogate (not valid UTF-8)") for name in bad_text]
             if user is None or str(user) == "":
                 errors.append(EventError(i, "user_id", "a user id is needed"))
-            if "item_id" not in bad_text and item not in rec.catalog:
+            if "item_id" not in bad_text and not rec.catalog.knows(item):
                 errors.append(EventError(i, "item_id", f"unknown item {item!r}"))
             if kind == "":
                 errors.append(EventError(i, "event", "empty; leave it out (or null) for '<other>'"))
@@ -211,10 +211,7 @@ class LiveService:
 
     def recommend(self, request: RecommendationRequest | None = None, /, **fields) -> Recommendation:
         """:meth:`Recommender.recommend`, with a ``user_id``'s history read from the store (its current one)."""
-        if request is None:
-            request = RecommendationRequest(**fields)
-        elif fields:
-            request = replace(request, **fields)
+        request = RecommendationRequest.of(request, **fields)
         rec = self._recommender
         if request.history is not None or request.user_id is None:
             return rec.recommend(request)

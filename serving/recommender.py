@@ -173,10 +173,7 @@ class Recommender:
         Raises:
             ValueError / TypeError: a malformed request (``k`` under 1, per-event lists of the wrong length).
         """
-        if request is None:
-            request = RecommendationRequest(**fields)
-        elif fields:
-            request = replace(request, **fields)
+        request = RecommendationRequest.of(request, **fields)
         if request.history is not None:
             resolved = self.resolve(request.history, request.events, request.dwell, request.ts)
         else:
@@ -249,7 +246,7 @@ class Recommender:
         """Items whose vectors are closest to this item's (the item itself and removed items excluded)."""
         item_id, changes = str(item_id), self.catalog.changes
         row = self.catalog.row_of.get(item_id)
-        if row is not None and row not in set(changes.removed_rows.tolist()):
+        if row is not None and row not in changes.removed:
             vector = self.vectors[row]
         elif item_id in changes.row_of:
             vector = changes.vectors[changes.row_of[item_id]]

@@ -26,6 +26,7 @@ def test_added_items_get_their_category_vector_and_can_be_removed(catalog):
     assert "new" in catalog and catalog.changes.categories == ((1, 2),)
     assert catalog.remove_items(["new", "i3"]) == ["new", "i3"]
     assert "new" not in catalog and "i3" not in catalog and catalog.changes.removed_rows.tolist() == [3]
+    assert catalog.knows("i3") and not catalog.knows("new")  # a taken-down bundle item may stay in histories
     assert catalog.add_items([("i3", ["a"])]) == ["i3"] and "i3" in catalog  # restored, its trained vector
 
 

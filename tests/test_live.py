@@ -113,6 +113,14 @@ def test_bad_events_are_refused_one_by_one_and_nothing_is_stored(live):
     assert live.user_events("u") == []  # the good first event was not stored either
 
 
+def test_events_on_a_taken_down_item_are_still_stored(live):
+    """Taking an item out of answers does not make the clicks on it unknown: histories keep them."""
+    item = live.recommender.item_ids[0]
+    live.remove_items([item])
+    assert live.ingest([ev("late-click", item)]) == 1
+    assert [e["item_id"] for e in live.user_events("late-click")] == [item]
+
+
 def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
     rec = live.recommender
     anonymous = live.recommend(user_id="newcomer", k=10)

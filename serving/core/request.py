@@ -7,7 +7,7 @@ recommender, so a new knob is added here once instead of to every signature on t
 from __future__ import annotations
 
 from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,13 @@ class RecommendationRequest:
     exclude_items: Collection[str] = ()
     allow_items: Collection[str] | None = None
     rerank: bool = True
+
+    @classmethod
+    def of(cls, request: RecommendationRequest | None = None, /, **fields) -> RecommendationRequest:
+        """The request a caller means: ``request`` with ``fields`` replaced, or one built from ``fields``."""
+        if request is None:
+            return cls(**fields)
+        return replace(request, **fields) if fields else request
 
     def __post_init__(self) -> None:
         if isinstance(self.k, bool) or not isinstance(self.k, int):
