@@ -27,12 +27,14 @@ _LOW = 0xFFFFFFFF  # low 32 bits of a top-k key: the inverted column
 def mask_history(scores: torch.Tensor, exclude: torch.Tensor, start: int = 0) -> torch.Tensor:
     """Copy of ``scores`` (B, C), columns start .. start + C - 1 of the catalog, with every history item
     (exclude (B, H) item indices, 0 = pad) at -inf; the input is left alone (it may be the caller's)."""
+    width = scores.shape[1]
     cols = exclude - 1 - start  # (B, H) column within the chunk
-    inside = (exclude > 0) & (cols >= 0) & (cols < scores.shape[1])  # (B, H)
-    rows = torch.arange(len(exclude), device=scores.device).unsqueeze(1).expand_as(exclude)  # (B, H)
-    hidden = torch.zeros(scores.shape, dtype=torch.bool, device=scores.device)  # (B, C)
-    hidden[rows[inside], cols[inside]] = True
-    return scores.masked_fill(hidden, float("-inf"))
+    inside = (exclude > 0) & (cols >= 0) & (cols < width)  # (B, H)
+    cols = torch.where(inside, cols, width)  # items outside the chunk mark a spare column, dropped below
+    # a scatter, not boolean indexing: nothing waits on the device for the number of marked items
+    hidden = torch.zeros(len(scores), width + 1, dtype=torch.bool, device=scores.device)  # (B, C + 1)
+    hidden.scatter_(1, cols, True)
+    return scores.masked_fill(hidden[:, :width], float("-inf"))
 
 
 def _top_keys(scores: torch.Tensor, start: int) -> torch.Tensor:
@@ -63,14 +65,17 @@ def _target_scores(
 ) -> torch.Tensor:
     """(B,) score of each target column as the chunk walk sees it; -inf where the target is history."""
     size = bounds[0][1] - bounds[0][0]
+    # only the chunks that hold a target (one chunk: no device-to-host read to find out)
+    holding = [0] if len(bounds) == 1 else (targets // size).unique().tolist()
     found: torch.Tensor | None = None
-    for index in (targets // size).unique().tolist():  # only the chunks that hold a target
+    for index in holding:
         start, stop = bounds[index]
         values = chunk(start, stop)  # (B, C)
-        if found is None:
-            found = torch.empty(len(targets), dtype=values.dtype, device=values.device)  # (B,)
-        rows = ((targets >= start) & (targets < stop)).nonzero(as_tuple=True)[0]  # (b,)
-        found[rows] = values[rows, targets[rows] - start]
+        inside = (targets >= start) & (targets < stop)  # (B,)
+        picked = values.gather(1, (targets - start).clamp(0, stop - start - 1).unsqueeze(1)).squeeze(
+            1
+        )  # (B,)
+        found = torch.where(inside, picked, picked if found is None else found)  # every target in one chunk
     if found is None:  # an empty batch
         return torch.empty(0, device=targets.device)
     if exclude is not None:
