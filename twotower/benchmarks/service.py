@@ -130,20 +130,35 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_ready(proc: subprocess.Popen, url: str, seconds: float, hint: str = "") -> None:
+    """Poll ``url`` until it answers 200; RuntimeError (ending with ``hint``) when the server process exits
+    first or ``seconds`` pass."""
+    deadline = time.monotonic() + seconds
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}){hint}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server not ready after {seconds:.0f} s{hint}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+
+
 def _start(args: list[str], ready_url: str) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env
     )
-    deadline = time.time() + 60
-    while time.time() < deadline:
-        try:
-            urllib.request.urlopen(ready_url, timeout=1)
-            return proc
-        except OSError:
-            time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"server did not become ready: {args}")
+    try:
+        wait_ready(proc, ready_url, 60, f": {args}")
+    except RuntimeError:
+        proc.kill()
+        raise
+    return proc
 
 
 async def _load(url: str, bodies: list[dict], seconds: float, connections: int) -> dict:

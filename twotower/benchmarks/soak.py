@@ -22,7 +22,6 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -31,7 +30,7 @@ import pandas as pd
 
 from serving.core.bundle import HISTORIES, ITEM_IDS
 from twotower.benchmarks import wrk
-from twotower.benchmarks.service import free_port, machine
+from twotower.benchmarks.service import free_port, machine, wait_ready
 
 log = logging.getLogger(__name__)
 
@@ -116,18 +115,7 @@ def server(bundle: Path, token: str, log_path: Path, source: Path | None = None,
         proc = subprocess.Popen(args, cwd=state, env=env, stdout=out, stderr=subprocess.STDOUT)
         try:
             url = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + ready_s
-            while True:
-                if proc.poll() is not None:
-                    raise RuntimeError(f"server exited ({proc.returncode}); see {log_path}")
-                if time.monotonic() > deadline:
-                    raise RuntimeError(f"server not ready after {ready_s:.0f} s; see {log_path}")
-                try:
-                    with urllib.request.urlopen(f"{url}/readyz", timeout=1) as answer:
-                        if answer.status == 200:
-                            break
-                except OSError:
-                    time.sleep(0.2)
+            wait_ready(proc, f"{url}/readyz", ready_s, f"; see {log_path}")
             yield proc, url
         finally:
             proc.terminate()
