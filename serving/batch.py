@@ -28,6 +28,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from serving.core.diversify import ListSettings, request_seed
 from serving.core.history import History, padded_feeds
 from serving.core.index import Selector, search_parameters
 from serving.core.search import exact_search
@@ -41,9 +42,16 @@ SCHEMA = pa.schema(
 
 class BatchScorer:
     def __init__(
-        self, rec: Recommender, k: int = 100, overfetch: int = 32, exclude_seen: bool = True
+        self,
+        rec: Recommender,
+        k: int = 100,
+        overfetch: int = 32,
+        exclude_seen: bool = True,
+        ranking: ListSettings | None = None,
     ) -> None:
+        """``ranking``: the list re-rank's knobs (default: the recommender's, as online requests get them)."""
         self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
+        self.ranking = ranking if ranking is not None else rec.ranking
 
     def encode(self, histories: Sequence[History], batch: int = 128) -> np.ndarray:
         """(B, D) user vectors: ONNX batches of ``batch`` rows, one per core at a time.
@@ -71,8 +79,11 @@ class BatchScorer:
                 list(pool.map(run, starts))  # list(): an error in any run is raised here
         return out
 
-    def top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
-        """(B, k) scores and catalog rows (-1 where fewer than k items remain), history excluded."""
+    def top_k(
+        self, histories: Sequence[History], users: Sequence[str] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(B, k) scores and catalog rows (-1 where fewer than k items remain), history excluded; with the
+        list re-rank on, each user's list is chosen as online (``users`` seed exploration as online does)."""
         rec, k = self.rec, self.k
         scores, rows = _no_results(len(histories), k)
         empty = [b for b, h in enumerate(histories) if not len(h)]
@@ -80,14 +91,24 @@ class BatchScorer:
             popular = rec.popular_rows[:k]
             scores[empty, : len(popular)], rows[empty, : len(popular)] = rec.popularity[popular], popular
         known = [b for b, h in enumerate(histories) if len(h)]
-        if known:
-            scores[known], rows[known] = self._model_top_k([histories[b] for b in known])
+        if known and not self.ranking.active:
+            scores[known], rows[known] = self._model_top_k([histories[b] for b in known], k)
+        elif known:
+            found_scores, found = self._model_top_k([histories[b] for b in known], max(k, self.ranking.depth))
+            for b, row_scores, row_items in zip(known, found_scores, found, strict=True):
+                valid = row_items >= 0
+                row_scores, row_items = row_scores[valid], row_items[valid]
+                user = users[b] if users is not None else None
+                seed = request_seed(user, histories[b].rows.tobytes()) if self.ranking.explore else 0
+                order, _ = rec.shaper.choose(row_scores, rec.shaper.rows_features(row_items), k, self.ranking,
+                                             histories[b].rows, seed)  # fmt: skip
+                scores[b, : len(order)], rows[b, : len(order)] = row_scores[order], row_items[order]
         return scores, rows
 
-    def _model_top_k(self, histories: Sequence[History]) -> tuple[np.ndarray, np.ndarray]:
+    def _model_top_k(self, histories: Sequence[History], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) model top-k, re-ranked by session intent where the user's recent history lifts a category
         (exact index: every item boosted in one product; approximate: the top ``depth`` boosted), as online."""
-        intent, k, rec = self.rec.intent, self.k, self.rec
+        intent, rec = self.rec.intent, self.rec
         queries = self.encode(histories)
         if intent is None:
             return self._search_top_k(histories, queries, k)
@@ -142,7 +163,7 @@ class BatchScorer:
         return scores, rows
 
     def table(self, users: Sequence[str], histories: Sequence[History]) -> pa.Table:
-        scores, rows = self.top_k(histories)
+        scores, rows = self.top_k(histories, users)
         valid = rows >= 0
         ids = np.asarray(self.rec.item_ids, dtype=object)
         return pa.table(

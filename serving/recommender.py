@@ -19,13 +19,18 @@ import onnxruntime as ort
 
 from serving.catalog import Catalog
 from serving.core.bundle import Bundle
+from serving.core.diversify import (
+    ListSettings,
+    request_seed,
+)
 from serving.core.history import History, histories_from_frame
 from serving.core.index import IndexSpec, Selector
-from serving.core.intent import CategoryIntent, IntentSettings
+from serving.core.intent import CategoryIntent, IntentSettings, item_members
 from serving.core.request import RecommendationRequest
 from serving.core.resolve import resolve_history
 from serving.core.results import Recommendation, ResolvedHistory, merge_top
 from serving.core.search import filtered_search
+from serving.shaping import ListShaper, Ranking
 
 log = logging.getLogger(__name__)
 
@@ -40,10 +45,13 @@ class Recommender:
         intent: IntentSettings | None = None,
         intent_boost: float | None = None,
         search: Mapping[str, int] | None = None,
+        ranking: Mapping[str, float | int] | None = None,
     ) -> None:
         """``intent``: the session-intent re-rank's settings (default: the bundle's, else the library's);
         ``intent_boost`` replaces just their strength (0 = off); ``search``: search-time knobs replacing the
-        bundle's (``nprobe``, ``ef_search``, ``k_factor``; see :meth:`set_search`)."""
+        bundle's (``nprobe``, ``ef_search``, ``k_factor``; see :meth:`set_search`); ``ranking``: list re-rank
+        defaults replacing the bundle's (``diversity``, ``max_per_category``, ``calibrate``, ``explore``,
+        ``depth``; see :mod:`serving.core.diversify`), which each request may override."""
         self.bundle = bundle
         self.manifest = bundle.manifest
         self.model_version = str(self.manifest.get("model_version", "unknown"))
@@ -75,7 +83,12 @@ class Recommender:
             intent = IntentSettings.from_dict(self.manifest.get("rerank", {}).get("intent"))
         if intent_boost is not None:
             intent = replace(intent, boost=float(intent_boost))
+        self.members = item_members(bundle.items, bundle.categories)  # (N, C) bool, or None
         self.intent = CategoryIntent.from_items(bundle.items, bundle.categories, intent)
+        self.shaper = ListShaper(self.item_ids, self.catalog.row_of, self.vectors, self.members, counts)
+        self.ranking = ListSettings.from_dict(self.manifest.get("rerank", {}).get("list")).with_overrides(
+            **(ranking or {})
+        )
         self._extended: np.ndarray | None = None
         # the bundle's stored histories (gaps computed over the whole log at training time)
         self.histories = histories_from_frame(bundle.histories, self.catalog.row_of, self.event_of)
@@ -94,8 +107,9 @@ class Recommender:
         intent: IntentSettings | None = None,
         intent_boost: float | None = None,
         search: Mapping[str, int] | None = None,
+        ranking: Mapping[str, float | int] | None = None,
     ) -> Recommender:
-        return cls(Bundle.load(bundle_dir, verify=verify), threads, intent, intent_boost, search)
+        return cls(Bundle.load(bundle_dir, verify=verify), threads, intent, intent_boost, search, ranking)
 
     def set_search(self, **params: int) -> IndexSpec:
         """Change search-time knobs (``nprobe``, ``ef_search``, ``k_factor``) without rebuilding the index: the
@@ -188,6 +202,7 @@ class Recommender:
         the request's ``user_id`` and ``history`` are not read. The real-time loop calls this with the user's
         stored history."""
         k, catalog = request.k, self.catalog
+        settings = self.ranking.for_request(request)
         changes = catalog.changes  # one snapshot for the whole request
         exclude_ids = {str(i) for i in request.exclude_items} if request.exclude_items else set()
         exclude = catalog.rows_of(exclude_ids)
@@ -198,12 +213,16 @@ class Recommender:
         unknown = resolved.unknown if resolved is not None else []
         if resolved is None or not len(resolved.history):
             items = self._popular(k, set(exclude.tolist()), allow)
+            if request.explain:
+                for item in items:
+                    item["because"] = []  # nothing of theirs to name: the list is the popular one
             return Recommendation(items, "popularity", unknown, 0, model_version=self.model_version)
         user_history = resolved.history
         if request.exclude_seen:
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
         query = self.encode(user_history)
+        fetch = max(k, settings.depth) if settings.active else k  # the list re-rank chooses from more
         intent, lift, extra = self.intent if request.rerank else None, None, None
         if intent is not None:
             lift = intent.session_lift(user_history.rows)  # (C,) float32
@@ -211,24 +230,41 @@ class Recommender:
                 lift = None
         with Selector(len(self.item_ids), exclude, allow, trusted=True) as selector:  # rows from the catalog
             if lift is None:
-                scores, found = self.search(query, k, selector)
+                scores, found = self.search(query, fetch, selector)
             elif self.spec.kind == "flat":  # exact: one product of the extended vectors, every item boosted
                 extended_query = np.concatenate([query, intent.query_weights(lift)])  # (D + C,)
                 scores, found = filtered_search(
-                    self.index, self.spec, self.extended_vectors, extended_query, k, selector
+                    self.index, self.spec, self.extended_vectors, extended_query, fetch, selector
                 )
             else:  # approximate: the index's top depth, boosted
-                scores, found = self.search(query, max(k, intent.settings.depth), selector)
-                scores, found = intent.rerank_one(scores, found, lift, k)
+                scores, found = self.search(query, max(fetch, intent.settings.depth), selector)
+                scores, found = intent.rerank_one(scores, found, lift, fetch)
         if lift is not None and changes.ids:
             extra = intent.member_boosts(lift[None], changes.members(len(catalog.category_of))[None])[0]
-        ids = self.item_ids
-        items = [
-            {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
-        ]
-        if changes.ids:
-            items = merge_top(items, changes.top(query, k, exclude_ids, allow_ids, extra), k)
-        return Recommendation(items, "model", unknown, len(user_history), lift, intent, self.model_version)
+        ids, ranking, seed = self.item_ids, None, 0
+        if settings.active:  # the list re-rank chooses k of the fetched candidates
+            if settings.explore:
+                seed = (
+                    request.seed
+                    if request.seed is not None
+                    else request_seed(request.user_id, user_history.rows.tobytes())
+                )
+            ranking = Ranking(settings, seed if settings.explore else None)
+        if settings.active and not changes.ids:
+            items = self.shaper.shape_rows(scores, found, k, settings, user_history.rows, seed)
+        else:
+            items = [
+                {"item_id": ids[r], "score": s} for r, s in zip(found.tolist(), scores.tolist(), strict=True)
+            ]
+            if changes.ids:
+                items = merge_top(items, changes.top(query, fetch, exclude_ids, allow_ids, extra), fetch)
+            if settings.active:
+                items = self.shaper.shape_items(items, k, settings, user_history.rows, seed, changes)
+        if request.explain:
+            self.shaper.explain(items, user_history.rows, changes)
+        return Recommendation(
+            items, "model", unknown, len(user_history), lift, intent, self.model_version, ranking
+        )
 
     def _popular(self, k: int, exclude: set[int], allow: np.ndarray | None) -> list[dict]:
         """Fallback: most-interacted training items passing the filters (score = training count)."""

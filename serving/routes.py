@@ -34,6 +34,7 @@ PathId = Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, description
 @router.post(
     "/recommend",
     response_model=RecommendResponse,
+    response_model_exclude_none=True,  # because, explore and ranking appear when asked for
     summary="Top-k items for a user or a history",
     description="By `history`: open to anyone. By `user_id` (a stored history): needs the read scope when "
     "tokens are configured.",
@@ -60,6 +61,7 @@ def recommend(
         source=result.source,
         intent=result.intent,
         unknown_items=result.unknown_items,
+        ranking=result.ranking.as_dict() if result.ranking is not None else None,
     )
 
 

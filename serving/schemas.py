@@ -67,6 +67,7 @@ def _json_integer(value: object) -> object:
 
 
 JsonInt = Annotated[int, BeforeValidator(_json_integer)]
+Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]  # a JSON number in [0, 1]
 
 
 class ErrorResponse(BaseModel):
@@ -96,12 +97,44 @@ class RecommendRequest(BaseModel):
     exclude_seen: StrictBool = Field(True, description="Leave out items already in the history.")
     exclude_items: list[Id] = Field(default_factory=list, description="Item ids never to return.")
     allow_items: list[Id] | None = Field(None, description="If given, only these item ids may be returned.")
+    diversity: Share | None = Field(
+        None,
+        description="0..1: how much the list trades score for items unlike those above them (maximal marginal "
+        "relevance on the item vectors). 0: off; omitted: the server's default.",
+    )
+    max_per_category: JsonInt | None = Field(
+        None,
+        ge=0,
+        description="At most this many items of any one category. 0: no cap; omitted: the default.",
+    )
+    calibrate: Share | None = Field(
+        None,
+        description="0..1: how much the list's category mix is pulled toward the history's (Steck 2018). "
+        "0: off; omitted: the default.",
+    )
+    explore: Share | None = Field(
+        None,
+        description="0..1: share of the slots given to items from outside the user's usual categories or the "
+        "long tail (marked `explore: true`). 0: off; omitted: the default.",
+    )
+    seed: JsonInt | None = Field(
+        None, ge=0, le=2**31 - 1,
+        description="Exploration's seed; omitted: one derived from the request, so the same request gets the "
+        "same list.",
+    )  # fmt: skip
+    explain: StrictBool = Field(
+        False,
+        description="Add `because` to each item: the user's recent history items most like it (never an "
+        "item they did not interact with).",
+    )
 
     def to_request(self) -> RecommendationRequest:
         """The in-process request this body asks for."""
         return RecommendationRequest(user_id=self.user_id, history=self.history, k=self.k,
                                      exclude_seen=self.exclude_seen, exclude_items=self.exclude_items,
-                                     allow_items=self.allow_items)  # fmt: skip
+                                     allow_items=self.allow_items, diversity=self.diversity,
+                                     max_per_category=self.max_per_category, calibrate=self.calibrate,
+                                     explore=self.explore, seed=self.seed, explain=self.explain)  # fmt: skip
 
 
 class ScoredItem(BaseModel):
@@ -109,6 +142,23 @@ class ScoredItem(BaseModel):
     score: float = Field(
         description="Inner product of user and item vectors (popularity count in the fallback)."
     )
+    because: list[str] | None = Field(
+        None,
+        description="With `explain`: the user's recent history items most like this one, closest first "
+        "(empty in the popularity fallback).",
+    )
+    explore: bool | None = Field(
+        None, description="With `explore` on: whether this item fills an exploration slot."
+    )
+
+
+class Ranking(BaseModel):
+    diversity: float
+    max_per_category: int
+    calibrate: float
+    explore: float
+    depth: int = Field(description="Candidates the list was chosen from.")
+    seed: int | None = Field(None, description="Exploration's seed (reproduces the list).")
 
 
 class RecommendResponse(BaseModel):
@@ -122,6 +172,9 @@ class RecommendResponse(BaseModel):
     )
     unknown_items: list[str] = Field(
         default_factory=list, description="History ids not in the catalog (ignored)."
+    )
+    ranking: Ranking | None = Field(
+        None, description="The list re-rank's settings in force, when any knob was on (absent otherwise)."
     )
 
 

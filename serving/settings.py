@@ -41,6 +41,11 @@ class Settings:
     intent_boost: float = (
         -1.0
     )  # TWOTOWER_INTENT_BOOST: session-intent re-rank strength (-1 = bundle's, 0 = off)
+    # the list re-rank's defaults (serving.core.diversify; -1 = the bundle's, 0 = off); requests may override
+    diversity: float = -1.0  # TWOTOWER_DIVERSITY: 0..1, maximal marginal relevance on item vectors
+    max_per_category: int = -1  # TWOTOWER_MAX_PER_CATEGORY: cap on items per category (0 = none)
+    calibrate: float = -1.0  # TWOTOWER_CALIBRATE: 0..1, pull the list's category mix toward the history's
+    explore: float = -1.0  # TWOTOWER_EXPLORE: 0..1, share of slots for unusual or long-tail items
     nprobe: int = 0  # TWOTOWER_NPROBE: inverted lists searched per query (0 = the bundle's)
     ef_search: int = 0  # TWOTOWER_EF_SEARCH: HNSW candidate list per query (0 = the bundle's)
 
@@ -50,7 +55,10 @@ class Settings:
         search = {
             name: value for name, value in (("nprobe", self.nprobe), ("ef_search", self.ef_search)) if value
         }
-        return {"threads": self.threads, "verify": self.verify, "intent_boost": boost, "search": search}
+        ranking = {name: getattr(self, name) for name in ("diversity", "max_per_category", "calibrate", "explore")
+                   if getattr(self, name) >= 0}  # fmt: skip
+        return {"threads": self.threads, "verify": self.verify, "intent_boost": boost, "search": search,
+                "ranking": ranking}  # fmt: skip
 
     def tokens(self) -> list[tuple[str, frozenset[str]]]:
         """Each configured token with the scopes it holds (a value given twice holds both sets)."""

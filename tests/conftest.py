@@ -61,7 +61,9 @@ def run_and_bundle(tmp_path_factory):
     from twotower.train import train
 
     root = tmp_path_factory.mktemp("export")
-    train(compose_config(TINY_DATA + FAST_TRAIN + ["eval.baselines=[popularity]"], root / "run"))
+    # the list re-rank off by default here: the tests compare answers with exact references (knobs: own tests)
+    overrides = ["eval.baselines=[popularity]", "rerank.list.diversity=0.0"]
+    train(compose_config(TINY_DATA + FAST_TRAIN + overrides, root / "run"))
     manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
     return root / "run", root / "bundle", manifest
 

@@ -262,7 +262,8 @@ def test_similar_health_ready_metrics(client, known):
 
 def test_openapi_documents_every_field(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
-    assert set(schema) == {"user_id", "history", "k", "exclude_seen", "exclude_items", "allow_items"}
+    assert set(schema) == {"user_id", "history", "k", "exclude_seen", "exclude_items", "allow_items",
+                           "diversity", "max_per_category", "calibrate", "explore", "seed", "explain"}  # fmt: skip
     assert all(prop.get("description") for prop in schema.values())
 
 

@@ -14,18 +14,21 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from serving.core.intent import CategoryIntent
+from serving.core.intent import CategoryIntent, membership
 from twotower import metrics
 from twotower.data.sequences import EvalQueries
 from twotower.model import TwoTower
 from twotower.ranking import rank_targets
+
+# (B, N) served scores (history at -inf) and the batch -> (B, L) the list's columns, -1 where short
+ListChooser = Callable[[np.ndarray, dict[str, torch.Tensor]], np.ndarray]
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +46,56 @@ def mask_history(scores: np.ndarray, exclude: np.ndarray) -> np.ndarray:
 
 
 def rank_batch_numpy(
-    scorer: Scorer, batch: dict[str, torch.Tensor], n_items: int, exclude_history: bool
+    scorer: Scorer,
+    batch: dict[str, torch.Tensor],
+    n_items: int,
+    exclude_history: bool,
+    reranker: ListChooser | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One batch's (B,) target ranks and (B, TOP) top lists, ranked in numpy."""
+    """One batch's (B,) target ranks and (B, TOP) top lists, ranked in numpy; ``reranker``: the served list
+    re-rank chooses the first positions (:mod:`twotower.served`)."""
     scores = _checked(np.array(scorer(batch), dtype=np.float32, copy=True), batch, n_items)  # (B, N)
     if exclude_history:
         mask_history(scores, batch["exclude"].numpy())
-    return metrics.target_ranks(scores, batch["targets"].numpy() - 1), metrics.top_k(scores, TOP)
+    targets = batch["targets"].numpy() - 1
+    ranks, top = metrics.target_ranks(scores, targets), metrics.top_k(scores, TOP)
+    if reranker is None:
+        return ranks, top
+    lists = reranker(scores, batch)  # (B, LIST_K)
+    return reranked_ranks(scores, targets, ranks, lists), _fill(lists, top)
+
+
+def reranked_ranks(
+    scores: np.ndarray, targets: np.ndarray, ranks: np.ndarray, lists: np.ndarray
+) -> np.ndarray:
+    """(B,) ranks of the targets in the served lists (B, L) followed by the rest by score.
+
+    ``ranks`` are the targets' ranks by score alone (ties against the model, :func:`metrics.target_ranks`); a
+    target outside its list ranks after it, among the items the list did not take."""
+    out = ranks.astype(np.float64).copy()
+    rows = np.arange(len(targets))
+    target_scores = scores[rows, targets]  # (B,)
+    for b in range(len(targets)):
+        chosen = lists[b][lists[b] >= 0]
+        where = np.flatnonzero(chosen == targets[b])
+        if len(where):
+            out[b] = where[0] + 1
+        elif np.isfinite(ranks[b]):
+            above = int((scores[b, chosen] >= target_scores[b]).sum())  # chosen items that outranked it
+            out[b] = len(chosen) + ranks[b] - above
+    return out
+
+
+def _fill(lists: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """(B, L) chosen columns (-1 where a list came short) completed from (B, T) columns by score."""
+    if (lists >= 0).all():
+        return lists[:, :TOP]
+    out = lists[:, :TOP].copy()
+    for b in np.flatnonzero((out < 0).any(1)):
+        chosen = out[b][out[b] >= 0]
+        rest = [c for c in top[b] if c not in set(chosen.tolist())][: TOP - len(chosen)]
+        out[b] = np.concatenate([chosen, rest, np.full(TOP - len(chosen) - len(rest), top[b][0])])
+    return out
 
 
 def rank_batch_torch(
@@ -93,29 +139,44 @@ def evaluate_scorer(
     categories: np.ndarray | None = None,
     ranker: str = "numpy",
     chunk_items: int | None = None,
-) -> dict[str, float]:
+    reranker: ListChooser | None = None,
+) -> dict[str, Any]:
     """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics.
 
-    ``categories`` (N, C) per catalog column adds intra-list diversity@10 where the catalog has categories.
-    ``ranker`` "torch" ranks with :mod:`twotower.ranking` (in chunks of ``chunk_items`` catalog columns).
+    ``categories`` (N, C) per catalog column adds intra-list diversity@10 and miscalibration@10 where the
+    catalog has categories. ``ranker`` "torch" ranks with :mod:`twotower.ranking` (in chunks of
+    ``chunk_items`` catalog columns); ``reranker`` (numpy ranker only): the served list re-rank.
     """
     if ranker not in ("numpy", "torch"):
         raise ValueError(f"ranker must be 'numpy' or 'torch', not {ranker!r}")
+    if reranker is not None and ranker != "numpy":
+        raise ValueError("the served list re-rank is evaluated with the numpy ranker")
+    members = _members(categories)
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate)
-    ranks, tops = [], []
+    ranks, tops, kls = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
         if ranker == "torch":
             batch_ranks, top = rank_batch_torch(scorer, batch, n_items, exclude_history, chunk_items)
         else:
-            batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history)
+            batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)
         ranks.append(batch_ranks)
         tops.append(top)
+        if members is not None:  # the history the model reads (its window) against the list
+            kls.append(metrics.miscalibration(top[:, :TOP], batch["items"].numpy() - 1, members))
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     top_lists = np.concatenate(tops) if tops else np.zeros((0, TOP), dtype=np.int64)
-    out = metrics.ranking_metrics(all_ranks, ks)
-    out.update(metrics.beyond_accuracy(top_lists, n_items, popularity, k=TOP, categories=categories))
+    out: dict[str, Any] = metrics.ranking_metrics(all_ranks, ks)
+    out.update(metrics.beyond_accuracy(top_lists, n_items, popularity, k=TOP, categories=categories,
+                                       miscalibrations=np.concatenate(kls) if kls else None))  # fmt: skip
     out["queries"] = len(all_ranks)
     return out
+
+
+def _members(categories: np.ndarray | None) -> np.ndarray | None:
+    """(N, C_max) category indices per column (0 = none) -> (N, C) bool membership; None without categories."""
+    if categories is None or not categories.any():
+        return None
+    return membership(categories.tolist(), int(categories.max()) + 1)
 
 
 class ModelScorer:
@@ -143,6 +204,16 @@ class ModelScorer:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         return self.scores(batch).cpu().numpy()
+
+
+class ScaledScorer:
+    """A scorer's logits in serving's units (cosine): times the model's temperature."""
+
+    def __init__(self, scorer: Scorer, scale: float) -> None:
+        self.scorer, self.scale = scorer, scale
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        return np.asarray(self.scorer(batch), dtype=np.float32) * self.scale  # (B, N)
 
 
 class IntentScorer:

@@ -24,6 +24,7 @@ import torch
 from omegaconf import OmegaConf
 
 from serving.core import bundle as bundle_files
+from serving.core.diversify import ListSettings
 from serving.core.history import histories_from_frame
 from serving.core.index import IndexSpec, build_index, search_parameters
 from serving.core.intent import IntentSettings
@@ -138,10 +139,21 @@ def index_recall(index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.nda
 
 
 def rerank_settings(run: Path, rerank: dict[str, Any] | None) -> dict[str, Any]:
-    """The bundle's re-rank settings: ``rerank`` if given, else the run's (``config.yaml``), else the defaults."""
+    """The bundle's re-rank settings: ``rerank`` if given, else the run's (``config.yaml``), else the defaults.
+
+    A list knob set to ``auto`` takes the value training picked on validation (``metrics.json``), else 0."""
     if rerank is None and (run / "config.yaml").exists():
         rerank = OmegaConf.to_container(OmegaConf.load(run / "config.yaml")).get("rerank")
-    return {"intent": IntentSettings.from_dict((rerank or {}).get("intent")).as_dict()}
+    list_cfg = dict((rerank or {}).get("list") or {})
+    auto = [name for name, value in list_cfg.items() if value == "auto"]
+    if auto:
+        picked = {}
+        if (run / "metrics.json").exists():
+            served = json.loads((run / "metrics.json").read_text()).get("served") or {}
+            picked = (served.get("rerank") or {}).get("list") or {}
+        list_cfg.update({name: picked.get(name, 0.0) for name in auto})
+    return {"intent": IntentSettings.from_dict((rerank or {}).get("intent")).as_dict(),
+            "list": ListSettings.from_dict(list_cfg).as_dict()}  # fmt: skip
 
 
 def export_bundle(

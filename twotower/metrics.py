@@ -9,6 +9,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from serving.core.diversify import category_weights, kl_divergence
+
+DECILES = 10
+
 
 def target_ranks(scores: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """scores (B, N), targets (B,) column indices -> (B,) float ranks (1 = best, inf = never a hit)."""
@@ -107,19 +111,58 @@ def intra_list_diversity(top_lists: np.ndarray, categories: np.ndarray) -> float
     return float(np.mean((1.0 - jaccard)[:, off]))
 
 
+def popularity_deciles(popularity: np.ndarray) -> np.ndarray:
+    """(N,) item popularity -> (N,) decile 0..9 of the catalog by popularity (0 = the least popular tenth of
+    the items, 9 = the most popular; ties keep catalog order)."""
+    order = np.argsort(popularity, kind="stable")
+    deciles = np.empty(len(popularity), dtype=np.int64)
+    deciles[order] = np.arange(len(popularity)) * DECILES // max(len(popularity), 1)
+    return deciles
+
+
+def exposure_by_decile(
+    columns: np.ndarray, popularity: np.ndarray, weights: np.ndarray | None = None
+) -> list[float]:
+    """Share of recommendations (or, with ``weights``, of interactions) landing in each popularity decile."""
+    counts = np.bincount(popularity_deciles(popularity)[columns.ravel()], weights=weights, minlength=DECILES)
+    total = counts.sum()
+    return (counts / total).round(6).tolist() if total else [0.0] * DECILES
+
+
+def miscalibration(top_lists: np.ndarray, histories: np.ndarray, members: np.ndarray) -> np.ndarray:
+    """Steck's miscalibration per list: KL(p || 0.99 q + 0.01 p) between the category mix ``p`` of the history
+    and ``q`` of the list, an item spreading 1 / |its categories| over them.
+
+    top_lists (B, k) and histories (B, H) are catalog columns (-1 = padding); members (N, C) bool. Returns
+    (B,) KL, NaN where the history has no category (nothing to be calibrated to)."""
+    weights = category_weights(members).astype(np.float32)  # (N, C)
+    q = weights[top_lists].sum(1)  # (B, C)
+    q /= np.maximum(q.sum(1, keepdims=True), 1e-12)
+    p = np.where(histories[..., None] >= 0, weights[np.maximum(histories, 0)], 0.0).sum(1)  # (B, C)
+    mass = p.sum(1, keepdims=True)  # (B, 1)
+    p = p / np.maximum(mass, 1e-12)
+    return np.where(mass[:, 0] > 0, kl_divergence(p.astype(np.float64), q.astype(np.float64)), np.nan)
+
+
 def beyond_accuracy(
     top_lists: np.ndarray,
     n_items: int,
     popularity: np.ndarray,
     k: int = 10,
     categories: np.ndarray | None = None,
+    miscalibrations: np.ndarray | None = None,
 ) -> dict[str, float]:
+    """Coverage, Gini of exposure, novelty, exposure by popularity decile; with categories, intra-list
+    diversity; ``miscalibrations`` (Q,) per-query KL (see :func:`miscalibration`) are averaged in."""
     lists = top_lists[:, :k]
     out = {
         f"coverage@{k}": catalog_coverage(lists, n_items),
         f"gini@{k}": gini_exposure(lists, n_items),
         f"novelty@{k}": novelty(lists, popularity),
+        f"exposure_by_popularity_decile@{k}": exposure_by_decile(lists, popularity),
     }
     if categories is not None and categories.any():
         out[f"diversity@{k}"] = intra_list_diversity(lists, categories)
+    if miscalibrations is not None and np.isfinite(miscalibrations).any():
+        out[f"miscalibration@{k}"] = float(np.nanmean(miscalibrations))
     return out

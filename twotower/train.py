@@ -19,7 +19,6 @@ import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from serving.core.intent import CategoryIntent, IntentSettings, membership
 from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix
@@ -28,10 +27,11 @@ from twotower.data.encode import encode_log
 from twotower.data.schema import EncodedLog, RawLog
 from twotower.data.splits import Split, make_split
 from twotower.datamodule import TwoTowerDataModule
-from twotower.evaluate import IntentScorer, ModelScorer, evaluate_scorer
+from twotower.evaluate import ModelScorer, evaluate_scorer
 from twotower.malloc import keep_freed_memory
-from twotower.metrics import user_popularity
+from twotower.metrics import exposure_by_decile, user_popularity
 from twotower.model import ModelConfig, TwoTower
+from twotower.served import ServedEvaluator, served_results
 
 log = logging.getLogger(__name__)
 
@@ -91,28 +91,26 @@ def checkpoint_dir(cfg: DictConfig) -> Path:
     return Path(dirpath) if dirpath else Path(cfg.paths.output_dir) / "checkpoints"
 
 
-def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) -> CategoryIntent | None:
-    """The session-intent re-rank configured in ``rerank`` over the data's categories (None when off)."""
-    settings = (cfg.get("rerank") or {}).get("intent")
-    if settings is None:
-        return None
-    members = membership(data.item_categories[1:], len(data.category_names))  # 0 = padding, skipped
-    intent_settings = IntentSettings.from_dict(OmegaConf.to_container(settings, resolve=True))
-    return CategoryIntent.build(members, train_counts, data.category_names, intent_settings)
-
-
-def evaluate_all(
-    cfg: DictConfig, data: EncodedLog, split: Split, datamodule: TwoTowerDataModule, net: TwoTower
-) -> dict[str, Any]:
-    """Model and baselines on the same val/test queries; baseline hyper-parameters picked on validation."""
+def eval_context(cfg: DictConfig, data: EncodedLog, split: Split) -> tuple[dict[str, Any], list[float]]:
+    """The evaluation settings every scorer shares (catalog, popularity, cut-offs, categories), and the training
+    interactions' exposure by popularity decile (what the data itself shows)."""
     ks = tuple(cfg.eval.ks)
     train_mask = split.train_mask(data)
     user_counts = np.zeros(data.n_items + 1)
     pairs = np.unique(np.stack([data.users[train_mask], data.items[train_mask]]), axis=1)
     np.add.at(user_counts, pairs[1], 1)
     popularity = user_popularity(user_counts[1:], data.n_users)
+    data_exposure = exposure_by_decile(data.items[train_mask] - 1, popularity)  # training interactions
     common = {"n_items": data.n_items, "popularity": popularity, "ks": ks, "batch_size": cfg.eval.batch_size,
               "exclude_history": cfg.eval.exclude_history, "categories": data.item_categories[1:]}  # fmt: skip
+    return common, data_exposure
+
+
+def evaluate_all(
+    cfg: DictConfig, data: EncodedLog, split: Split, datamodule: TwoTowerDataModule, net: TwoTower
+) -> dict[str, Any]:
+    """Model and baselines on the same val/test queries; baseline hyper-parameters picked on validation."""
+    common, data_exposure = eval_context(cfg, data, split)
     val_q = datamodule.queries("val")
     test_q = datamodule.queries("test", max_users=cfg.eval.test_max_users)
     scorer = ModelScorer(net)
@@ -122,15 +120,13 @@ def evaluate_all(
         "baselines": {},
         "baseline_params": {},
         "baselines_val": {},
+        "data_exposure": data_exposure,
     }
-    intent = build_intent(cfg, data, train_counts(data, split))
-    if intent is not None:  # what the bundle serves: the model plus the session-intent re-rank
-        served = IntentScorer(scorer, intent, scale=float(net.temperature))
-        results["served"] = {
-            "rerank": {"intent": intent.settings.as_dict()},
-            "val": evaluate_scorer(served, val_q, desc="served val", **common),
-            "test": evaluate_scorer(served, test_q, desc="served test", **common),
-        }
+    counts = train_counts(data, split)
+    evaluator = ServedEvaluator(cfg, data, scorer, float(net.temperature), counts, common)
+    served = served_results(evaluator, cfg, val_q, test_q, results["val"])
+    if served is not None:
+        results["served"] = served
     train_matrix = interaction_matrix(data, split)
     for name in cfg.eval.baselines:
         best, best_val = None, None
@@ -209,6 +205,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         **({"served": results["served"]} if "served" in results else {}),
         "baselines": results["baselines"],
         "baselines_val": results["baselines_val"],
+        "data_exposure_by_popularity_decile": results["data_exposure"],
         "baseline_params": results["baseline_params"],
         "train_seconds": round(train_seconds, 2),  # of this run only when it resumed another
         "resumed_from": resume,

@@ -63,6 +63,19 @@ def membership(item_categories: Sequence[Sequence[int]], n_categories: int) -> n
     return members
 
 
+def item_members(items: Any, category_names: Sequence[str]) -> np.ndarray | None:
+    """(N, C) bool membership of an ``items.parquet`` frame (``categories`` as names) in catalog order; None
+    when the catalog has no categories or is too large for a dense matrix."""
+    if "categories" not in items:
+        return None
+    index = {str(name): i for i, name in enumerate(category_names)}
+    if len(items) * len(index) > MAX_DENSE_MEMBERS:
+        log.warning("category re-ranks off: %d items x %d categories is over the dense membership cap (%d); "
+                    "a sparse membership is not implemented", len(items), len(index), MAX_DENSE_MEMBERS)  # fmt: skip
+        return None
+    return membership([[index.get(str(c), 0) for c in cats] for cats in items["categories"]], len(index))
+
+
 def recent_rows(histories: Sequence[np.ndarray], window: int) -> np.ndarray:
     """(B, W) the newest ``window`` catalog rows of each history, newest in the last column, -1 before."""
     out = np.full((len(histories), window), -1, dtype=np.int64)
@@ -111,16 +124,11 @@ class CategoryIntent:
         cls, items: Any, category_names: Sequence[str], settings: IntentSettings
     ) -> CategoryIntent | None:
         """From an ``items.parquet`` frame (``categories`` as names, ``train_count``) in catalog order."""
-        if "categories" not in items:
+        members = item_members(items, category_names)
+        if members is None:
             return None
-        index = {str(name): i for i, name in enumerate(category_names)}
-        if len(items) * len(index) > MAX_DENSE_MEMBERS:
-            log.warning("session-intent re-rank off: %d items x %d categories is over the dense membership cap "
-                        "(%d); a sparse membership is not implemented", len(items), len(index), MAX_DENSE_MEMBERS)  # fmt: skip
-            return None
-        rows = [[index.get(str(c), 0) for c in cats] for cats in items["categories"]]
-        counts = items["train_count"].to_numpy() if "train_count" in items else np.ones(len(rows))
-        return cls.build(membership(rows, len(index)), counts, category_names, settings)
+        counts = items["train_count"].to_numpy() if "train_count" in items else np.ones(len(members))
+        return cls.build(members, counts, category_names, settings)
 
     # ---- lift -----------------------------------------------------------------------------------------
     def lift(self, recent: np.ndarray) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
+from serving.core.diversify import KNOBS, ListSettings
+
 
 @dataclass(frozen=True)
 class RecommendationRequest:
@@ -26,6 +28,10 @@ class RecommendationRequest:
         exclude_items: item ids never to return.
         allow_items: if given, only these item ids may be returned.
         rerank: apply the session-intent re-rank (False: the model's ranking alone).
+        diversity, max_per_category, calibrate, explore: the list re-rank's knobs
+            (:class:`~serving.core.diversify.ListSettings`; None: the recommender's default, 0: off).
+        seed: exploration's seed (None: one derived from the request, so the same request gets the same list).
+        explain: add ``because`` to each item: the recent history items it is most similar to.
     """
 
     user_id: str | None = None
@@ -38,6 +44,12 @@ class RecommendationRequest:
     exclude_items: Collection[str] = ()
     allow_items: Collection[str] | None = None
     rerank: bool = True
+    diversity: float | None = None
+    max_per_category: int | None = None
+    calibrate: float | None = None
+    explore: float | None = None
+    seed: int | None = None
+    explain: bool = False
 
     @classmethod
     def of(cls, request: RecommendationRequest | None = None, /, **fields) -> RecommendationRequest:
@@ -51,6 +63,13 @@ class RecommendationRequest:
             raise TypeError(f"k must be an integer, got {type(self.k).__name__}")
         if self.k < 1:
             raise ValueError("k must be at least 1")
+        knobs = {name: getattr(self, name) for name in KNOBS if getattr(self, name) is not None}
+        if knobs:
+            ListSettings(**knobs)  # a ValueError naming the knob that is out of range
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
         if self.history is None:
             given = [n for n in ("events", "dwell", "ts") if getattr(self, n) is not None]
             if given:

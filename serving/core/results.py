@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -21,6 +22,7 @@ class Recommendation:
     lift: np.ndarray | None = None  # (C,) the session's category lift, when the re-rank acted
     explainer: CategoryIntent | None = None
     model_version: str = ""  # the bundle that answered
+    ranking: Any = None  # serving.shaping.Ranking: the list re-rank's settings and seed, when it acted
 
     @property
     def intent(self) -> dict[str, float]:

@@ -22,7 +22,11 @@ def main(cfg: DictConfig) -> None:
     users, histories = load_users(
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )
-    scorer = BatchScorer(rec, k=cfg.k, overfetch=cfg.overfetch, exclude_seen=cfg.exclude_seen)
+    overrides = OmegaConf.to_container(cfg.get("ranking") or {})
+    ranking = rec.ranking.with_overrides(**overrides)
+    scorer = BatchScorer(
+        rec, k=cfg.k, overfetch=cfg.overfetch, exclude_seen=cfg.exclude_seen, ranking=ranking
+    )
     summary = score_to_parquet(scorer, users, histories, cfg.out, chunk_size=cfg.chunk_size,
                                num_shards=cfg.num_shards, shard=cfg.shard, progress=cfg.progress)  # fmt: skip
     print(json.dumps(summary, indent=2))

@@ -1,0 +1,179 @@
+"""The evaluation of what a bundle serves: the list re-rank on top of the served scores, and its defaults.
+
+Serving chooses each list with :func:`serving.core.diversify.rerank_list` from the best ``depth`` items by
+served score; :class:`ListReranker` runs the same function on the evaluation's (B, N) score matrices, so the
+``served`` metrics are those of the answers a k=10 request gets. Positions past the list (Recall@20 and on)
+follow the served scores, the chosen items taken out.
+
+:func:`pick_list_settings` chooses the served default on validation: the smallest ``diversity`` of a grid whose
+lists are at least as diverse as the model's own at no more than a set loss of its Recall@10 (no narrowing
+by default, without buying diversity with accuracy the user would notice).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from serving.core.diversify import (
+    Candidates,
+    ListSettings,
+    head_mask,
+    history_mix,
+    request_seed,
+    rerank_list,
+    similarity_vectors,
+)
+from serving.core.intent import CategoryIntent, IntentSettings, membership
+from twotower import metrics
+from twotower.data.schema import EncodedLog
+from twotower.evaluate import IntentScorer, ModelScorer, ScaledScorer, evaluate_scorer
+
+log = logging.getLogger(__name__)
+
+LIST_K = 10  # the list a request gets; deeper evaluation cut-offs rank the rest by score
+RECALL_KEEP = 0.95  # the served default keeps at least this share of the model's validation Recall@10
+
+
+class ListReranker:
+    """The served list re-rank over evaluation batches: (B, N) served scores -> (B, LIST_K) chosen columns."""
+
+    def __init__(
+        self,
+        settings: ListSettings,
+        item_vectors: np.ndarray,
+        item_categories: np.ndarray,
+        n_categories: int,
+        train_counts: np.ndarray,
+    ) -> None:
+        """``item_vectors`` (N, D) as the bundle holds them; ``item_categories`` (N, C_max) category indices
+        (0 = none); ``train_counts`` (N,) training interactions (the popular head)."""
+        self.settings = settings
+        members = membership(item_categories.tolist(), n_categories)  # (N, C)
+        self.members = members if members.any() else None
+        self.similar = similarity_vectors(item_vectors, self.members)  # (N, E) what diversity compares
+        self.head = head_mask(train_counts)  # (N,)
+
+    def __call__(self, scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """(B, N) served scores, history already at -inf -> (B, LIST_K) chosen columns (-1 where short)."""
+        s = self.settings
+        depth = min(max(LIST_K, s.depth), scores.shape[1])
+        top = metrics.top_k(scores, depth)  # (B, M) columns, best first
+        histories = batch["items"].numpy()  # (B, L) 1-based, 0 = pad: the window serving reads too
+        out = np.full((len(scores), LIST_K), -1, dtype=np.int64)
+        for b in range(len(scores)):
+            columns = top[b][np.isfinite(scores[b, top[b]])]  # (M',)
+            history = histories[b][histories[b] > 0] - 1
+            members = self.members[columns] if self.members is not None else None
+            mix = None
+            if self.members is not None and (s.calibrate or s.explore):
+                mix = history_mix(self.members[history])
+            rng = np.random.default_rng(request_seed(None, history.tobytes())) if s.explore else None
+            candidates = Candidates(scores[b, columns], self.similar[columns], members, self.head[columns])
+            chosen = rerank_list(candidates, LIST_K, s, mix, rng).order
+            out[b, : len(chosen)] = columns[chosen]
+        return out
+
+
+def pick_list_settings(
+    base: ListSettings,
+    grid: Sequence[float],
+    evaluate: Callable[[ListSettings], dict[str, float]],
+    model_val: dict[str, float],
+) -> tuple[ListSettings, dict[str, Any]]:
+    """The served default's ``diversity``: the smallest of ``grid`` whose validation lists are at least as
+    diverse as the model's own (``diversity@10``) with Recall@10 >= RECALL_KEEP x the model's; when none is,
+    the most diverse that keeps the recall; when none keeps it either, off. Returns it and the record."""
+    target_div, floor = model_val.get("diversity@10"), RECALL_KEEP * model_val["recall@10"]
+    tried: dict[str, dict[str, float]] = {}
+    keeps: list[tuple[float, float]] = []
+    chosen = None
+    for value in sorted(grid):
+        val = evaluate(replace(base, diversity=float(value)))
+        tried[str(value)] = {k: val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in val}
+        if val["recall@10"] < floor:
+            continue
+        keeps.append((val.get("diversity@10", 0.0), float(value)))
+        if target_div is None or val.get("diversity@10", 0.0) >= target_div:
+            chosen = float(value)
+            break
+    if chosen is None:
+        chosen = max(keeps)[1] if keeps else 0.0
+    record = {"knob": "diversity", "grid": [float(v) for v in grid], "val": tried, "chosen": chosen,
+              "rule": f"smallest value with val diversity@10 >= the model's and recall@10 >= {RECALL_KEEP} x the "
+                      "model's (else the most diverse keeping the recall, else 0)",
+              "model_val": {k: model_val[k] for k in ("recall@10", "diversity@10") if k in model_val}}  # fmt: skip
+    log.info("served diversity %.2f picked on validation (%s)", chosen, tried)
+    return replace(base, diversity=chosen), record
+
+
+def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) -> CategoryIntent | None:
+    """The session-intent re-rank configured in ``rerank`` over the data's categories (None when off)."""
+    settings = (cfg.get("rerank") or {}).get("intent")
+    if settings is None:
+        return None
+    members = membership(data.item_categories[1:], len(data.category_names))  # 0 = padding, skipped
+    intent_settings = IntentSettings.from_dict(OmegaConf.to_container(settings, resolve=True))
+    return CategoryIntent.build(members, train_counts, data.category_names, intent_settings)
+
+
+class ServedEvaluator:
+    """Evaluates what a bundle serves under any list settings: the model's scores in serving's units, the
+    session-intent re-rank (when configured) and the list re-rank."""
+
+    def __init__(self, cfg: DictConfig, data: EncodedLog, scorer: ModelScorer, scale: float, counts: np.ndarray,
+                 common: dict[str, Any]) -> None:  # fmt: skip
+        """``scale``: the model's temperature (logits -> cosine); ``counts`` (N,) training interactions per item;
+        ``common``: :func:`twotower.evaluate.evaluate_scorer`'s shared arguments."""
+        self.intent = build_intent(cfg, data, counts)
+        self.scorer = (
+            IntentScorer(scorer, self.intent, scale)
+            if self.intent is not None
+            else ScaledScorer(scorer, scale)
+        )
+        self.vectors = scorer.item_vectors.cpu().numpy()  # (N, D) as the bundle holds them
+        self.categories, self.n_categories = data.item_categories[1:], len(data.category_names)
+        self.counts, self.common = counts, common
+
+    def __call__(self, settings: ListSettings, queries: Any, desc: str = "served") -> dict[str, Any]:
+        reranker = None
+        if settings.active:
+            reranker = ListReranker(settings, self.vectors, self.categories, self.n_categories, self.counts)
+        return evaluate_scorer(self.scorer, queries, desc=desc, reranker=reranker, **self.common)
+
+
+def list_config(cfg: DictConfig) -> tuple[ListSettings, bool]:
+    """The configured list re-rank (``rerank.list``) and whether its diversity is ``auto`` (then 0 here)."""
+    section = (cfg.get("rerank") or {}).get("list") or {}
+    list_cfg = dict(
+        OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section
+    )
+    auto = list_cfg.get("diversity") == "auto"
+    return ListSettings.from_dict({**list_cfg, "diversity": 0.0} if auto else list_cfg), auto
+
+
+def served_results(
+    evaluator: ServedEvaluator, cfg: DictConfig, val_q: Any, test_q: Any, model_val: dict[str, Any]
+) -> dict[str, Any] | None:
+    """What the bundle serves, on validation and test, with the list re-rank configured in ``rerank`` (its
+    ``diversity: auto`` picked on validation, :func:`pick_list_settings`); None when no re-rank is on."""
+    settings, auto = list_config(cfg)
+    if evaluator.intent is None and not settings.active and not auto:
+        return None
+    intent = evaluator.intent
+    out: dict[str, Any] = {"rerank": {"intent": intent.settings.as_dict() if intent is not None else None}}
+    if auto:
+        grid = list((cfg.get("rerank") or {}).get("diversity_grid") or [0.0])
+        settings, out["picked_on_validation"] = pick_list_settings(
+            settings, grid, lambda s: evaluator(s, val_q, "served val (pick)"), model_val
+        )
+    out["rerank"]["list"] = settings.as_dict()
+    out["val"] = evaluator(settings, val_q, "served val")
+    out["test"] = evaluator(settings, test_q, "served test")
+    return out
