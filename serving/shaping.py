@@ -78,9 +78,12 @@ class ListShaper:
         similar[live] = similarity_vectors(changes.vectors[added], added_members)
         return similar, members, head
 
-    def rows_features(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """:meth:`features` of bundle rows: gathers."""
-        members = self.members[rows] if self.members is not None else None
+    def rows_features(
+        self, rows: np.ndarray, with_members: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+        """:meth:`features` of bundle rows: gathers (``with_members=False``: no membership, for a re-rank
+        that reads none: diversity alone)."""
+        members = self.members[rows] if self.members is not None and with_members else None
         return self.similar[rows], members, self.head[rows]
 
     def item_vectors(self, ids: list[str], changes: CatalogChanges) -> np.ndarray:
@@ -121,7 +124,10 @@ class ListShaper:
         seed: int,
     ) -> list[dict]:
         """The list of ``k`` items from bundle candidates: (M,) scores and rows, best first."""
-        order, explored = self.choose(scores, self.rows_features(rows), k, settings, history, seed)
+        features = self.rows_features(
+            rows, with_members=bool(settings.max_per_category or settings.calibrate or settings.explore)
+        )
+        order, explored = self.choose(scores, features, k, settings, history, seed)
         ids, picked, values = self.item_ids, rows[order].tolist(), scores[order].tolist()
         items = [{"item_id": ids[r], "score": s} for r, s in zip(picked, values, strict=True)]
         return _mark(items, explored, settings)

@@ -62,7 +62,7 @@ def run_and_bundle(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("export")
     # the list re-rank off by default here: the tests compare answers with exact references (knobs: own tests)
-    overrides = ["eval.baselines=[popularity]", "rerank.list.diversity=0.0"]
+    overrides = ["eval.baselines=[popularity]", "rerank.list.diversity=0.0", "rerank.list.calibrate=0.0"]
     train(compose_config(TINY_DATA + FAST_TRAIN + overrides, root / "run"))
     manifest = export_bundle(root / "run", root / "bundle", IndexSpec(kind="hnsw"))
     return root / "run", root / "bundle", manifest

@@ -12,11 +12,11 @@ import pytest
 
 from twotower.config import PROJECT_ROOT
 
-HYDRA = ["train", "export", "batch_score", "bench_latency", "bench_batch"]
+HYDRA = ["train", "export", "batch_score", "bench_latency", "bench_batch", "simulate_feedback", "report"]
 ARGPARSE = ["bench_serving", "check_adaptation", "gpu_bench", "soak"]
 COMMANDS = HYDRA + ARGPARSE
 # run where torch is not installed
-SERVING_SIDE = ["batch_score", "bench_serving", "check_adaptation", "soak"]
+SERVING_SIDE = ["batch_score", "bench_serving", "check_adaptation", "soak", "simulate_feedback", "report"]
 
 
 def console_name(command: str) -> str:

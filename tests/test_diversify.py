@@ -71,9 +71,15 @@ def _kl_of_list(members: np.ndarray, p: np.ndarray) -> float:
 
 @pytest.mark.parametrize(
     "settings",
-    [ListSettings(diversity=0.3), ListSettings(diversity=0.8), ListSettings(calibrate=0.5),
-     ListSettings(calibrate=1.0), ListSettings(max_per_category=2), ListSettings(diversity=0.5, calibrate=0.3),
-     ListSettings(diversity=0.4, max_per_category=3, calibrate=0.2)],  # fmt: skip
+    [
+        ListSettings(diversity=0.3),
+        ListSettings(diversity=0.8),
+        ListSettings(calibrate=0.5),
+        ListSettings(calibrate=1.0),
+        ListSettings(max_per_category=2),
+        ListSettings(diversity=0.5, calibrate=0.3),
+        ListSettings(diversity=0.4, max_per_category=3, calibrate=0.2),
+    ],  # fmt: skip
 )
 def test_greedy_matches_the_brute_force_objective(settings):
     for seed in range(5):
@@ -140,7 +146,9 @@ def test_exploration_is_seeded_counted_and_drawn_from_outside_the_usual():
     settings = ListSettings(explore=0.3)
     first = rerank_list(cands, 10, settings, mix, np.random.default_rng(7))
     again = rerank_list(cands, 10, settings, mix, np.random.default_rng(7))
-    assert first.order.tolist() == again.order.tolist() and first.explored.sum() == explore_slots(0.3, 10) == 3
+    assert (
+        first.order.tolist() == again.order.tolist() and first.explored.sum() == explore_slots(0.3, 10) == 3
+    )
     usual = mix >= 0.1
     for j in first.order[first.explored]:
         assert not cands.head[j] or not (cands.members[j] & usual).any()
@@ -152,8 +160,16 @@ def test_exploration_is_seeded_counted_and_drawn_from_outside_the_usual():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"diversity": 1.5}, {"diversity": -0.1}, {"calibrate": 2}, {"explore": "0.5"}, {"max_per_category": -1},
-     {"max_per_category": 1.5}, {"depth": 0}, {"diversity": True}],  # fmt: skip
+    [
+        {"diversity": 1.5},
+        {"diversity": -0.1},
+        {"calibrate": 2},
+        {"explore": "0.5"},
+        {"max_per_category": -1},
+        {"max_per_category": 1.5},
+        {"depth": 0},
+        {"diversity": True},
+    ],  # fmt: skip
 )
 def test_bad_settings_name_the_field(bad):
     with pytest.raises(ValueError, match=next(iter(bad))):

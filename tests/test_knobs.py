@@ -38,7 +38,9 @@ def test_knobs_off_is_the_plain_answer_and_defaults_apply(knob_rec, run_and_bund
     default = diverse.recommend(user_id=user, k=8)
     assert default.ranking.settings.diversity == 0.6
     assert default.items == knob_rec.recommend(user_id=user, k=8, diversity=0.6).items
-    assert diverse.recommend(user_id=user, k=8, diversity=0.0).items == plain.items  # a request switches it off
+    assert (
+        diverse.recommend(user_id=user, k=8, diversity=0.0).items == plain.items
+    )  # a request switches it off
 
 
 def test_diversity_and_cap_change_the_list_within_the_candidates(knob_rec):
@@ -68,9 +70,10 @@ def test_exploration_is_reproducible_and_marked(knob_rec):
     seeded = {tuple(x["item_id"] for x in knob_rec.recommend(user_id=user, k=10, explore=0.3, seed=s).items)
               for s in range(6)}  # fmt: skip
     assert len(seeded) > 1
-    assert knob_rec.recommend(user_id=user, k=10, explore=0.3, seed=4).items == knob_rec.recommend(
-        user_id=user, k=10, explore=0.3, seed=4
-    ).items
+    assert (
+        knob_rec.recommend(user_id=user, k=10, explore=0.3, seed=4).items
+        == knob_rec.recommend(user_id=user, k=10, explore=0.3, seed=4).items
+    )
 
 
 @pytest.mark.parametrize(

@@ -44,19 +44,27 @@ def test_miscalibration_and_exposure_hand_computed():
     assert shares == [0.25, 0.0, 0.25, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5]
 
 
-def test_pick_list_settings_takes_the_smallest_value_that_does_not_narrow():
-    table = {0.0: (0.30, 0.60), 0.1: (0.295, 0.66), 0.2: (0.29, 0.71), 0.3: (0.20, 0.80)}
+def test_pick_list_settings_takes_the_most_accurate_setting_that_does_not_narrow():
+    # (diversity, calibrate) -> (val recall@10, val diversity@10)
+    table = {(0.0, 0.0): (0.30, 0.60), (0.1, 0.0): (0.295, 0.66), (0.2, 0.0): (0.29, 0.71),
+             (0.3, 0.0): (0.20, 0.80), (0.0, 0.2): (0.30, 0.70), (0.1, 0.2): (0.296, 0.72),
+             (0.2, 0.2): (0.28, 0.74), (0.3, 0.2): (0.19, 0.85)}  # fmt: skip
 
     def evaluate(s: ListSettings) -> dict:
-        recall, div = table[s.diversity]
+        recall, div = table[(s.diversity, s.calibrate)]
         return {"recall@10": recall, "ndcg@10": recall / 2, "diversity@10": div}
 
+    grid = {"diversity": [0.3, 0.0, 0.2, 0.1], "calibrate": [0.0, 0.2]}
     model = {"recall@10": 0.30, "diversity@10": 0.70}
-    chosen, record = pick_list_settings(ListSettings(), list(table), evaluate, model)
-    assert chosen.diversity == 0.2 and record["chosen"] == 0.2 and "0.3" not in record["val"]
-    # nothing reaches the model's diversity: the most diverse that keeps 95% of the recall
-    chosen, _ = pick_list_settings(ListSettings(), list(table), evaluate, {**model, "diversity@10": 0.9})
-    assert chosen.diversity == 0.2
+    chosen, record = pick_list_settings(ListSettings(), grid, evaluate, model)
+    assert (chosen.diversity, chosen.calibrate) == (0.0, 0.2) and len(record["val"]) == 8  # 0.30 at 0.70
+    assert record["outcome"] == "as diverse as the model, recall kept"
+    # nothing reaches the model's diversity with the recall kept: the most diverse that keeps it
+    chosen, record = pick_list_settings(ListSettings(), grid, evaluate, {**model, "diversity@10": 0.9})
+    assert (chosen.diversity, chosen.calibrate) == (0.1, 0.2) and record["outcome"].startswith("most diverse")
+    # no setting keeps the recall: the most accurate, the gentler knobs on a tie
+    chosen, _ = pick_list_settings(ListSettings(), grid, evaluate, {"recall@10": 0.5, "diversity@10": 0.7})
+    assert (chosen.diversity, chosen.calibrate) == (0.0, 0.0)
 
 
 @pytest.fixture(scope="module")

@@ -131,7 +131,9 @@ def flat(section: dict) -> dict:
     """A metrics section with its lists (exposure by decile) spread into keys, for pytest.approx."""
     out = {}
     for key, value in section.items():
-        out.update({f"{key}[{i}]": v for i, v in enumerate(value)} if isinstance(value, list) else {key: value})
+        out.update(
+            {f"{key}[{i}]": v for i, v in enumerate(value)} if isinstance(value, list) else {key: value}
+        )
     return out
 
 

@@ -12,8 +12,9 @@ by default, without buying diversity with accuracy the user would notice).
 
 from __future__ import annotations
 
+import itertools
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -83,34 +84,45 @@ class ListReranker:
 
 def pick_list_settings(
     base: ListSettings,
-    grid: Sequence[float],
+    grid: Mapping[str, Sequence[float]],
     evaluate: Callable[[ListSettings], dict[str, float]],
     model_val: dict[str, float],
 ) -> tuple[ListSettings, dict[str, Any]]:
-    """The served default's ``diversity``: the smallest of ``grid`` whose validation lists are at least as
-    diverse as the model's own (``diversity@10``) with Recall@10 >= RECALL_KEEP x the model's; when none is,
-    the most diverse that keeps the recall; when none keeps it either, off. Returns it and the record."""
+    """The served default of the knobs in ``grid`` (every combination of their values is tried on validation):
+    of those whose lists are at least as diverse as the model's own (``diversity@10``) at Recall@10 >=
+    RECALL_KEEP x the model's, the most accurate (Recall@10, then NDCG@10; ties: the gentler knobs); when none
+    is, the most diverse that keeps that recall; when none keeps it, the most accurate. Returns it and the
+    record of what was tried."""
     target_div, floor = model_val.get("diversity@10"), RECALL_KEEP * model_val["recall@10"]
-    tried: dict[str, dict[str, float]] = {}
-    keeps: list[tuple[float, float]] = []
-    chosen = None
-    for value in sorted(grid):
-        val = evaluate(replace(base, diversity=float(value)))
-        tried[str(value)] = {k: val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in val}
-        if val["recall@10"] < floor:
-            continue
-        keeps.append((val.get("diversity@10", 0.0), float(value)))
-        if target_div is None or val.get("diversity@10", 0.0) >= target_div:
-            chosen = float(value)
-            break
-    if chosen is None:
-        chosen = max(keeps)[1] if keeps else 0.0
-    record = {"knob": "diversity", "grid": [float(v) for v in grid], "val": tried, "chosen": chosen,
-              "rule": f"smallest value with val diversity@10 >= the model's and recall@10 >= {RECALL_KEEP} x the "
-                      "model's (else the most diverse keeping the recall, else 0)",
-              "model_val": {k: model_val[k] for k in ("recall@10", "diversity@10") if k in model_val}}  # fmt: skip
-    log.info("served diversity %.2f picked on validation (%s)", chosen, tried)
-    return replace(base, diversity=chosen), record
+    names = list(grid)
+    tried: list[dict[str, Any]] = []
+    for values in itertools.product(*(sorted(float(v) for v in grid[n]) for n in names)):
+        knobs = dict(zip(names, values, strict=True))
+        val = evaluate(replace(base, **knobs))
+        tried.append({**knobs, **{k: val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in val}})
+    gentle = {id(t): sum(t[n] for n in names) for t in tried}
+
+    def accuracy(t: dict[str, Any]) -> tuple:
+        return (t["recall@10"], t.get("ndcg@10", 0.0), -gentle[id(t)])
+
+    keeps = [t for t in tried if t["recall@10"] >= floor]
+    wide = [t for t in keeps if target_div is None or t.get("diversity@10", 0.0) >= target_div]
+    if wide:
+        chosen, how = max(wide, key=accuracy), "as diverse as the model, recall kept"
+    elif keeps:
+        chosen, how = (
+            max(keeps, key=lambda t: (t.get("diversity@10", 0.0), -gentle[id(t)])),
+            "most diverse, recall kept",
+        )
+    else:
+        chosen, how = max(tried, key=accuracy), "no setting keeps the recall: the most accurate"
+    picked = {n: chosen[n] for n in names}
+    record = {"grid": {n: [float(v) for v in grid[n]] for n in names}, "val": tried, "chosen": picked, "outcome": how,
+              "rule": f"of the settings with val diversity@10 >= the model's and recall@10 >= {RECALL_KEEP} x the "
+                      "model's, the most accurate; else the most diverse keeping the recall; else the most accurate",
+              "model_val": {k: model_val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in model_val}}  # fmt: skip
+    log.info("served list settings %s picked on validation (%s)", picked, how)
+    return replace(base, **picked), record
 
 
 def build_intent(cfg: DictConfig, data: EncodedLog, train_counts: np.ndarray) -> CategoryIntent | None:
@@ -148,28 +160,32 @@ class ServedEvaluator:
         return evaluate_scorer(self.scorer, queries, desc=desc, reranker=reranker, **self.common)
 
 
-def list_config(cfg: DictConfig) -> tuple[ListSettings, bool]:
-    """The configured list re-rank (``rerank.list``) and whether its diversity is ``auto`` (then 0 here)."""
+def list_config(cfg: DictConfig) -> tuple[ListSettings, list[str]]:
+    """The configured list re-rank (``rerank.list``) and its knobs set to ``auto`` (0 in the settings)."""
     section = (cfg.get("rerank") or {}).get("list") or {}
     list_cfg = dict(
         OmegaConf.to_container(section, resolve=True) if OmegaConf.is_config(section) else section
     )
-    auto = list_cfg.get("diversity") == "auto"
-    return ListSettings.from_dict({**list_cfg, "diversity": 0.0} if auto else list_cfg), auto
+    auto = [name for name, value in list_cfg.items() if value == "auto"]
+    return ListSettings.from_dict({**list_cfg, **dict.fromkeys(auto, 0)}), auto
 
 
 def served_results(
     evaluator: ServedEvaluator, cfg: DictConfig, val_q: Any, test_q: Any, model_val: dict[str, Any]
 ) -> dict[str, Any] | None:
     """What the bundle serves, on validation and test, with the list re-rank configured in ``rerank`` (its
-    ``diversity: auto`` picked on validation, :func:`pick_list_settings`); None when no re-rank is on."""
+    knobs set to ``auto`` picked on validation, :func:`pick_list_settings`); None when no re-rank is on."""
     settings, auto = list_config(cfg)
     if evaluator.intent is None and not settings.active and not auto:
         return None
     intent = evaluator.intent
     out: dict[str, Any] = {"rerank": {"intent": intent.settings.as_dict() if intent is not None else None}}
     if auto:
-        grid = list((cfg.get("rerank") or {}).get("diversity_grid") or [0.0])
+        grids = (cfg.get("rerank") or {}).get("pick_grid") or {}
+        missing = [name for name in auto if name not in grids]
+        if missing:
+            raise ValueError(f"rerank.list: {missing} set to auto without values in rerank.pick_grid")
+        grid = {name: list(grids[name]) for name in auto}
         settings, out["picked_on_validation"] = pick_list_settings(
             settings, grid, lambda s: evaluator(s, val_q, "served val (pick)"), model_val
         )

@@ -41,6 +41,15 @@ HEAD_SHARE = 0.8  # the popular head: the most-interacted items holding this sha
 KNOBS = ("diversity", "max_per_category", "calibrate", "explore")  # what a request may set
 
 
+def check_knob(name: str, value: Any) -> None:
+    """A ValueError naming the knob when ``value`` is out of its range (shares in [0, 1], counts >= 0)."""
+    if name in ("diversity", "calibrate", "explore"):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
+            raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
+    elif isinstance(value, bool) or not isinstance(value, int) or value < (1 if name == "depth" else 0):
+        raise ValueError(f"{name} must be an integer >= {1 if name == 'depth' else 0}, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ListSettings:
     """The list re-rank's knobs (each has a value that switches it off: 0)."""
@@ -52,14 +61,8 @@ class ListSettings:
     depth: int = 100  # candidates fetched by score when any knob is on (at least k)
 
     def __post_init__(self) -> None:
-        for name in ("diversity", "calibrate", "explore"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 0.0 <= value <= 1.0:
-                raise ValueError(f"{name} must be a number in [0, 1], got {value!r}")
-        for name, low in (("max_per_category", 0), ("depth", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        for name in ("diversity", "max_per_category", "calibrate", "explore", "depth"):
+            check_knob(name, getattr(self, name))
 
     @property
     def active(self) -> bool:
@@ -74,7 +77,7 @@ class ListSettings:
 
     def with_overrides(self, **values: Any) -> ListSettings:
         """These settings with the given knobs replaced (``None``: keep this one)."""
-        given = {k: v for k, v in values.items() if v is not None}
+        given = {k: v for k, v in values.items() if v is not None and v != getattr(self, k)}
         return replace(self, **given) if given else self
 
     def for_request(self, request: Any) -> ListSettings:

@@ -27,15 +27,18 @@ def because_similar(
 ) -> list[list[int]]:
     """Per recommended item (L, D), the history rows (H,) with vectors (H, D) most similar to it, best first.
 
-    A history item seen twice is named once (its closer copy); ties go to the more recent event."""
+    A history item seen twice is named once; ties go to the more recent event."""
     if not len(history_rows) or not len(item_vectors):
         return [[] for _ in range(len(item_vectors))]
-    rows, first = np.unique(history_rows[::-1], return_index=True)  # newest copy of each item first
-    keep = len(history_rows) - 1 - first  # (U,) positions of the newest copies
-    sims = item_vectors @ history_vectors[keep].T  # (L, U)
-    recency = keep.astype(np.float64)  # later = more recent: wins ties
-    order = np.lexsort((-np.broadcast_to(recency, sims.shape), -sims), axis=1)[:, :top]  # (L, <= top)
-    return rows[order].tolist()
+    newest_first = history_rows[::-1]
+    if len(set(newest_first.tolist())) == len(newest_first):
+        keep = np.arange(len(history_rows) - 1, -1, -1)  # (H,) positions, newest first
+    else:
+        _, first = np.unique(newest_first, return_index=True)  # the newest copy of each item
+        keep = len(history_rows) - 1 - np.sort(first)  # newest first
+    sims = item_vectors @ history_vectors[keep].T  # (L, U), columns newest first
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :top]  # stable: ties keep the newer column
+    return history_rows[keep][order].tolist()
 
 
 def leave_one_out_drops(

@@ -35,7 +35,7 @@ MAX_DENSE_MEMBERS = 1 << 28  # items x categories held as a dense bool matrix (2
 
 @dataclass(frozen=True)
 class IntentSettings:
-    boost: float = 0.4  # cosine points added for an item in a category that is all of the recent events
+    boost: float = 0.3  # cosine points added for an item in a category that is all of the recent events
     window: int = 20  # newest events read
     decay: float = 0.85  # weight of an event per step of age
     depth: int = 200  # approximate indexes: the candidates boosted (an exact index boosts every item)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, replace
 
-from serving.core.diversify import KNOBS, ListSettings
+from serving.core.diversify import KNOBS, check_knob
 
 
 @dataclass(frozen=True)
@@ -63,9 +63,9 @@ class RecommendationRequest:
             raise TypeError(f"k must be an integer, got {type(self.k).__name__}")
         if self.k < 1:
             raise ValueError("k must be at least 1")
-        knobs = {name: getattr(self, name) for name in KNOBS if getattr(self, name) is not None}
-        if knobs:
-            ListSettings(**knobs)  # a ValueError naming the knob that is out of range
+        for name in KNOBS:
+            if getattr(self, name) is not None:
+                check_knob(name, getattr(self, name))  # a ValueError naming the knob that is out of range
         if self.seed is not None and (
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
