@@ -19,7 +19,9 @@ categories already hold ``max_per_category`` of the list are skipped. ``explore`
 from the candidates by a seeded generator with probability ``softmax(s / EXPLORE_TEMPERATURE)``, and placed
 at evenly spaced positions of the list (marked, so a client can tell).
 
-Every knob at 0 (the cap at 0) switches itself off, and all off is the plain top-k by score: the exact twin
+The greedy order decides which items make the list; they are shown best score first (what the user most
+likely wants stays on top; the order of picking only says what the list lacked). Every knob at 0 (the cap at
+0) switches itself off, and all off is the plain top-k by score: the exact twin
 (:func:`rerank_list` is then not called at all). The same function serves online requests, batch scoring and
 the training-time evaluation of what a bundle serves. No torch.
 """
@@ -178,12 +180,17 @@ def rerank_list(
         mix = None  # nothing to calibrate to, no usual categories
     allowed = np.ones(m, dtype=bool)
     if not settings.explore:
-        chosen = _greedy(candidates, k, settings, mix, allowed)
+        chosen = _by_score(candidates, _greedy(candidates, k, settings, mix, allowed))
         return Chosen(chosen, np.zeros(len(chosen), dtype=bool))
     reserved = _explore(candidates, k, settings, mix, rng)
     allowed[reserved] = False
-    chosen = _greedy(candidates, k - len(reserved), settings, mix, allowed)
+    chosen = _by_score(candidates, _greedy(candidates, k - len(reserved), settings, mix, allowed))
     return _interleave(chosen, reserved, k)
+
+
+def _by_score(candidates: Candidates, chosen: np.ndarray) -> np.ndarray:
+    """The chosen items best score first: the knobs decide what is in the list, the scores its order."""
+    return chosen[np.argsort(-candidates.scores[chosen], kind="stable")]
 
 
 def _greedy(
