@@ -54,11 +54,19 @@ def test_pick_list_settings_takes_the_most_accurate_setting_that_does_not_narrow
         recall, div = table[(s.diversity, s.calibrate)]
         return {"recall@10": recall, "ndcg@10": recall / 2, "diversity@10": div}
 
+    def calibrated(s: ListSettings) -> dict:  # calibration lowers miscalibration, diversity a little too
+        return {**evaluate(s), "miscalibration@10": 1.0 - 2 * s.calibrate - 0.1 * s.diversity}
+
     grid = {"diversity": [0.3, 0.0, 0.2, 0.1], "calibrate": [0.0, 0.2]}
     model = {"recall@10": 0.30, "diversity@10": 0.70}
+    # feasible: (0.2, 0.0), (0.0, 0.2), (0.1, 0.2); the least miscalibrated is (0.1, 0.2)
+    chosen, record = pick_list_settings(ListSettings(), grid, calibrated, model)
+    assert (chosen.diversity, chosen.calibrate) == (0.1, 0.2) and len(record["val"]) == 8
+    assert record["outcome"].endswith("the least miscalibrated")
+    # without categories (no miscalibration): the most accurate of them
     chosen, record = pick_list_settings(ListSettings(), grid, evaluate, model)
-    assert (chosen.diversity, chosen.calibrate) == (0.0, 0.2) and len(record["val"]) == 8  # 0.30 at 0.70
-    assert record["outcome"] == "as diverse as the model, recall kept"
+    assert (chosen.diversity, chosen.calibrate) == (0.0, 0.2)  # 0.30 at 0.70
+    assert record["outcome"].endswith("the most accurate")
     # nothing reaches the model's diversity with the recall kept: the most diverse that keeps it
     chosen, record = pick_list_settings(ListSettings(), grid, evaluate, {**model, "diversity@10": 0.9})
     assert (chosen.diversity, chosen.calibrate) == (0.1, 0.2) and record["outcome"].startswith("most diverse")

@@ -88,18 +88,22 @@ def pick_list_settings(
     evaluate: Callable[[ListSettings], dict[str, float]],
     model_val: dict[str, float],
 ) -> tuple[ListSettings, dict[str, Any]]:
-    """The served default of the knobs in ``grid`` (every combination of their values is tried on validation):
-    of those whose lists are at least as diverse as the model's own (``diversity@10``) at Recall@10 >=
-    RECALL_KEEP x the model's, the most accurate (Recall@10, then NDCG@10; ties: the gentler knobs); when none
-    is, the most diverse that keeps that recall; when none keeps it, the most accurate. Returns it and the
-    record of what was tried."""
+    """The served default of the knobs in ``grid`` (every combination of their values is tried on validation).
+
+    Of the settings whose lists are at least as diverse as the model's own (``diversity@10``) at Recall@10 >=
+    RECALL_KEEP x the model's, the least miscalibrated (``miscalibration@10``: the list mirrors the user's own
+    range of interests rather than the session's pull, which is what keeps a feedback loop from narrowing;
+    ties and catalogs without categories: the most accurate, Recall@10 then NDCG@10, then the gentler knobs).
+    When none is that diverse, the most diverse that keeps the recall; when none keeps it, the most accurate.
+    Returns it and the record of what was tried."""
     target_div, floor = model_val.get("diversity@10"), RECALL_KEEP * model_val["recall@10"]
     names = list(grid)
     tried: list[dict[str, Any]] = []
     for values in itertools.product(*(sorted(float(v) for v in grid[n]) for n in names)):
         knobs = dict(zip(names, values, strict=True))
         val = evaluate(replace(base, **knobs))
-        tried.append({**knobs, **{k: val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in val}})
+        kept = ("recall@10", "ndcg@10", "diversity@10", "miscalibration@10")
+        tried.append({**knobs, **{k: val[k] for k in kept if k in val}})
     gentle = {id(t): sum(t[n] for n in names) for t in tried}
 
     def accuracy(t: dict[str, Any]) -> tuple:
@@ -107,8 +111,11 @@ def pick_list_settings(
 
     keeps = [t for t in tried if t["recall@10"] >= floor]
     wide = [t for t in keeps if target_div is None or t.get("diversity@10", 0.0) >= target_div]
-    if wide:
-        chosen, how = max(wide, key=accuracy), "as diverse as the model, recall kept"
+    if wide and all("miscalibration@10" in t for t in wide):
+        chosen = min(wide, key=lambda t: (round(t["miscalibration@10"], 6), tuple(-v for v in accuracy(t))))
+        how = "as diverse as the model, recall kept: the least miscalibrated"
+    elif wide:
+        chosen, how = max(wide, key=accuracy), "as diverse as the model, recall kept: the most accurate"
     elif keeps:
         chosen, how = (
             max(keeps, key=lambda t: (t.get("diversity@10", 0.0), -gentle[id(t)])),
@@ -119,7 +126,8 @@ def pick_list_settings(
     picked = {n: chosen[n] for n in names}
     record = {"grid": {n: [float(v) for v in grid[n]] for n in names}, "val": tried, "chosen": picked, "outcome": how,
               "rule": f"of the settings with val diversity@10 >= the model's and recall@10 >= {RECALL_KEEP} x the "
-                      "model's, the most accurate; else the most diverse keeping the recall; else the most accurate",
+                      "model's, the least miscalibrated; else the most diverse keeping the recall; else the most "
+                      "accurate",
               "model_val": {k: model_val[k] for k in ("recall@10", "ndcg@10", "diversity@10") if k in model_val}}  # fmt: skip
     log.info("served list settings %s picked on validation (%s)", picked, how)
     return replace(base, **picked), record
