@@ -33,31 +33,41 @@ def _candidates(m: int = 30, d: int = 8, c: int = 5, seed: int = 0) -> Candidate
     return Candidates(scores, vectors, members, head)
 
 
+def _values(cands: Candidates, chosen: list[int], s: ListSettings, mix: np.ndarray | None) -> np.ndarray:
+    """The greedy objective of the module docstring for every candidate joining ``chosen``, recomputed from
+    scratch (-inf: chosen already, or over the cap)."""
+    values = np.full(len(cands.scores), -np.inf)
+    spread = float(cands.scores.max() - cands.scores.min())
+    for i in range(len(cands.scores)):
+        if i in chosen:
+            continue
+        listed = chosen + [i]
+        if s.max_per_category and (cands.members[listed].sum(0) > s.max_per_category).any():
+            continue
+        value = (1 - s.calibrate) * float(cands.scores[i]) if mix is not None else float(cands.scores[i])
+        if s.calibrate and mix is not None:
+            value -= s.calibrate * _kl_of_list(cands.members[listed], mix)
+        sim = max((float(cands.vectors[i] @ cands.vectors[j]) for j in chosen), default=0.0)
+        values[i] = value - s.diversity * spread * sim
+    return values
+
+
 def _reference(cands: Candidates, k: int, s: ListSettings, mix: np.ndarray | None) -> list[int]:
-    """The greedy objective of the module docstring, recomputed from scratch for every candidate list."""
+    """The brute-force greedy: the best candidate by :func:`_values` at every step."""
     chosen: list[int] = []
     for _ in range(k):
-        best, best_value = None, -np.inf
-        for i in range(len(cands.scores)):
-            if i in chosen:
-                continue
-            listed = chosen + [i]
-            if s.max_per_category:
-                counts = cands.members[listed].sum(0)
-                if (counts > s.max_per_category).any():
-                    continue
-            value = (1 - s.calibrate) * float(cands.scores[i]) if mix is not None else float(cands.scores[i])
-            if s.calibrate and mix is not None:
-                value -= s.calibrate * _kl_of_list(cands.members[listed], mix)
-            sim = max((float(cands.vectors[i] @ cands.vectors[j]) for j in chosen), default=0.0)
-            spread = float(cands.scores.max() - cands.scores.min())
-            value -= s.diversity * spread * sim
-            if value > best_value:
-                best, best_value = i, value
-        if best is None:
+        values = _values(cands, chosen, s, mix)
+        if values.max() == -np.inf:
             break
-        chosen.append(best)
+        chosen.append(int(np.argmax(values)))
     return chosen
+
+
+def _picked_in_order(cands: Candidates, k: int, s: ListSettings, mix: np.ndarray | None) -> list[int]:
+    """The re-rank's choices in the order it made them (the list itself is shown by score)."""
+    from serving.core.diversify import _greedy
+
+    return _greedy(cands, k, s, mix, np.ones(len(cands.scores), dtype=bool)).tolist()
 
 
 def _kl_of_list(members: np.ndarray, p: np.ndarray) -> float:
@@ -85,8 +95,14 @@ def test_greedy_matches_the_brute_force_objective(settings):
     for seed in range(5):
         cands = _candidates(seed=seed)
         mix = history_mix(cands.members[[3, 7, 7, 20, 25]])
-        got = rerank_list(cands, 10, settings, mix).order.tolist()
-        assert got == sorted(_reference(cands, 10, settings, mix))  # chosen greedily, shown by score
+        order = _picked_in_order(cands, 10, settings, mix)
+        for step, pick in enumerate(
+            order
+        ):  # each pick is a best one by the brute-force objective (ties: any)
+            values = _values(cands, order[:step], settings, mix)
+            assert values[pick] >= values.max() - 1e-9, (seed, step)
+        assert len(order) == len(_reference(cands, 10, settings, mix))
+        assert rerank_list(cands, 10, settings, mix).order.tolist() == sorted(order)  # shown by score
 
 
 def test_all_knobs_off_is_the_plain_top_k():

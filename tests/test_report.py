@@ -62,3 +62,26 @@ def test_report_command_writes_the_report(run_and_bundle, tmp_path):
     report = json.loads((out / "report.json").read_text())
     assert [p["value"] for p in report["sweep"]["knobs"]["explore"]] == [0.0, 0.3]
     assert not (PROJECT_ROOT / "report.log").exists()
+
+
+def test_markdown_shows_what_was_picked_on_validation():
+    from twotower.responsible.report import markdown
+
+    row = {
+        "recall@10": 0.2,
+        "ndcg@10": 0.1,
+        "diversity@10": 0.7,
+        "miscalibration@10": 0.5,
+        "coverage@10": 0.3,
+    }
+    picked = {"grid": {"diversity": [0.0, 0.5], "calibrate": [0.0]}, "chosen": {"diversity": 0.5, "calibrate": 0.0},
+              "outcome": "as diverse as the model, recall kept: the least miscalibrated", "rule": "the rule",
+              "model_val": {"recall@10": 0.21, "diversity@10": 0.69},
+              "val": [{"diversity": 0.0, "calibrate": 0.0, **row}, {"diversity": 0.5, "calibrate": 0.0, **row}]}  # fmt: skip
+    metrics = {"dataset": {"name": "d", "users": 1, "items": 2, "interactions": 3}, "protocol": "p", "test": row,
+               "served": {"rerank": {}, "picked_on_validation": picked, "test": row}, "baselines": {"ease": row}}  # fmt: skip
+    text = markdown(metrics, None, None, None, "RUN")
+    assert (
+        "**{'diversity': 0.5, 'calibrate': 0.0}**" in text and "| diversity | calibrate | recall@10 |" in text
+    )
+    assert text.count("| 0.5000 | 0.0000 |") == 1 and "| ease |" in text

@@ -114,7 +114,7 @@ class Chosen:
 def category_weights(members: np.ndarray) -> np.ndarray:
     """(M, C) bool membership -> (M, C) float64 p(category | item): 1 / |categories| on each (0 without)."""
     counts = members.sum(1, keepdims=True)  # (M, 1)
-    return np.divide(members, counts, out=np.zeros(members.shape), where=counts > 0)
+    return members / np.maximum(counts, 1)
 
 
 def history_mix(members: np.ndarray) -> np.ndarray:
@@ -199,41 +199,53 @@ def _greedy(
     """The greedy choice of ``slots`` items (MMR, calibration and cap in one objective), in order.
 
     Written for few numpy calls per step (it runs on the request path): chosen and capped candidates get an
-    infinite penalty instead of a mask, and the objective's constant parts are computed once."""
+    infinite penalty instead of a mask, and the objective's constant parts are computed once. Calibration
+    needs only the categories the history has (``p > 0``), and only ``sum_c p_c log q~_c`` of the KL: its
+    ``sum_c p_c log p_c`` is the same for every candidate."""
     members = candidates.members
     d = settings.diversity
     c = settings.calibrate if mix is not None and members is not None else 0.0
     cap = settings.max_per_category if members is not None else 0
     if not c and not cap:
         return _mmr(candidates, slots, d, allowed)
-    relevance = (1.0 - c) * candidates.scores.astype(np.float64)  # (M,)
+    relevance = (1.0 - c) * candidates.scores.astype(np.float64)  # (M,) -inf once chosen, capped or reserved
+    relevance[~allowed] = -np.inf
     d = d * _spread(candidates.scores)  # the similarity's weight in score units
-    penalty = np.where(allowed, 0.0, np.inf)  # (M,) inf: chosen, capped or reserved
-    closest = np.full(len(relevance), -np.inf)  # (M,) max similarity to the chosen (read from step 1 on)
-    weights = category_weights(members) if c else None  # (M, C)
-    mix_sum = np.zeros(members.shape[1]) if c else None  # (C,) the chosen items' mix, unnormalised
+    penalty = np.zeros(len(relevance))  # (M,) d * max similarity to the chosen
+    value = np.empty(len(relevance))
+    if c:
+        held = np.flatnonzero(mix > 0)  # (P,) the history's categories
+        p = mix[held].astype(np.float32)  # (P,)
+        weights = category_weights(members)[:, held].astype(np.float32)  # (M, P)
+        mix_sum = np.zeros(len(held), np.float32)
+        floor, mixed = CALIBRATION_ALPHA * p, np.empty(weights.shape, np.float32)
     per_category = np.zeros(members.shape[1], np.int64) if cap else None  # (C,)
     out: list[int] = []
     for step in range(slots):
-        value = relevance - penalty
-        if d and step:
-            value -= d * closest
-        if c:
-            lists = (mix_sum + weights) / (step + 1)  # (M, C) the list's mix with each candidate added
-            value -= c * kl_divergence(mix, lists)
-        best = int(np.argmax(value))  # ties: the better-scored (earlier) candidate
+        np.subtract(relevance, penalty, out=value)
+        if c:  # value += c * sum_c p_c log q~_c for the list with each candidate added
+            np.add(mix_sum, weights, out=mixed)
+            mixed *= (1.0 - CALIBRATION_ALPHA) / (step + 1)
+            mixed += floor
+            np.log(mixed, out=mixed)
+            value += c * (mixed @ p)
+        best = int(value.argmax())  # ties: the better-scored (earlier) candidate
         if value[best] == -np.inf:
             break
         out.append(best)
-        penalty[best] = np.inf
+        relevance[best] = -np.inf
         if d:
-            np.maximum(closest, candidates.vectors @ candidates.vectors[best], out=closest)
+            scaled = d * (candidates.vectors @ candidates.vectors[best])  # (M,)
+            if step:
+                np.maximum(penalty, scaled, out=penalty)
+            else:  # the first choice: a negative similarity is a (small) bonus, as in MMR
+                penalty = scaled
         if c:
             mix_sum += weights[best]
         if cap:
             per_category += members[best]
             if (per_category[members[best]] >= cap).any():
-                penalty[(members & (per_category >= cap)).any(1)] = np.inf
+                relevance[(members & (per_category >= cap)).any(1)] = -np.inf
     return np.asarray(out, dtype=np.int64)
 
 

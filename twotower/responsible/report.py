@@ -108,12 +108,13 @@ def markdown(
         lines += ["", f"Served settings: `{served.get('rerank')}`."]
     picked = served.get("picked_on_validation")
     if picked:
-        lines += ["", f"The served `diversity` was picked on validation: {picked['rule']}. Chosen: "
-                  f"**{picked['chosen']}** (model's validation recall@10 {picked['model_val'].get('recall@10', 0):.4f}, "
-                  f"diversity@10 {picked['model_val'].get('diversity@10', 0):.4f}).", ""]  # fmt: skip
-        lines += _table(["diversity", "recall@10", "ndcg@10", "diversity@10"],
-                        [[v, *[p.get(k, "") for k in ("recall@10", "ndcg@10", "diversity@10")]]
-                         for v, p in picked["val"].items()])  # fmt: skip
+        knobs, keys = list(picked["grid"]), ("recall@10", "ndcg@10", "diversity@10", "miscalibration@10")
+        model_val = ", ".join(f"{k} {v:.4f}" for k, v in picked["model_val"].items())
+        lines += ["", f"The served {', '.join(knobs)} were picked on validation: {picked['rule']}. Chosen: "
+                  f"**{picked['chosen']}** ({picked['outcome']}; the model on validation: {model_val}).", ""]  # fmt: skip
+        lines += _table(
+            [*knobs, *keys], [[t[n] for n in knobs] + [t.get(k, "") for k in keys] for t in picked["val"]]
+        )
     if sweep is not None:
         lines += ["", f"## Knob sweep ({sweep['split']})", "", "![sweep](sweep.png)", "",
                   "Each knob with the others off; the served scores (model + session intent) as the service has "
