@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
@@ -40,6 +41,11 @@ class TwoTowerDataModule(pl.LightningDataModule):
 
     def queries(self, stage: str, max_users: int | None = None) -> EvalQueries:
         return EvalQueries(self.data, self.split, stage, self.arrays, self.max_len, max_users, self.seed)
+
+    def item_counts(self) -> torch.Tensor:
+        """(N + 1,) training events per item index (0 = padding): how much evidence each id embedding has."""
+        items = self.data.items[self.split.train_mask(self.data)]
+        return torch.from_numpy(np.bincount(items, minlength=self.data.n_items + 1))
 
     def target_counts(self) -> torch.Tensor:
         return torch.from_numpy(self.train_set.target_counts(self.data.n_items))

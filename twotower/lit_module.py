@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,8 @@ from twotower import metrics
 from twotower.losses import SoftmaxLoss, WindowHistory
 from twotower.model import TwoTower
 from twotower.ranking import rank_targets
+
+log = logging.getLogger(__name__)
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -32,9 +35,11 @@ class TwoTowerModule(pl.LightningModule):
         eval_k: int = 10,
         ema_decay: float | None = None,
         eval_chunk_items: int | None = None,
+        id_prior_events: float | None = None,
     ) -> None:
         super().__init__()
         self.net = net
+        self.id_prior_events = id_prior_events
         # Exponential moving average of the weights: validated, checkpointed and exported instead of the raw
         # weights when enabled (smooths the epoch-to-epoch noise early stopping would otherwise select on).
         self.ema = (
@@ -54,6 +59,19 @@ class TwoTowerModule(pl.LightningModule):
         self.save_hyperparameters(
             {"net_config": net.config.to_dict(), "eval_k": eval_k, "ema_decay": ema_decay}
         )
+
+    def on_fit_start(self) -> None:
+        """Shrink rarely seen ids towards their categories (:meth:`ItemTower.set_id_weights`) by the training
+        events per item, which the datamodule counts; a resumed run gets the same weights again."""
+        if not self.id_prior_events:
+            return
+        counts_of = getattr(self.trainer.datamodule, "item_counts", None)
+        if counts_of is None:
+            log.warning("id_prior_events is set but the datamodule does not count items: ids are not shrunk")
+            return
+        counts = counts_of()  # (N + 1,)
+        for net in {id(n): n for n in (self.net, self.eval_net)}.values():
+            net.item_tower.set_id_weights(counts, float(self.id_prior_events))
 
     @property
     def eval_net(self) -> TwoTower:

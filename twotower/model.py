@@ -33,10 +33,17 @@ def bucketize(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
 
 
 class ItemTower(nn.Module):
-    """Item vector = id embedding + mean of category embeddings (categories alone encode a new item)."""
+    """Item vector = weight * id embedding + mean of category embeddings (categories alone encode a new item).
+
+    The per-item ``id_weight`` (1 until :meth:`set_id_weights`) shrinks the id embedding of rarely seen items
+    towards their categories: an id fitted on one or two events is mostly noise, and in a short history that
+    noise is a large share of the user vector. An item never seen in training is read as a new item is.
+    """
 
     def __init__(self, n_items: int, item_categories: torch.Tensor, n_categories: int, dim: int) -> None:
         super().__init__()
+        self.register_buffer("id_weight", torch.ones(n_items + 1), persistent=True)  # (N + 1,)
+        self.register_load_state_dict_pre_hook(_default_id_weight)
         self.id_embedding = nn.Embedding(n_items + 1, dim, padding_idx=0)
         nn.init.normal_(self.id_embedding.weight, std=dim**-0.5)
         with torch.no_grad():
@@ -53,9 +60,27 @@ class ItemTower(nn.Module):
         mask = (categories > 0).unsqueeze(-1).to(emb.dtype)  # (..., C, 1)
         return (emb * mask).sum(-2) / mask.sum(-2).clamp_min(1.0)  # (..., D)
 
+    def set_id_weights(self, counts: torch.Tensor, prior: float) -> None:
+        """``id_weight = n / (n + prior)`` from (N + 1,) training events per item (a pseudo-count prior)."""
+        counts = torch.as_tensor(counts, dtype=torch.float32, device=self.id_weight.device).clamp_min(0)
+        if counts.shape != self.id_weight.shape:
+            raise ValueError(
+                f"counts {tuple(counts.shape)} for an item table of {tuple(self.id_weight.shape)}"
+            )
+        weight = counts / (counts + prior) if prior > 0 else torch.ones_like(counts)
+        self.id_weight.copy_(weight)
+
     def forward(self, items: torch.Tensor) -> torch.Tensor:
         """(…) item indices -> (…, D)."""
-        return self.id_embedding(items) + self.encode_categories(self.item_categories[items])
+        ids = self.id_embedding(items) * self.id_weight[items].unsqueeze(-1)  # (..., D)
+        return ids + self.encode_categories(self.item_categories[items])
+
+
+def _default_id_weight(module: nn.Module, state_dict: dict, prefix: str, *args) -> None:
+    """Weights saved before ``id_weight`` existed load with weight 1 for every id (what they were trained with)."""
+    key = prefix + "id_weight"
+    if key not in state_dict and prefix + "id_embedding.weight" in state_dict:
+        state_dict[key] = torch.ones(len(state_dict[prefix + "id_embedding.weight"]))
 
 
 class UserTower(nn.Module):

@@ -26,6 +26,7 @@ from twotower.callbacks import FiniteLossCheck, ResumableRandomness, resolve_ckp
 from twotower.data.encode import encode_log
 from twotower.data.schema import EncodedLog, RawLog
 from twotower.data.splits import Split, make_split
+from twotower.data.stats import log_stats
 from twotower.datamodule import TwoTowerDataModule
 from twotower.evaluate import ModelScorer, evaluate_scorer
 from twotower.malloc import keep_freed_memory
@@ -216,6 +217,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "precision": str(trainer.precision),
         "model": net.config.to_dict(),
         "data_report": data.report.as_dict(),
+        "data_stats": log_stats(data, split),  # the log's regime: events per user, ties, rare items
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     log.info("wrote %s", out / "metrics.json")

@@ -6,6 +6,11 @@
   the topic drifts between sessions;
 - event types and dwell carry signal: purchases and long dwell follow taste, short "view" events are often
   noise (a popular item shown anywhere), so a model that reads them can discount the noise.
+
+The sparse regime of shops (a few events per user, dates without times) is a matter of two knobs:
+``length_dist="uniform"`` draws each user's length evenly from ``min_events..max_events``, and
+``time_granularity_s=86400`` floors timestamps to the day, writing a user's same-day events in a random order
+(a coarse clock keeps no order among them). Their defaults leave the output as it always was.
 """
 
 from __future__ import annotations
@@ -35,13 +40,18 @@ class SyntheticConfig:
     noise_prob: float = 0.2  # a popular off-taste item, shown as a short "view"
     secondary_category_prob: float = 0.2
     start_time: float = 1_700_000_000.0
+    length_dist: str = "geometric"  # or "uniform": min_events..max_events, each as likely
+    time_granularity_s: float | None = None  # floor timestamps to this step (86400: dates only)
     seed: int = 0
+    name: str = "synthetic"
 
 
 def generate(cfg: SyntheticConfig | None = None, **overrides) -> RawLog:
     """Generate events (user, item, ts, event, dwell_s) and an item table (item, categories, title)."""
     cfg = cfg or SyntheticConfig()
     for key, value in overrides.items():
+        if not hasattr(cfg, key):
+            raise TypeError(f"generate() got an unknown setting {key!r}")
         setattr(cfg, key, value)
     rng = np.random.default_rng(cfg.seed)
     n_items, n_topics = cfg.n_items, cfg.n_categories
@@ -57,7 +67,7 @@ def generate(cfg: SyntheticConfig | None = None, **overrides) -> RawLog:
     for m in members:
         position[m] = np.arange(len(m))
 
-    lengths = np.clip(rng.geometric(1.0 / cfg.mean_events, size=cfg.n_users), cfg.min_events, cfg.max_events)
+    lengths = _lengths(rng, cfg)
     rows_user, rows_item, rows_ts, rows_event, rows_dwell = [], [], [], [], []
     for u in range(cfg.n_users):
         n = int(lengths[u])
@@ -106,11 +116,16 @@ def generate(cfg: SyntheticConfig | None = None, **overrides) -> RawLog:
     rows_user, rows_item = np.concatenate(rows_user), np.concatenate(rows_item)
     rows_ts, rows_dwell = np.concatenate(rows_ts), np.concatenate(rows_dwell)
     rows_event = event_names[np.concatenate(rows_event)]
+    rows_ts = np.round(np.asarray(rows_ts))
+    if cfg.time_granularity_s:
+        rows_ts, order = coarsen_time(rows_user, rows_ts, cfg.time_granularity_s, rng)
+        rows_user, rows_item, rows_ts = rows_user[order], rows_item[order], rows_ts[order]
+        rows_event, rows_dwell = rows_event[order], rows_dwell[order]
     events = pd.DataFrame(
         {
             USER: np.char.add("u", rows_user.astype(str)).astype(object),
             ITEM: np.char.add("i", rows_item.astype(str)).astype(object),
-            TIME: np.round(np.asarray(rows_ts)),
+            TIME: rows_ts,
             EVENT: rows_event,
             DWELL: np.round(rows_dwell, 1),
         }
@@ -129,7 +144,27 @@ def generate(cfg: SyntheticConfig | None = None, **overrides) -> RawLog:
             TITLE: [f"Item {i}" for i in range(n_items)],
         }
     )
-    return RawLog(events=events, items=items, name="synthetic", report=LoadReport(rows_read=len(events)))
+    return RawLog(events=events, items=items, name=cfg.name, report=LoadReport(rows_read=len(events)))
+
+
+def _lengths(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:
+    """(U,) events per user: geometric around ``mean_events`` (clipped), or uniform on the bounds."""
+    if cfg.length_dist == "geometric":
+        drawn = rng.geometric(1.0 / cfg.mean_events, size=cfg.n_users)
+        return np.clip(drawn, cfg.min_events, cfg.max_events)
+    if cfg.length_dist == "uniform":
+        return rng.integers(cfg.min_events, cfg.max_events + 1, size=cfg.n_users)
+    raise ValueError(f"length_dist must be 'geometric' or 'uniform', not {cfg.length_dist!r}")
+
+
+def coarsen_time(
+    users: np.ndarray, ts: np.ndarray, step: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """Floor (E,) timestamps to multiples of ``step``; returns them and an (E,) row order that keeps users and
+    coarse times in place but shuffles the rows of a user sharing a coarse time (their order is lost)."""
+    floored = np.floor(ts / step) * step
+    order = np.lexsort((rng.random(len(ts)), floored, users))
+    return floored, order
 
 
 def _event_probs(affinity: np.ndarray) -> np.ndarray:
