@@ -15,8 +15,10 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     OMP_NUM_THREADS=1
 
 WORKDIR /app
-COPY serving/requirements.txt /app/serving/requirements.txt
-RUN pip install --no-cache-dir -r /app/serving/requirements.txt
+# The lock (serving/requirements.lock, compiled from serving/requirements.txt for this image's CPython 3.11 on
+# Linux; docs/serving.md says how to refresh it): exact versions, and pip refuses any file whose hash differs.
+COPY serving/requirements.lock /app/serving/requirements.lock
+RUN pip install --no-cache-dir --require-hashes -r /app/serving/requirements.lock
 COPY serving /app/serving
 
 RUN useradd --system --uid 10001 --home /app twotower && mkdir /state && chown twotower /state

@@ -13,7 +13,7 @@ import uvicorn
 
 from serving.app import create_app, open_live_service
 from serving.live import LiveService
-from serving.settings import Settings
+from serving.settings import Settings, SettingsError
 from serving.store import StoreUnavailable
 
 
@@ -27,10 +27,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--nprobe", type=int, help="inverted lists searched per query (TWOTOWER_NPROBE)")
     parser.add_argument("--ef-search", type=int, help="HNSW candidate list per query (TWOTOWER_EF_SEARCH)")
     args = parser.parse_args(argv)
-    settings = Settings.from_env(
-        bundle=args.bundle, host=args.host, port=args.port, threads=args.threads, state_dir=args.state_dir,
-        nprobe=args.nprobe, ef_search=args.ef_search,
-    )  # fmt: skip
+    try:
+        settings = Settings.from_env(
+            bundle=args.bundle, host=args.host, port=args.port, threads=args.threads, state_dir=args.state_dir,
+            nprobe=args.nprobe, ef_search=args.ef_search,
+        )  # fmt: skip
+    except SettingsError as exc:
+        parser.error(str(exc))
     if not settings.bundle:
         parser.error("no bundle: pass --bundle or set TWOTOWER_BUNDLE")
     if not settings.loopback and not settings.auth_enabled:
@@ -66,7 +69,12 @@ def start(settings: Settings) -> LiveService:
         fail(f"bundle {bundle} not loaded: {type(exc).__name__}: {exc}")
 
 
-STATE_MODULES = ("serving.store", "serving.sqlitedb", "serving.privacy")  # what reads the state dir
+STATE_MODULES = (
+    "serving.store",
+    "serving.sqlitedb",
+    "serving.privacy",
+    "serving.redisstore",
+)  # what reads the state dir
 
 
 def raised_in(exc: BaseException, modules: tuple[str, ...]) -> bool:

@@ -33,6 +33,7 @@ from twotower.malloc import keep_freed_memory
 from twotower.metrics import exposure_by_decile, user_popularity
 from twotower.model import ModelConfig, TwoTower
 from twotower.served import ServedEvaluator, served_results
+from twotower.tracking import log_config, log_results
 
 log = logging.getLogger(__name__)
 
@@ -173,6 +174,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss)
     callbacks = build_callbacks(cfg.get("callbacks"))
     loggers = _instantiate_dict(cfg.get("logger"))
+    log_config(loggers, cfg)  # logger=mlflow: the resolved config as params
     trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     log.info(
         "training %s: %d windows, %d targets, full softmax: %s",
@@ -229,6 +231,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     }
     if cfg.get("export"):
         result["bundle"] = export_run(cfg, out)
+    log_results(loggers, result)  # logger=mlflow: final metrics, bundle
     return result
 
 
