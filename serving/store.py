@@ -7,10 +7,9 @@ reader sees all of a batch or none of it. Per user the store keeps the most rece
 processes. An erasure overwrites the rows and truncates the WAL: the bytes leave the files, not only the
 answers (see :mod:`serving.sqlitedb` for the file, its settings and :class:`StoreUnavailable`).
 
-Sharing between replicas: every replica opening one SQLite file works on one host only. Several hosts need a
-networked store behind the same :class:`HistoryStore` interface: for example Redis, one list per user key
-(``RPUSH`` + ``LTRIM -max_events -1`` in a ``MULTI`` block, ``EXPIRE`` for retention, ``WAIT``/AOF ``always``
-for the same durability), ``version`` being a per-user counter ``INCR``-ed in the same block.
+Sharing between replicas: every replica opening one SQLite file works on one host only. Several hosts share a
+Redis behind the same :class:`HistoryStore` interface (``TWOTOWER_STORE=redis://...``:
+:mod:`serving.redisstore`).
 """
 
 from __future__ import annotations

@@ -71,27 +71,6 @@ def test_erasure_with_pseudonymisation_off_leaves_no_raw_id_not_even_in_the_eras
     assert live.store.erased_since(0) == [erasure_key(USER)] != [USER]
 
 
-def test_erasure_deletes_expired_rows_the_sweep_has_not_reached_yet(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
-    store.append([("u", StoredEvent(str(i), "click", None, float(i))) for i in range(3)])
-    store.db.execute("UPDATE events SET stored_at = stored_at - 3600")
-    assert store.history("u") == []  # expired: invisible to reads, still on disk
-    assert store.erase("u") == 3
-    count = store.db.execute("SELECT count(*) FROM events WHERE user_key = 'u'").fetchone()[0]
-    assert count == 0 and store.db.execute("SELECT count(*) FROM users").fetchone()[0] == 0
-
-
-def test_the_erasure_log_is_pruned_by_the_retention_window(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
-    store.append([("u", StoredEvent("1", "click", None, 1.0))])
-    store.erase("u")
-    assert store.erased_since(0) == [erasure_key("u")]
-    store.sweep(now=time.time() + 30)
-    assert len(store.erased_since(0)) == 1
-    store.sweep(now=time.time() + 61)
-    assert store.erased_since(0) == []
-
-
 # ---- the key ----------------------------------------------------------------------------------------------
 def test_a_key_is_created_once_owner_only_and_reused(tmp_path):
     keys = []

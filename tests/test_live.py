@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import threading
 import time
 
@@ -13,10 +12,9 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.live import EventsRejected, LiveService, seed_rows
-from serving.privacy import erasure_key
 from serving.recommender import Recommender
 from serving.settings import Settings
-from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+from serving.store import SQLiteHistoryStore, StoreUnavailable
 
 
 @pytest.fixture
@@ -30,75 +28,6 @@ def live(run_and_bundle, tmp_path):
 
 def ev(user, item, event=None, dwell=None, ts=None):
     return {"user_id": user, "item_id": item, "event": event, "dwell_s": dwell, "ts": ts}
-
-
-def test_store_orders_bounds_erases_and_seeds_once(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=3)
-    store.append([("u", StoredEvent(str(i), "click", None, 100.0 + i)) for i in range(5)])
-    assert store.append([("u", StoredEvent("late", "view", 2.0, 50.0))]) == 0  # older than the kept window
-    assert [e.item_id for e in store.history("u")] == ["2", "3", "4"]
-    before = store.version("u")
-    store.append([("u", StoredEvent("5", "click", None, 106.0))])
-    assert store.version("u") != before and [e.item_id for e in store.history("u")] == ["3", "4", "5"]
-    assert store.seed([("v", StoredEvent("1", "click", None, 1.0))], "a") == 1
-    assert store.seed([("w", StoredEvent("1", "click", None, 1.0))], "b") == 0  # once per store
-    assert store.erase("u") == 3 and store.history("u") == [] and store.version("u") is None
-    assert store.erased_since(0) == [erasure_key("u")]  # a hash, never the id
-
-
-def test_retention_window(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
-    store.append([("u", StoredEvent("1", "click", None, 1.0))])
-    assert len(store.history("u")) == 1 and store.sweep(now=time.time()) == 0
-    assert store.sweep(now=time.time() + 61) == 1 and store.history("u") == []
-
-
-def _writer(path: str, worker: int, n: int) -> None:
-    store = SQLiteHistoryStore(path, max_events=10_000)
-    for i in range(n):
-        store.append(
-            [(f"p{worker}", StoredEvent(f"{worker}-{i}-{j}", "click", None, float(i))) for j in range(3)]
-        )
-
-
-def test_concurrent_threads_and_processes_lose_nothing_and_see_whole_batches(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=10_000)
-    torn = []
-
-    def read_loop(stop):
-        while not stop.is_set():
-            for w in range(4):
-                count = len(store.history(f"p{w}")) + len(store.history(f"t{w}"))
-                if count % 3:  # batches of three: a reader sees all of one or none
-                    torn.append(count)
-
-    def thread_writer(w):
-        for i in range(40):
-            store.append([(f"t{w}", StoredEvent(f"{w}-{i}-{j}", "view", 1.0, float(i))) for j in range(3)])
-
-    stop = threading.Event()
-    reader = threading.Thread(target=read_loop, args=(stop,))
-    ctx = multiprocessing.get_context("spawn")
-    procs = [ctx.Process(target=_writer, args=(str(tmp_path), w, 40)) for w in range(2)]
-    threads = [threading.Thread(target=thread_writer, args=(w,)) for w in range(3)]
-    try:  # a failure below must fail the test, not leave the reader or a writer running forever
-        reader.start()
-        for worker in procs + threads:
-            worker.start()
-        for t in threads:
-            t.join(60)
-        for p in procs:
-            p.join(60)
-        assert [p.exitcode for p in procs] == [0, 0] and not any(t.is_alive() for t in threads)
-    finally:
-        stop.set()
-        for p in procs:
-            if p.is_alive():
-                p.kill()
-        reader.join(10)
-    assert not torn
-    assert [len(store.history(f"p{w}")) for w in range(2)] == [120, 120]
-    assert [len(store.history(f"t{w}")) for w in range(3)] == [120, 120, 120]
 
 
 def test_bad_events_are_refused_one_by_one_and_nothing_is_stored(live):
@@ -140,25 +69,6 @@ def test_new_user_adapts_and_erasure_returns_to_the_fallback(live):
     assert [e["item_id"] for e in stored] == clicks + [rec.item_ids[7]] and stored[0]["event"] == "click"
     assert live.erase("newcomer") == 6 and live.user_events("newcomer") == []
     assert live.recommend(user_id="newcomer", k=10).items == anonymous.items
-
-
-def test_seeded_users_match_the_bundle_histories(live):
-    rec = live.recommender
-    user = next(iter(rec.histories))
-    assert [x["item_id"] for x in live.recommend(user_id=user, k=10).items] == [
-        x["item_id"] for x in rec.recommend(user_id=user, k=10).items
-    ]
-
-
-def test_pseudonymised_ids_are_not_stored(run_and_bundle, tmp_path):
-    rec = Recommender.load(run_and_bundle[1])
-    store = SQLiteHistoryStore(tmp_path, max_events=50)
-    live = LiveService(rec, store, pseudonym_key="secret")
-    live.ingest([ev("alice@example.com", rec.item_ids[0])])
-    keys = [row[0] for row in store.db.execute("SELECT DISTINCT user_key FROM events")]
-    assert keys == [live.user_key("alice@example.com")] and "alice" not in keys[0] and len(keys[0]) == 64
-    assert live.user_events("alice@example.com")[0]["item_id"] == rec.item_ids[0]
-    assert LiveService(rec, store, pseudonym_key="other").user_events("alice@example.com") == []
 
 
 def test_new_items_get_the_item_towers_category_vector_and_can_be_removed(run_and_bundle, live):
@@ -289,27 +199,6 @@ def test_adaptation_check_reports_each_step(run_and_bundle):
         assert s["in_category"] == {c: sum(i in members[c] for i in s["top"]) for c in (first, second)}
     counts = [s["in_category"] for s in result["steps"]]
     assert counts[1][first] > counts[0][first] and counts[2][second] > counts[1][second]  # clicks pull
-
-
-def test_cached_history_extended_on_ingest_equals_a_re_read(live):
-    rec = live.recommender
-    seeded = next(iter(rec.histories))  # at the store's bound: the oldest event drops out
-    items = rec.item_ids
-    now = time.time()
-    for user in (seeded, "fresh-user"):
-        live.ingest([ev(user, items[1], event="click", ts=now - 500)])
-        live.recommend(user_id=user)  # cached now
-        for step in range(3):
-            live.ingest([ev(user, items[2 + step], dwell=5.0 * step, ts=now - 400 + 100 * step),
-                         ev(user, items[9], event="purchase", ts=now - 399 + 100 * step)])  # fmt: skip
-            cached = live.stored_history(user)
-            live._cache.clear()
-            reread = live.stored_history(user)
-            assert cached.n_events == reread.n_events and cached.last_ts == reread.last_ts
-            for name, array in cached.history.feeds(rec.max_len).items():
-                np.testing.assert_array_equal(array, reread.history.feeds(rec.max_len)[name], err_msg=name)
-    live.ingest([ev("fresh-user", items[3], ts=now - 1000)])  # older than the newest: re-read next time
-    assert "fresh-user" not in live._cache
 
 
 def test_an_empty_event_type_and_lone_surrogates_are_refused_by_field(live):

@@ -1,11 +1,11 @@
-"""The history store: durability settings read back, faults as StoreUnavailable, the window, retention."""
+"""The SQLite store's own properties: durability settings read back, faults as StoreUnavailable (the contract
+every store meets, window and retention included: tests/test_store_contract.py)."""
 
 from __future__ import annotations
 
 import os
 import re
 import threading
-import time
 
 import pytest
 
@@ -16,14 +16,6 @@ from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
 
 def click(item: str, ts: float) -> StoredEvent:
     return StoredEvent(item, "click", None, ts)
-
-
-def age(store: SQLiteHistoryStore, user_key: str, seconds: float, item: str | None = None) -> None:
-    """Pretend a user's events (or one of them) were stored ``seconds`` earlier than they were."""
-    store.db.execute(
-        "UPDATE events SET stored_at = stored_at - ? WHERE user_key = ? AND (? IS NULL OR item_id = ?)",
-        (seconds, user_key, item, item),
-    )
 
 
 # ---- durability settings ---------------------------------------------------------------------------------
@@ -117,51 +109,7 @@ def test_start_up_on_a_read_only_state_dir_names_the_path(tmp_path):
         tmp_path.chmod(0o700)
 
 
-# ---- the per-user window -----------------------------------------------------------------------------------
-def test_events_older_than_the_kept_window_are_counted_as_trimmed(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=3)
-    assert store.append_tracked([("u", click(str(i), 100.0 + i)) for i in range(5)]).trimmed == 2
-    done = store.append_tracked(
-        [("u", click("late", 50.0)), ("u", click("new", 200.0)), ("v", click("x", 1.0))]
-    )
-    assert done.trimmed == 1 and set(done.versions) == {"u", "v"}
-    assert [e.item_id for e in store.history("u")] == ["3", "4", "new"]
-    assert store.append([("u", click("late", 60.0))]) == 0  # nothing of it kept
-
-
-# ---- retention: reads, the sweep and the live cache --------------------------------------------------------
-def test_reads_ignore_expired_events_before_any_sweep(tmp_path):
-    store = SQLiteHistoryStore(tmp_path, max_events=10, retention_s=60)
-    store.append([("u", click("old", 1.0)), ("u", click("new", 2.0))])
-    age(store, "u", 120, item="old")
-    assert [e.item_id for e in store.history("u")] == ["new"]
-    assert store.history_columns("u")[0] == ("new",)
-    assert store.counts()["events"] == 2  # still on disk: only the sweep deletes
-
-
-def test_a_sweep_gives_new_versions_so_the_live_cache_stops_serving_expired_events(run_and_bundle, tmp_path):
-    rec = Recommender.load(run_and_bundle[1])
-    store = SQLiteHistoryStore(tmp_path, max_events=50, retention_s=3600)
-    live = LiveService(rec, store)
-    a, b, c = rec.item_ids[:3]
-    now = time.time()
-    live.ingest(
-        [{"user_id": "partly", "item_id": a, "ts": now - 10}, {"user_id": "partly", "item_id": b, "ts": now}]
-    )
-    live.ingest([{"user_id": "wholly", "item_id": c}])
-    assert (
-        live.stored_history("partly").n_events == 2 and live.stored_history("wholly").n_events == 1
-    )  # cached
-    age(store, "partly", 7200, item=a)
-    age(store, "wholly", 7200)
-    assert store.sweep() == 2
-    assert live.stored_history("partly").n_events == 1
-    assert live.stored_history("wholly") is None
-    assert live.recommend(user_id="wholly", k=5).source == "popularity"
-    personal = live.recommend(user_id="partly", k=50)
-    assert personal.history_length == 1 and a in {x["item_id"] for x in personal.items}  # no longer excluded
-
-
+# ---- catalog changes the disk refuses ------------------------------------------------------------------------
 def test_a_catalog_change_the_disk_refuses_is_not_served_and_a_retry_works(run_and_bundle, tmp_path):
     rec = Recommender.load(run_and_bundle[1])
     live = LiveService(rec, SQLiteHistoryStore(tmp_path, max_events=50))

@@ -87,12 +87,20 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     return out
 
 
-def with_store(rec: Recommender, users: list[str], state_dir: str, k: int = 10, repeats: int = 3) -> dict:
-    """``LiveService.recommend(user_id)``: history read from the SQLite store on every call (the version check
+def with_store(
+    rec: Recommender, users: list[str], state_dir: str, k: int = 10, repeats: int = 3, redis_url: str = ""
+) -> dict:
+    """``LiveService.recommend(user_id)``: history read from the store on every call (the version check
     always, the events when they changed), then encode + search. ``reads_only``: no writes in between.
     ``mixed``: every other call first posts an event for the user (a durable commit), so half the reads see a
-    history this process just extended and half an unchanged one."""
-    store = SQLiteHistoryStore(state_dir, max_events=rec.max_len + 1)
+    history this process just extended and half an unchanged one. The SQLite store in ``state_dir``, or with
+    ``redis_url`` the Redis one (under a key prefix of its own, deleted afterwards)."""
+    if redis_url:
+        from serving.redisstore import RedisHistoryStore
+
+        store = RedisHistoryStore(redis_url, rec.max_len + 1, prefix=f"twotower-bench-{os.getpid()}:")
+    else:
+        store = SQLiteHistoryStore(state_dir, max_events=rec.max_len + 1)
     live = LiveService(rec, store)
     store.seed(seed_rows(rec), source=rec.model_version)
     items = rec.item_ids
@@ -113,6 +121,9 @@ def with_store(rec: Recommender, users: list[str], state_dir: str, k: int = 10, 
             t0 = time.perf_counter()
             live.recommend(user_id=user, k=k)
             (fresh if changed else cached).append(time.perf_counter() - t0)
+    if redis_url:
+        for keys in _chunks(list(store.r.scan_iter(store.prefix + "*", count=1000)), 1000):
+            store.r.delete(*keys)
     store.close()
     both = fresh + cached
     return {
@@ -123,11 +134,70 @@ def with_store(rec: Recommender, users: list[str], state_dir: str, k: int = 10, 
     }
 
 
+def _chunks(values: list, size: int) -> list[list]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
 def free_port() -> int:
     """A free TCP port on the loopback interface."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on a free loopback port, its files in ``directory``, with the persistence the
+    docs recommend (AOF, fsync before every reply; no RDB snapshots): for tests and the benchmark."""
+
+    def __init__(self, directory: str | Path, fsync: str = "always") -> None:
+        self.dir, self.fsync, self.port = Path(directory), fsync, free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> RedisServer:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise FileNotFoundError("redis-server is not on PATH (Debian: apt-get install -y redis-server)")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        args = [exe, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.dir), "--save", "",
+                "--appendonly", "yes", "--appendfsync", self.fsync, "--daemonize", "no", "--protected-mode", "yes"]  # fmt: skip
+        self.proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        import redis
+
+        deadline = time.monotonic() + 30
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"redis-server exited ({self.proc.returncode}): {args}")
+            with (
+                contextlib.suppress(redis.RedisError),
+                redis.Redis(port=self.port, socket_timeout=1) as client,
+            ):
+                if client.ping():
+                    return self
+            if time.monotonic() > deadline:
+                self.kill()
+                raise RuntimeError(f"redis-server not answering on port {self.port} after 30 s")
+            time.sleep(0.05)
+
+    def restart(self) -> RedisServer:
+        """SIGKILL, then a new server on the same port and files (what it loads is what was on disk)."""
+        self.kill()
+        return self.start()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown save, nothing flushed but what was already written."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> RedisServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.kill()
 
 
 def wait_ready(proc: subprocess.Popen, url: str, seconds: float, hint: str = "") -> None:
@@ -238,8 +308,14 @@ def machine(threads: int = 1) -> dict:
 
 
 def run(
-    bundle: str | Path, out: str | Path | None = None, n_users: int = 300, http_seconds: float = 0.0
+    bundle: str | Path,
+    out: str | Path | None = None,
+    n_users: int = 300,
+    http_seconds: float = 0.0,
+    store: str = "",
 ) -> dict:
+    """``store``: "" SQLite only; ``redis://host:port/db`` or ``redis`` (a throwaway local redis-server with
+    the recommended persistence) adds the same measurement with Redis in the path, in the same run."""
     rec = Recommender.load(bundle, threads=1)
     rng = np.random.default_rng(0)
     all_users = sorted(rec.histories)
@@ -251,6 +327,18 @@ def run(
               "in_process": in_process(rec, users)}  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="twotower-bench-store-") as state:
         result["in_process_with_store"] = with_store(rec, users, state)
+        if store:
+            with contextlib.ExitStack() as stack:
+                url = store
+                if store == "redis":
+                    url = stack.enter_context(RedisServer(Path(state) / "redis")).url
+                redis_part = with_store(rec, users, state, redis_url=url)
+            sqlite_part = result["in_process_with_store"]
+            redis_part["p50_vs_sqlite"] = {
+                mode: redis_part[mode]["p50_ms"] / sqlite_part[mode]["p50_ms"]
+                for mode in ("reads_only", "mixed")
+            }
+            result["in_process_with_redis"] = redis_part
     if http_seconds > 0:
         result["http"] = http(Path(bundle), users, seconds=http_seconds)
     if out:

@@ -1,0 +1,354 @@
+"""A Redis-backed :class:`~serving.store.HistoryStore`: several replicas on several hosts share one set of
+live histories (``TWOTOWER_STORE=redis://host:port/db``). Same semantics as the SQLite store.
+
+Layout (every key under ``prefix``): ``e:<user>`` a sorted set of the user's events (score ``ts``, member a
+16-hex-digit arrival number + JSON ``[item, event, dwell, stored_at]``, so ties in ``ts`` keep arrival order);
+``v:<user>`` the user's version (the value of the store-wide write clock at their last change, never reused);
+``oldest`` users by a lower bound of their oldest ``stored_at`` (what the retention sweep visits); ``erasures``
+the erasure log (hashes of stored keys); ``items`` live catalog changes; ``keys`` the key scheme; ``seeded``.
+A write is one Lua script or one ``MULTI``/``EXEC`` block: all or nothing for readers and in the AOF.
+
+Durability is Redis's: an event is acknowledged after the script returned, so with ``appendonly yes`` and
+``appendfsync always`` it is on disk then (docs/realtime.md, "Redis"). One Redis (with replicas for reads
+or failover), not Redis Cluster: a batch for several users is one script over keys in several slots.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import re
+import secrets
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from urllib.parse import urlsplit
+
+import redis
+from redis import exceptions as rex
+
+from serving.privacy import RAW_SCHEME, erasure_key
+from serving.redislua import APPEND, SWEEP
+from serving.store import Appended, StoredEvent, StoreUnavailable
+
+log = logging.getLogger(__name__)
+
+SCHEMES = ("redis://", "rediss://", "unix://")
+# errors that mean "the store cannot take this write now", not a bug: answered 503, reads may still work
+REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "NOPERM")
+
+
+def is_redis_url(value: str) -> bool:
+    return value.startswith(SCHEMES)
+
+
+def open_store(settings, max_events: int, retention_s: float | None = None, **sqlite_kwargs):
+    """The store the settings select: ``TWOTOWER_STORE=redis://...`` a :class:`RedisHistoryStore`; empty (the
+    default) the embedded SQLite store in the state dir. Anything else is refused, naming the variable."""
+    from serving.store import SQLiteHistoryStore
+
+    url = (getattr(settings, "store", "") or os.environ.get("TWOTOWER_STORE", "")).strip()
+    if not url or url.lower() == "sqlite":
+        return SQLiteHistoryStore(settings.state_dir, max_events, retention_s, **sqlite_kwargs)
+    if not is_redis_url(url):
+        raise ValueError(
+            f"TWOTOWER_STORE={url!r}: expected empty (SQLite in the state dir) or redis://host:port/db"
+        )
+    return RedisHistoryStore(url, max_events, retention_s)
+
+
+def redact(url: str) -> str:
+    """The URL without its password (for messages and logs)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return url.replace(f":{parts.password}@", ":***@", 1)
+
+
+class RedisHistoryStore:
+    """:class:`~serving.store.HistoryStore` on one Redis database; thread-safe (a connection pool)."""
+
+    def __init__(
+        self,
+        url: str,
+        max_events: int,
+        retention_s: float | None = None,
+        prefix: str = "twotower:",
+        timeout_s: float = 10.0,
+        rewrite_on_erase: bool = True,
+    ) -> None:
+        self.where = redact(url)
+        self.path = self.where  # messages name it as the SQLite store names its file
+        self.max_events = int(max_events)
+        self.retention_s = retention_s if retention_s and retention_s > 0 else None
+        self.prefix = prefix
+        self.rewrite_on_erase = rewrite_on_erase
+        self.writable = True
+        parts = urlsplit(url)
+        if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
+            raise ValueError(
+                f"TWOTOWER_STORE={self.where!r}: the path must be a database number (redis://host:port/0)"
+            )
+        try:
+            self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
+                                          health_check_interval=5, decode_responses=True)  # fmt: skip
+        except ValueError as exc:
+            raise ValueError(f"TWOTOWER_STORE={self.where!r}: {exc}") from exc
+        self._append = self.r.register_script(APPEND)
+        self._sweep = self.r.register_script(SWEEP)
+        with self._guard("opened"):
+            self.r.ping()
+            self.key_scheme = self.r.get(self._k("keys"))
+        self.persistence = self._persistence()
+
+    def _k(self, name: str) -> str:
+        return self.prefix + name
+
+    @contextlib.contextmanager
+    def _guard(self, doing: str = "written", write: bool = False) -> Iterator[None]:
+        """Redis unreachable or refusing writes -> :class:`StoreUnavailable` naming the server."""
+        try:
+            yield
+        except (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, rex.ResponseError) as exc:
+            if isinstance(exc, rex.ResponseError) and not str(exc).upper().startswith(REFUSALS):
+                raise
+            if write:
+                self.writable = False
+            raise StoreUnavailable(f"history store {self.where} cannot be {doing}: {exc}") from exc
+        if write:
+            self.writable = True
+
+    def _persistence(self) -> str:
+        """``appendonly``/``appendfsync`` as the server reports them; a warning when acknowledged events can be
+        lost on a crash (CONFIG may be disabled on a managed Redis: then it is only logged as unknown)."""
+        try:
+            got = self.r.config_get("append*")
+            aof, fsync = got.get("appendonly"), got.get("appendfsync")
+        except rex.RedisError as exc:
+            log.warning(
+                "%s: persistence settings unreadable (%s); durability is the server's", self.where, exc
+            )
+            return "unknown"
+        state = f"appendonly={aof} appendfsync={fsync}"
+        if (aof, fsync) != ("yes", "always"):
+            log.warning("%s: %s; a Redis or host crash can lose acknowledged events (appendonly yes, "
+                        "appendfsync always loses none)", self.where, state)  # fmt: skip
+        return state
+
+    # ---- histories ----------------------------------------------------------------------------------
+    def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int:
+        """Store ``(user_key, event)`` pairs in one script (all or nothing); returns how many were kept."""
+        return len(events) - self.append_tracked(events).trimmed
+
+    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended:
+        now = repr(time.time())
+        by_user: dict[str, list[StoredEvent]] = {}
+        for user, event in events:
+            by_user.setdefault(user, []).append(event)
+        # a batch id: redis-py retries a command whose reply was lost, and the script stores a batch once
+        keys = [
+            self._k("clock"),
+            self._k("seq"),
+            self._k("oldest"),
+            self._k("batch:" + secrets.token_hex(16)),
+        ]
+        args: list = [self.max_events, math.ceil(self.retention_s or 0), now, len(events)]
+        for user, evs in by_user.items():
+            keys += [self._k("e:" + user), self._k("v:" + user)]
+            args += [user, len(evs)]
+            for e in evs:
+                args += [repr(float(e.ts)), json.dumps([e.item_id, e.event, e.dwell_s, float(now)])]
+        if not by_user:
+            return Appended({}, 0)
+        with self._guard(write=True):
+            clock, trimmed, before = self._append(keys=keys, args=args)
+        versions = {u: (int(b) if b else None, int(clock)) for u, b in zip(by_user, before, strict=True)}
+        return Appended(versions, trimmed=int(trimmed))
+
+    def _rows(self, user_key: str) -> list[tuple]:
+        with self._guard("read"):
+            members = self.r.zrange(self._k("e:" + user_key), 0, -1, withscores=True)
+        cutoff = time.time() - self.retention_s if self.retention_s else -math.inf
+        rows = []
+        for member, ts in members:
+            item, event, dwell, stored_at = json.loads(member[16:])
+            if stored_at >= cutoff:
+                rows.append((item, event, dwell, ts))
+        return rows
+
+    def history(self, user_key: str) -> list[StoredEvent]:
+        """The user's stored events, oldest first (by time, then arrival)."""
+        return [StoredEvent(*row) for row in self._rows(user_key)]
+
+    def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]:
+        rows = self._rows(user_key)
+        return tuple(zip(*rows, strict=True)) if rows else ((), (), (), ())  # type: ignore[return-value]
+
+    def version(self, user_key: str) -> int | None:
+        """A marker that changes whenever the user's history does (the write clock; never reused)."""
+        with self._guard("read"):
+            value = self.r.get(self._k("v:" + user_key))
+        return None if value is None else int(value)
+
+    def erase(self, user_key: str) -> int:
+        """Delete everything stored about a user, expired or not, in one transaction; the erasure is logged
+        as a hash of the stored key. The AOF is then rewritten so the user's old commands leave the files."""
+        with self._guard(write=True):
+            pipe = self.r.pipeline(transaction=True)
+            pipe.zcard(self._k("e:" + user_key))
+            pipe.delete(self._k("e:" + user_key), self._k("v:" + user_key))
+            pipe.zrem(self._k("oldest"), user_key)
+            pipe.zadd(self._k("erasures"), {erasure_key(user_key): time.time()})
+            count = pipe.execute()[0]
+        if self.rewrite_on_erase:
+            self.rewrite_files()
+        return int(count)
+
+    def rewrite_files(self, wait_s: float = 60.0) -> None:
+        """Start an AOF rewrite that begins after now (one already running forked before this erasure, so it
+        is waited out first): the rewritten files hold the current data only."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                self.r.bgrewriteaof()
+                return
+            except rex.ResponseError as exc:
+                if "already in progress" not in str(exc) or time.monotonic() > deadline:
+                    log.warning("%s: AOF rewrite after an erasure not started (%s)", self.where, exc)
+                    return
+            except rex.RedisError as exc:
+                log.warning("%s: AOF rewrite after an erasure not started (%s)", self.where, exc)
+                return
+            time.sleep(0.05)
+
+    def rewrite_done(self) -> bool:
+        """No AOF rewrite running or scheduled (tests wait for this before reading the files)."""
+        info = self.r.info("persistence")
+        return not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled")
+
+    def erased_since(self, since: float = 0.0) -> list[str]:
+        """Erased users (hashes of their stored keys) since ``since``, for the retraining pipeline."""
+        with self._guard("read"):
+            return list(self.r.zrangebyscore(self._k("erasures"), since, "+inf"))
+
+    def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int:
+        """Load initial histories once per store (a later call, from any replica, is a no-op)."""
+        by_user: dict[str, list[StoredEvent]] = {}
+        for user, event in rows:
+            by_user.setdefault(user, []).append(event)
+        total = sum(len(v) for v in by_user.values())
+        now = time.time()
+        with self._guard(write=True), self.r.pipeline(transaction=True) as pipe:
+            try:
+                pipe.watch(self._k("seeded"))
+                if pipe.get(self._k("seeded")) is not None:
+                    return 0
+                seq = pipe.incrby(self._k("seq"), total) - total
+                clock = pipe.incr(self._k("clock"))
+                pipe.multi()
+                for user, evs in by_user.items():
+                    members = {}
+                    for e in evs:
+                        seq += 1
+                        members[f"{seq:016x}" + json.dumps([e.item_id, e.event, e.dwell_s, now])] = e.ts
+                    pipe.zadd(self._k("e:" + user), members)
+                    pipe.zremrangebyrank(self._k("e:" + user), 0, -(self.max_events + 1))
+                    pipe.set(self._k("v:" + user), clock)
+                    pipe.zadd(self._k("oldest"), {user: now}, nx=True)
+                    if self.retention_s:
+                        pipe.expire(self._k("e:" + user), math.ceil(self.retention_s))
+                        pipe.expire(self._k("v:" + user), math.ceil(self.retention_s))
+                pipe.set(self._k("seeded"), source)
+                pipe.execute()
+            except rex.WatchError:
+                return 0  # another replica seeded it meanwhile
+        return total
+
+    def sweep(self, now: float | None = None) -> int:
+        """Delete events stored, and erasure records logged, longer ago than the retention window; returns
+        how many events. Users who lost events get a new version, so no cache keeps serving them."""
+        if not self.retention_s:
+            return 0
+        cutoff = (now or time.time()) - self.retention_s
+        removed, batch = 0, 500
+        with self._guard(write=True):
+            while True:
+                visited, gone = self._sweep(keys=[self._k("oldest"), self._k("clock")],
+                                            args=[repr(cutoff), self.prefix, batch])  # fmt: skip
+                removed += int(gone)
+                if int(visited) < batch:
+                    break
+            self.r.zremrangebyscore(self._k("erasures"), "-inf", f"({cutoff!r}")
+        return removed
+
+    def counts(self) -> dict[str, int]:
+        with self._guard("read"):
+            users = self.r.zrange(self._k("oldest"), 0, -1)
+            pipe = self.r.pipeline(transaction=False)
+            for user in users:
+                pipe.zcard(self._k("e:" + user))
+            sizes = pipe.execute()
+        return {"events": sum(sizes), "users": sum(1 for s in sizes if s)}
+
+    def probe(self) -> bool:
+        """Whether the store takes writes now (a one-key write)."""
+        with contextlib.suppress(StoreUnavailable), self._guard(write=True):
+            self.r.set(self._k("probed_at"), repr(time.time()))
+        return self.writable
+
+    def close(self) -> None:
+        self.r.close()
+
+    # ---- how user keys are made ---------------------------------------------------------------------
+    def adopt_key_scheme(self, scheme: str, rekey: Callable[[str], str]) -> int:
+        """Record how user keys are made. A store of raw ids is re-keyed with ``rekey`` once, in one
+        transaction, when pseudonymisation is turned on; any other change is refused."""
+        with self._guard(write=True), self.r.pipeline(transaction=True) as pipe:
+            while True:
+                try:
+                    pipe.watch(self._k("keys"), self._k("clock"))
+                    recorded = pipe.get(self._k("keys"))
+                    users = pipe.zrange(self._k("oldest"), 0, -1)
+                    if recorded is None and users:
+                        recorded = RAW_SCHEME  # written before a scheme was recorded: taken as raw ids
+                    if recorded not in (None, scheme) and recorded != RAW_SCHEME:
+                        raise StoreUnavailable(
+                            f"history store {self.where} holds user ids keyed as {recorded}, not {scheme}: set "
+                            "TWOTOWER_PSEUDONYM_KEY to the key it was written with (the same on every replica)"
+                        )
+                    rekeyed = users if recorded == RAW_SCHEME and scheme != RAW_SCHEME else []
+                    pipe.multi()
+                    for user in rekeyed:
+                        new = rekey(user)
+                        for kind in ("e:", "v:"):
+                            pipe.copy(self._k(kind + user), self._k(kind + new), replace=True)
+                            pipe.delete(self._k(kind + user))
+                        pipe.zrem(self._k("oldest"), user)
+                        pipe.zadd(self._k("oldest"), {new: 0})
+                    pipe.set(self._k("keys"), scheme)
+                    pipe.execute()
+                    break
+                except rex.WatchError:
+                    continue
+        self.key_scheme = scheme
+        if rekeyed:
+            self.rewrite_files()
+            log.info("%s: %d users' raw ids replaced by pseudonyms", self.where, len(rekeyed))
+        return len(rekeyed)
+
+    # ---- live catalog changes -----------------------------------------------------------------------
+    def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None:
+        """Store ``(item_id, "add" | "remove", categories)`` changes in one command (all or none)."""
+        now = time.time()
+        mapping = {item: json.dumps([action, list(cats), now]) for item, action, cats in changes}
+        if mapping:
+            with self._guard(write=True):
+                self.r.hset(self._k("items"), mapping=mapping)
+
+    def catalog_changes(self) -> list[tuple[str, str, list[str]]]:
+        with self._guard("read"):
+            raw = self.r.hgetall(self._k("items"))
+        rows = sorted((json.loads(v)[2], item, *json.loads(v)[:2]) for item, v in raw.items())
+        return [(item, action, cats) for _, item, action, cats in rows]
