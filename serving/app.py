@@ -11,16 +11,17 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from serving import errors, openapi
+from serving import allow, errors, openapi
 from serving.fairness import FairGate
 from serving.live import LiveService, apply_catalog_changes, seed_rows
 from serving.live_routes import router as live_router
+from serving.page import mount_page
 from serving.paths import RawPathRouting
 from serving.privacy import pseudonym_key
 from serving.recommender import Recommender
+from serving.redisstore import open_store
 from serving.routes import router
 from serving.settings import Settings
-from serving.store import SQLiteHistoryStore
 from serving.telemetry import BodyLimitMiddleware, TelemetryMiddleware
 
 log = logging.getLogger(__name__)
@@ -32,8 +33,8 @@ def open_live_service(settings: Settings) -> LiveService:
     pseudonymised unless TWOTOWER_PSEUDONYM_KEY=off (a store of raw ids is re-keyed once); a state dir that
     cannot be written raises :class:`~serving.store.StoreUnavailable` naming the path."""
     rec = Recommender.load(settings.bundle, **settings.load_kwargs())
-    store = SQLiteHistoryStore(
-        settings.state_dir,
+    store = open_store(  # TWOTOWER_STORE: SQLite in the state dir (default) or redis://host:port/db
+        settings,
         max_events=settings.max_events_per_user or rec.max_len + 1,
         retention_s=settings.retention_days * 86_400.0,
         synchronous=settings.synchronous,
@@ -84,6 +85,8 @@ def create_app(settings: Settings | None = None, live: LiveService | None = None
     app.state.gate = FairGate(settings.read_concurrency or max(1, (os.cpu_count() or 1) - 1))
     app.include_router(router)
     app.include_router(live_router)
+    mount_page(app)  # the demo page at /
+    allow.install(app)  # 405: every method of the path (GET and DELETE /items/{id} live in two routers)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(TelemetryMiddleware)
     app.add_middleware(RawPathRouting)

@@ -14,14 +14,18 @@ from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 import serving.paths  # noqa: F401 - registers the {name:id} path convertor
+from serving import itemtext
 from serving.deps import CallerDep, GateDep, LiveDep, RecommenderDep, SettingsDep, too_large
 from serving.live import LiveService
 from serving.schemas import (
     ID_MAX_LENGTH,
     Health,
+    ItemInfo,
+    ItemSearchResponse,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
+    Text,
     error_responses,
 )
 from serving.settings import READ
@@ -29,6 +33,7 @@ from serving.telemetry import REGISTRY
 
 router = APIRouter()
 PathId = Annotated[str, Path(min_length=1, max_length=ID_MAX_LENGTH, description="Item id (URL-encoded).")]
+MAX_SEARCH = 50
 
 
 @router.post(
@@ -87,6 +92,38 @@ def similar(
     except KeyError:
         raise HTTPException(404, f"unknown item {item_id!r}") from None
     return SimilarResponse(item_id=item_id, items=items, model_version=rec.model_version)
+
+
+@router.get(
+    "/items/{item_id:id}",
+    response_model=ItemInfo,
+    summary="An item's title and categories",
+    description="Open: reads no personal data. An id holding `/` is sent URL-encoded (`%2F`).",
+    responses=error_responses(404, 503),
+)
+def item_info(item_id: PathId, rec: RecommenderDep) -> ItemInfo:
+    found = itemtext.describe(rec, item_id)
+    if found is None:
+        raise HTTPException(404, f"unknown item {item_id!r}")
+    return ItemInfo(**found.__dict__)
+
+
+@router.get(
+    "/items",
+    response_model=ItemSearchResponse,
+    summary="Search the catalog by title",
+    description="Open: reads no personal data. Case-insensitive substring of the title (or the exact id).",
+    responses=error_responses(503),
+)
+def search_items(
+    rec: RecommenderDep,
+    gate: GateDep,
+    q: Annotated[Text, Query(min_length=1, max_length=200, description="Text the title holds.")],
+    limit: Annotated[int, Query(ge=1, le=MAX_SEARCH, description="At most this many items.")] = 10,
+) -> ItemSearchResponse:
+    with gate.read():
+        found = itemtext.search(rec, q, limit)
+    return ItemSearchResponse(query=q, items=[ItemInfo(**x.__dict__) for x in found])
 
 
 @router.get("/healthz", response_model=Health, summary="Liveness")

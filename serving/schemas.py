@@ -184,6 +184,21 @@ class SimilarResponse(BaseModel):
     model_version: str
 
 
+class ItemInfo(BaseModel):
+    """What the page shows about an item (no personal data)."""
+
+    item_id: str
+    title: str | None = Field(None, description="The bundle's title (none for items added since).")
+    categories: list[str] = Field(default_factory=list, description="Category names.")
+    popularity: int = Field(0, description="Interactions with the item in the training log.")
+
+
+class ItemSearchResponse(BaseModel):
+    query: str
+    items: list[ItemInfo] = Field(description="Items now in the catalog whose title holds the query, most "
+                                  "popular first.")  # fmt: skip
+
+
 class Health(BaseModel):
     status: str
     model_version: str | None = None

@@ -71,7 +71,8 @@ def test_open_operations_need_no_token(secured, catalog):
     items, _, _ = catalog
     assert secured.post("/recommend", json={"history": items[:3], "k": 3}).status_code == 200
     assert secured.post("/recommend", json={"user_id": "x", "history": items[:3]}).status_code == 200
-    for path in (f"/items/{items[0]}/similar", "/events/types", "/healthz", "/readyz", "/openapi.json"):
+    for path in (f"/items/{items[0]}/similar", f"/items/{items[0]}", "/items?q=a", "/events/types", "/healthz",
+                 "/readyz", "/openapi.json", "/"):  # fmt: skip
         assert secured.get(path).status_code == 200, path
 
 
@@ -82,6 +83,8 @@ def test_the_table_covers_every_operation_of_the_schema(secured, catalog):
                .replace("ghost", "{item_id}")) for m, p, _, _ in protected(*catalog)}  # fmt: skip
     open_ = {
         ("GET", "/items/{item_id}/similar"),
+        ("GET", "/items/{item_id}"),
+        ("GET", "/items"),
         ("GET", "/events/types"),
         ("GET", "/healthz"),
         ("GET", "/readyz"),

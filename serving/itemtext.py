@@ -1,0 +1,88 @@
+"""What the page shows about an item: its title and category names, and a title search over the catalog.
+
+Built once per recommender (a reload brings a new one, so a new table) from the bundle's ``items.parquet``;
+items added since the bundle have their categories and no title. Nothing here is personal data, so the
+endpoints over it are open.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from dataclasses import dataclass
+
+import numpy as np
+
+from serving.recommender import Recommender
+
+
+@dataclass(frozen=True)
+class ItemText:
+    item_id: str
+    title: str | None
+    categories: list[str]
+    popularity: int
+
+
+class ItemTable:
+    """Titles, categories and training counts of a bundle's items, in catalog order."""
+
+    def __init__(self, rec: Recommender) -> None:
+        items = rec.bundle.items
+        n = len(rec.item_ids)
+        titles = items.get("title")
+        self.titles: list[str | None] = (
+            [None if t is None or t != t else str(t) for t in titles] if titles is not None else [None] * n
+        )
+        self.lowered = [t.casefold() if t else "" for t in self.titles]
+        cats = items.get("categories")
+        self.categories: list[list[str]] = (
+            [[str(c) for c in (row if row is not None else [])] for row in cats]
+            if cats is not None
+            else [[]] * n
+        )
+        counts = items["train_count"].to_numpy() if "train_count" in items else np.zeros(n, np.int64)
+        self.popularity = [int(c) for c in counts]
+        self.order = np.argsort(-counts, kind="stable")  # search answers the most-watched matches first
+
+
+_tables: weakref.WeakKeyDictionary[Recommender, ItemTable] = weakref.WeakKeyDictionary()
+_lock = threading.Lock()
+
+
+def table(rec: Recommender) -> ItemTable:
+    """The recommender's table, built on first use."""
+    with _lock:
+        found = _tables.get(rec)
+        if found is None:
+            found = _tables[rec] = ItemTable(rec)
+        return found
+
+
+def describe(rec: Recommender, item_id: str) -> ItemText | None:
+    """The item as the page shows it; None when the catalog never held it. A bundle item taken down since
+    is still described (a stored history may hold it)."""
+    row = rec.catalog.row_of.get(item_id)
+    if row is not None:
+        t = table(rec)
+        return ItemText(item_id, t.titles[row], t.categories[row], t.popularity[row])
+    changes = rec.catalog.changes
+    added = changes.row_of.get(item_id)
+    if added is None:
+        return None
+    names = rec.bundle.categories
+    return ItemText(item_id, None, [names[c] for c in changes.categories[added] if 0 < c < len(names)], 0)
+
+
+def search(rec: Recommender, query: str, limit: int) -> list[ItemText]:
+    """Items now in the catalog whose title (or id) holds ``query`` (case-insensitive), most popular first."""
+    needle = query.casefold()
+    t = table(rec)
+    out: list[ItemText] = []
+    for row in t.order:
+        item_id = rec.item_ids[row]
+        if (needle in t.lowered[row] or needle == item_id.casefold()) and item_id in rec.catalog:
+            out.append(ItemText(item_id, t.titles[row], t.categories[row], t.popularity[row]))
+            if len(out) >= limit:
+                break
+    return out
