@@ -60,8 +60,10 @@ def table(rec: Recommender) -> ItemTable:
 
 
 def describe(rec: Recommender, item_id: str) -> ItemText | None:
-    """The item as the page shows it; None when the catalog never held it. A bundle item taken down since
-    is still described (a stored history may hold it)."""
+    """The item as the page shows it; None when it is not in the catalog now (never held, or taken down:
+    a deleted resource answers 404, as a client of ``DELETE /items/{id}`` expects)."""
+    if item_id not in rec.catalog:
+        return None
     row = rec.catalog.row_of.get(item_id)
     if row is not None:
         t = table(rec)

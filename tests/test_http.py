@@ -226,6 +226,7 @@ def test_every_item_id_items_accept_can_be_found_and_removed_by_path(server, kno
     assert similar["item_id"] == item and len(similar["items"]) == 3
     assert client.delete(f"/items/{path_of(item)}").json() == {"items": [item]}
     assert client.get(f"/items/{path_of(item)}/similar").status_code == 404
+    assert client.get(f"/items/{path_of(item)}").status_code == 404  # a deleted resource is gone
     assert client.delete(f"/items/{path_of(item)}").status_code == 404
 
 
@@ -237,11 +238,13 @@ def test_a_removed_bundle_item_comes_back_when_added_again(client, known):
     assert client.delete(f"/items/{item}").json() == {"items": [item]}
     assert ids(client.post("/recommend", json=only_it)) == []
     assert client.get(f"/items/{item}/similar").status_code == 404
+    assert client.get(f"/items/{item}").status_code == 404
     assert client.post("/items", json={"items": [{"item_id": item, "categories": [category]}]}).json() == {
         "items": [item]
     }
     assert ids(client.post("/recommend", json=only_it)) == [item]
     assert client.get(f"/items/{item}/similar").status_code == 200
+    assert client.get(f"/items/{item}").json()["item_id"] == item
 
 
 def test_similar_health_ready_metrics(client, known):
