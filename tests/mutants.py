@@ -106,7 +106,7 @@ MUTANTS = (
     Mutant("reads-include-expired", "serving/store.py",
            "cutoff = time.time() - self.retention_s if self.retention_s else -math.inf",
            "cutoff = -math.inf",
-           ("tests/test_store.py",),
+           ("tests/test_store.py", "tests/test_store_contract.py"),
            "reads serve events older than the retention window until a sweep deletes them"),
     Mutant("sweep-keeps-cache", "serving/store.py",
            """            db.execute(
@@ -115,12 +115,12 @@ MUTANTS = (
             )
 """,
            "",
-           ("tests/test_store.py",),
+           ("tests/test_store.py", "tests/test_store_contract.py"),
            "a sweep leaves versions alone, so the live cache keeps serving the swept events"),
     Mutant("erasure-leaves-expired-rows", "serving/store.py",
            'count = db.execute("DELETE FROM events WHERE user_key = ?", (user_key,)).rowcount',
            'count = db.execute("DELETE FROM events WHERE user_key = ? AND stored_at >= ?", (user_key, time.time() - (self.retention_s or float("inf")))).rowcount',
-           ("tests/test_erasure.py",),
+           ("tests/test_erasure.py", "tests/test_store_contract.py"),
            "erasure deletes only the rows reads can see: expired rows stay on disk"),
     Mutant("erasure-no-checkpoint", "serving/store.py",
            """                       (erasure_key(user_key), time.time(), count))  # fmt: skip
