@@ -100,8 +100,9 @@ class BatchScorer:
                 row_scores, row_items = row_scores[valid], row_items[valid]
                 user = users[b] if users is not None else None
                 seed = request_seed(user, histories[b].rows.tobytes()) if self.ranking.explore else 0
-                order, _ = rec.shaper.choose(row_scores, rec.shaper.rows_features(row_items), k, self.ranking,
-                                             histories[b].rows, seed)  # fmt: skip
+                order, _ = rec.shaper.choose_rows(
+                    row_scores, row_items, k, self.ranking, histories[b].rows, seed
+                )
                 scores[b, : len(order)], rows[b, : len(order)] = row_scores[order], row_items[order]
         return scores, rows
 

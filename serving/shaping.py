@@ -13,14 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from serving.catalog import CatalogChanges
-from serving.core.diversify import (
-    Candidates,
-    ListSettings,
-    head_mask,
-    history_mix,
-    rerank_list,
-    similarity_vectors,
-)
+from serving.core.chooser import Features, ListChooser
+from serving.core.diversify import ListSettings, similarity_vectors
 from serving.core.explain import WINDOW, because_similar
 
 
@@ -32,26 +26,22 @@ class Ranking:
     seed: int | None = None
 
     def as_dict(self) -> dict:
-        s = self.settings
-        out = {"diversity": s.diversity, "max_per_category": s.max_per_category, "calibrate": s.calibrate,
-               "explore": s.explore, "depth": s.depth}  # fmt: skip
+        out = self.settings.as_dict()
         if self.seed is not None:
             out["seed"] = self.seed
         return out
 
 
-class ListShaper:
+class ListShaper(ListChooser):
     """The list re-rank and explanations over a bundle's items (rows) and the changes made since."""
 
     def __init__(
         self, item_ids: list[str], row_of: dict[str, int], vectors: np.ndarray, members: np.ndarray | None,
         train_counts: np.ndarray,
     ) -> None:  # fmt: skip
-        """``vectors`` (N, D) item vectors; ``members`` (N, C) bool categories (None: no categories);
-        ``train_counts`` (N,) training interactions (the popular head)."""
-        self.item_ids, self.row_of, self.vectors, self.members = item_ids, row_of, vectors, members
-        self.head = head_mask(train_counts)  # (N,)
-        self.similar = similarity_vectors(vectors, members)  # (N, E) what the diversity knob compares
+        """``item_ids`` / ``row_of``: the bundle's rows and their external ids; the rest as :class:`ListChooser`."""
+        super().__init__(vectors, members, train_counts)
+        self.item_ids, self.row_of = item_ids, row_of
 
     # ---- what the re-rank reads ---------------------------------------------------------------------
     def _rows(self, ids: list[str], changes: CatalogChanges) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -61,9 +51,7 @@ class ListShaper:
         added = np.fromiter((changes.row_of[i] for i, new in zip(ids, live, strict=True) if new), np.int64)
         return np.maximum(rows, 0), live, added
 
-    def features(
-        self, ids: list[str], changes: CatalogChanges
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    def features(self, ids: list[str], changes: CatalogChanges) -> Features:
         """(M, E) similarity vectors, (M, C) membership (None without categories) and (M,) head flags of
         answerable items (bundle rows, or items added since: never in the head)."""
         rows, live, added = self._rows(ids, changes)
@@ -78,14 +66,6 @@ class ListShaper:
         similar[live] = similarity_vectors(changes.vectors[added], added_members)
         return similar, members, head
 
-    def rows_features(
-        self, rows: np.ndarray, with_members: bool = True
-    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
-        """:meth:`features` of bundle rows: gathers (``with_members=False``: no membership, for a re-rank
-        that reads none: diversity alone)."""
-        members = self.members[rows] if self.members is not None and with_members else None
-        return self.similar[rows], members, self.head[rows]
-
     def item_vectors(self, ids: list[str], changes: CatalogChanges) -> np.ndarray:
         """(M, D) item vectors of answerable items (bundle rows or items added since)."""
         rows, live, added = self._rows(ids, changes)
@@ -95,25 +75,6 @@ class ListShaper:
         return vectors
 
     # ---- the list re-rank ---------------------------------------------------------------------------
-    def choose(
-        self,
-        scores: np.ndarray,
-        features: tuple[np.ndarray, np.ndarray | None, np.ndarray],
-        k: int,
-        settings: ListSettings,
-        history: np.ndarray,
-        seed: int,
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Candidate positions of the list (L,) and their exploration flags (L,), from score-ordered
-        candidates: (M,) scores and their :meth:`features`; ``history`` (H,) bundle rows."""
-        vectors, members, head = features
-        wants_mix = self.members is not None and (settings.calibrate or settings.explore)
-        mix = history_mix(self.members[history]) if wants_mix else None
-        rng = np.random.default_rng(seed) if settings.explore else None
-        scores = np.asarray(scores, dtype=np.float32)
-        chosen = rerank_list(Candidates(scores, vectors, members, head), k, settings, mix, rng)
-        return chosen.order, chosen.explored
-
     def shape_rows(
         self,
         scores: np.ndarray,
@@ -124,10 +85,7 @@ class ListShaper:
         seed: int,
     ) -> list[dict]:
         """The list of ``k`` items from bundle candidates: (M,) scores and rows, best first."""
-        features = self.rows_features(
-            rows, with_members=bool(settings.max_per_category or settings.calibrate or settings.explore)
-        )
-        order, explored = self.choose(scores, features, k, settings, history, seed)
+        order, explored = self.choose_rows(scores, rows, k, settings, history, seed)
         ids, picked, values = self.item_ids, rows[order].tolist(), scores[order].tolist()
         items = [{"item_id": ids[r], "score": s} for r, s in zip(picked, values, strict=True)]
         return _mark(items, explored, settings)

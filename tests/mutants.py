@@ -146,7 +146,7 @@ MUTANTS = (
            "if (per_category[members[best]] > cap).any():",
            ("tests/test_diversify.py",),
            "max_per_category lets one item more per category into the list"),
-    Mutant("explore-unseeded", "serving/shaping.py",
+    Mutant("explore-unseeded", "serving/core/chooser.py",
            "rng = np.random.default_rng(seed) if settings.explore else None",
            "rng = np.random.default_rng() if settings.explore else None",
            ("tests/test_knobs.py",),

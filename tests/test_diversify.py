@@ -15,10 +15,10 @@ from serving.core.diversify import (
     head_mask,
     history_mix,
     kl_divergence,
-    miscalibration,
     rerank_list,
     similarity_vectors,
 )
+from twotower import metrics
 
 
 def _candidates(m: int = 30, d: int = 8, c: int = 5, seed: int = 0) -> Candidates:
@@ -149,7 +149,12 @@ def test_calibration_lowers_miscalibration_and_cap_is_respected():
     mix = history_mix(cands.members[[0, 5, 9]])
     plain = rerank_list(cands, 10, ListSettings(), mix).order
     calibrated = rerank_list(cands, 10, ListSettings(calibrate=0.7), mix).order
-    assert miscalibration(mix, cands.members[calibrated]) < miscalibration(mix, cands.members[plain])
+    history = np.array([[0, 5, 9]])  # the rows the mix came from
+
+    def miscalibration(order: np.ndarray) -> float:
+        return float(metrics.miscalibration(order[None, :], history, cands.members)[0])
+
+    assert miscalibration(calibrated) < miscalibration(plain)
     for cap in (1, 2, 3):
         order = rerank_list(cands, 10, ListSettings(max_per_category=cap), mix).order
         assert cands.members[order].sum(0).max() <= cap

@@ -22,15 +22,8 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from serving.core.diversify import (
-    Candidates,
-    ListSettings,
-    head_mask,
-    history_mix,
-    request_seed,
-    rerank_list,
-    similarity_vectors,
-)
+from serving.core.chooser import ListChooser
+from serving.core.diversify import ListSettings, request_seed
 from serving.core.intent import CategoryIntent, IntentSettings, membership
 from twotower import metrics
 from twotower.data.schema import EncodedLog
@@ -43,7 +36,8 @@ RECALL_KEEP = 0.95  # the served default keeps at least this share of the model'
 
 
 class ListReranker:
-    """The served list re-rank over evaluation batches: (B, N) served scores -> (B, LIST_K) chosen columns."""
+    """The served list re-rank over evaluation batches: (B, N) served scores -> (B, LIST_K) chosen columns,
+    through the :class:`~serving.core.chooser.ListChooser` the service runs."""
 
     def __init__(
         self,
@@ -57,9 +51,7 @@ class ListReranker:
         (0 = none); ``train_counts`` (N,) training interactions (the popular head)."""
         self.settings = settings
         members = membership(item_categories.tolist(), n_categories)  # (N, C)
-        self.members = members if members.any() else None
-        self.similar = similarity_vectors(item_vectors, self.members)  # (N, E) what diversity compares
-        self.head = head_mask(train_counts)  # (N,)
+        self.chooser = ListChooser(item_vectors, members if members.any() else None, train_counts)
 
     def __call__(self, scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """(B, N) served scores, history already at -inf -> (B, LIST_K) chosen columns (-1 where short)."""
@@ -71,13 +63,8 @@ class ListReranker:
         for b in range(len(scores)):
             columns = top[b][np.isfinite(scores[b, top[b]])]  # (M',)
             history = histories[b][histories[b] > 0] - 1
-            members = self.members[columns] if self.members is not None else None
-            mix = None
-            if self.members is not None and (s.calibrate or s.explore):
-                mix = history_mix(self.members[history])
-            rng = np.random.default_rng(request_seed(None, history.tobytes())) if s.explore else None
-            candidates = Candidates(scores[b, columns], self.similar[columns], members, self.head[columns])
-            chosen = rerank_list(candidates, LIST_K, s, mix, rng).order
+            seed = request_seed(None, history.tobytes()) if s.explore else 0  # no user id in an evaluation
+            chosen, _ = self.chooser.choose_rows(scores[b, columns], columns, LIST_K, s, history, seed)
             out[b, : len(chosen)] = columns[chosen]
         return out
 

@@ -131,13 +131,6 @@ def kl_divergence(p: np.ndarray, q: np.ndarray, alpha: float = CALIBRATION_ALPHA
     return terms.sum(-1)
 
 
-def miscalibration(p: np.ndarray, list_members: np.ndarray) -> float:
-    """KL between a history's mix ``p`` (C,) and the mix of a list's items (L, C) bool (Steck's C_KL)."""
-    q = category_weights(list_members).sum(0)  # (C,)
-    q = q / q.sum() if q.sum() > 0 else q
-    return float(kl_divergence(p, q))
-
-
 def head_mask(counts: np.ndarray, share: float = HEAD_SHARE) -> np.ndarray:
     """(N,) training counts -> (N,) bool: the most-interacted items that together hold ``share`` of them."""
     counts = np.asarray(counts, dtype=np.float64)

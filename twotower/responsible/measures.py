@@ -16,6 +16,8 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 
+from serving.core.diversify import head_mask
+
 
 def category_weights(items: pd.DataFrame, categories: Sequence[str]) -> np.ndarray:
     """(N, C) float64: row i spreads 1 evenly over item i's categories (all zeros for none); rows in the
@@ -45,14 +47,6 @@ def recent_entropy(rows: Sequence[int], weights: np.ndarray, window: int) -> flo
 
 
 def tail_mask(train_count: np.ndarray, head_share: float = 0.8) -> np.ndarray:
-    """(N,) bool: the item is in the long tail (outside the head holding ``head_share`` of the interactions)."""
-    counts = np.asarray(train_count, dtype=np.float64)  # (N,)
-    tail = np.ones(len(counts), dtype=bool)
-    total = counts.sum()
-    if total <= 0:
-        return tail
-    order = np.argsort(-counts, kind="stable")  # most trained first, ties in catalog order
-    cumulative = np.cumsum(counts[order])  # (N,)
-    head_size = int(np.searchsorted(cumulative, head_share * total, side="left")) + 1
-    tail[order[:head_size]] = False
-    return tail
+    """(N,) bool: the item is in the long tail, outside the head holding ``head_share`` of the interactions
+    (the head exploration avoids: :func:`serving.core.diversify.head_mask`)."""
+    return ~head_mask(train_count, head_share)

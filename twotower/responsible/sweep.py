@@ -8,7 +8,6 @@ needs torch (it scores with the model); the simulator beside it does not.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -22,7 +21,8 @@ from twotower.artifacts import MODEL_FILE, load_model, train_counts
 from twotower.data.sequences import EvalQueries
 from twotower.datamodule import TwoTowerDataModule
 from twotower.evaluate import ModelScorer
-from twotower.served import ServedEvaluator, list_config
+from twotower.export import rerank_settings
+from twotower.served import ServedEvaluator
 from twotower.train import eval_context, load_data
 
 log = logging.getLogger(__name__)
@@ -61,12 +61,7 @@ def load_run(run_dir: str | Path) -> RunEvaluation:
         "val": datamodule.queries("val"),
         "test": datamodule.queries("test", max_users=cfg.eval.test_max_users),
     }
-    served, auto = list_config(cfg)
-    if auto and (run / "metrics.json").exists():
-        picked = (
-            (json.loads((run / "metrics.json").read_text()).get("served") or {}).get("rerank", {}).get("list")
-        )
-        served = ListSettings.from_dict(picked) if picked else served
+    served = ListSettings.from_dict(rerank_settings(run, None)["list"])  # as export resolves `auto`
     return RunEvaluation(cfg, evaluator, queries, served)
 
 
