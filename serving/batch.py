@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from serving.core.diversify import ListSettings, request_seed
-from serving.core.history import History, padded_feeds
+from serving.core.history import History
 from serving.core.index import Selector, search_parameters
 from serving.core.search import exact_search
 from serving.recommender import Recommender
@@ -53,8 +53,15 @@ class BatchScorer:
         self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
         self.ranking = ranking if ranking is not None else rec.ranking
 
-    def encode(self, histories: Sequence[History], batch: int = 128) -> np.ndarray:
-        """(B, D) user vectors: ONNX batches of ``batch`` rows, one per core at a time.
+    def encode(
+        self,
+        histories: Sequence[History],
+        batch: int = 128,
+        features: Sequence[np.ndarray | None] | None = None,
+    ) -> np.ndarray:
+        """(B, D) user vectors: ONNX batches of ``batch`` rows, one per core at a time. ``features``: each row's
+        (F,) user-feature indices (or None) when the model reads them (queries and context ride in the
+        histories; :meth:`serving.core.signals.Signals.batch_feeds`).
 
         Histories are encoded in order of length, so each ONNX batch pads to a length close to its rows'
         (the vectors are the same: padding is masked), then put back in the callers' order. Small batches on
@@ -68,7 +75,9 @@ class BatchScorer:
 
         def run(start: int) -> None:  # ONNX Runtime releases the GIL: runs overlap
             rows = order[start : start + batch]
-            out[rows] = rec.session.run(None, padded_feeds([histories[j] for j in rows], rec.max_len))[0]
+            feats = None if features is None else [features[j] for j in rows]
+            feeds = rec.signals.batch_feeds([histories[j] for j in rows], rec.max_len, feats)
+            out[rows] = rec.session.run(None, feeds)[0]
 
         starts = range(0, len(order), batch)
         if rec.threads <= 1 or len(starts) == 1:
@@ -91,10 +100,15 @@ class BatchScorer:
             popular = rec.popular_rows[:k]
             scores[empty, : len(popular)], rows[empty, : len(popular)] = rec.popularity[popular], popular
         known = [b for b, h in enumerate(histories) if len(h)]
+        feats = None  # stored users' features, for a model that reads them
+        if users is not None and rec.user_features:
+            feats = [rec.user_features.get(str(users[b])) for b in known]
         if known and not self.ranking.active:
-            scores[known], rows[known] = self._model_top_k([histories[b] for b in known], k)
+            scores[known], rows[known] = self._model_top_k([histories[b] for b in known], k, feats)
         elif known:
-            found_scores, found = self._model_top_k([histories[b] for b in known], max(k, self.ranking.depth))
+            found_scores, found = self._model_top_k(
+                [histories[b] for b in known], max(k, self.ranking.depth), feats
+            )
             for b, row_scores, row_items in zip(known, found_scores, found, strict=True):
                 valid = row_items >= 0
                 row_scores, row_items = row_scores[valid], row_items[valid]
@@ -106,11 +120,13 @@ class BatchScorer:
                 scores[b, : len(order)], rows[b, : len(order)] = row_scores[order], row_items[order]
         return scores, rows
 
-    def _model_top_k(self, histories: Sequence[History], k: int) -> tuple[np.ndarray, np.ndarray]:
+    def _model_top_k(
+        self, histories: Sequence[History], k: int, features: Sequence[np.ndarray | None] | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         """(B, k) model top-k, re-ranked by session intent where the user's recent history lifts a category
         (exact index: every item boosted in one product; approximate: the top ``depth`` boosted), as online."""
         intent, rec = self.rec.intent, self.rec
-        queries = self.encode(histories)
+        queries = self.encode(histories, features=features)
         if intent is None:
             return self._search_top_k(histories, queries, k)
         lift = intent.history_lift([h.rows for h in histories])  # (B, C)

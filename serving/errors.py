@@ -15,6 +15,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
+from serving.core.texthash import QueryError
 from serving.store import StoreUnavailable
 
 log = logging.getLogger(__name__)
@@ -67,7 +68,14 @@ async def store_unavailable(request: Request, exc: StoreUnavailable) -> JSONResp
     )
 
 
+async def signal_error(request: Request, exc: QueryError) -> JSONResponse:
+    """A query, context or user feature the model cannot read (the message names the field): 422."""
+    detail = [{"loc": ["body"], "msg": json_safe(str(exc)), "type": "value_error"}]
+    return JSONResponse(status_code=422, content={"detail": detail})
+
+
 def install(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(QueryError, signal_error)
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(StoreUnavailable, store_unavailable)

@@ -20,6 +20,7 @@ from pathlib import Path
 
 from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
+from serving.core.texthash import QueryError, check_query
 from serving.privacy import has_lone_surrogate, key_scheme, user_key
 from serving.recommender import Recommender
 from serving.store import HistoryStore, StoredEvent
@@ -27,6 +28,7 @@ from serving.store import HistoryStore, StoredEvent
 log = logging.getLogger(__name__)
 
 OTHER_EVENT = "<other>"  # the bucket for event types the model has no embedding of
+SEARCH_EVENT = "<search>"  # the event type a stored search gets when the client names none
 
 
 @dataclass(frozen=True)
@@ -125,19 +127,30 @@ class LiveService:
         vocabulary = set(rec.event_of) | {OTHER_EVENT, "other"}  # "other" is the bucket's plain name
         errors, out = [], []
         for i, raw in enumerate(events):
-            user, item, kind = raw.get("user_id"), str(raw["item_id"]), raw.get("event")
-            kind = OTHER_EVENT if kind is None else str(kind)
+            query = raw.get("query")
+            if raw.get("item_id") is None and query is None:
+                errors.append(EventError(i, "item_id", "an item id (or, for a search, a query) is needed"))
+                continue
+            if query is not None:
+                try:
+                    check_query(query, "query")
+                except QueryError as exc:
+                    errors.append(EventError(i, "query", str(exc).split(": ", 1)[-1]))
+                    continue
+            search = raw.get("item_id") is None
+            user, item, kind = raw.get("user_id"), "" if search else str(raw["item_id"]), raw.get("event")
+            kind = (SEARCH_EVENT if search else OTHER_EVENT) if kind is None else str(kind)
             dwell, ts = raw.get("dwell_s"), raw.get("ts")
             bad_text = [name for name, text in (("user_id", user), ("item_id", item), ("event", kind))
                         if text is not None and has_lone_surrogate(str(text))]  # fmt: skip
             errors += [EventError(i, name, "holds a lone surrogate (not valid UTF-8)") for name in bad_text]
             if user is None or str(user) == "":
                 errors.append(EventError(i, "user_id", "a user id is needed"))
-            if "item_id" not in bad_text and not rec.catalog.knows(item):
+            if not search and "item_id" not in bad_text and not rec.catalog.knows(item):
                 errors.append(EventError(i, "item_id", f"unknown item {item!r}"))
             if kind == "":
                 errors.append(EventError(i, "event", "empty; leave it out (or null) for '<other>'"))
-            elif "event" not in bad_text and kind not in vocabulary:
+            elif "event" not in bad_text and kind not in vocabulary and not (search and kind == SEARCH_EVENT):
                 errors.append(
                     EventError(i, "event", f"unknown event type {kind!r}; known: {sorted(vocabulary)}")
                 )
@@ -152,7 +165,9 @@ class LiveService:
             elif ts is not None and ts < now - limits.max_past_s:
                 errors.append(EventError(i, "ts", f"{ts} is more than {limits.max_past_s:g} s in the past"))
             if not errors:
-                out.append((self.user_key(user), StoredEvent(item, kind, dwell, now if ts is None else ts)))
+                out.append(
+                    (self.user_key(user), StoredEvent(item, kind, dwell, now if ts is None else ts, query))
+                )
         if errors:
             raise EventsRejected(errors)
         return out
@@ -178,7 +193,14 @@ class LiveService:
             cached, new = self._cache.get(key), by_user[key]
             extended = None
             times = [e.ts for e in new]
-            if cached is not None and cached[0] == before and cached[2] is rec and times == sorted(times):
+            searches = any(e.query is not None for e in new)  # read at the item before them: re-read instead
+            if (
+                cached is not None
+                and cached[0] == before
+                and cached[2] is rec
+                and times == sorted(times)
+                and not searches
+            ):
                 old = cached[1]
                 if not old.n_events or times[0] >= old.last_ts:
                     more = rec.resolve([e.item_id for e in new], [e.event for e in new],
@@ -267,8 +289,11 @@ def seed_rows(rec: Recommender):
     """(user_key-less) rows of the bundle's training histories, for :meth:`HistoryStore.seed`."""
     frame = rec.bundle.histories
     dwell = frame["dwell_s"].to_numpy()
-    for user, item, event, d, ts in zip(
+    queries = frame["queries"] if "queries" in frame else [()] * len(frame)  # the searches after each event
+    for user, item, event, d, ts, texts in zip(
         frame["user_id"].astype(str), frame["item_id"].astype(str), frame["event"].astype(str), dwell,
-        frame["ts"].to_numpy(), strict=True,
+        frame["ts"].to_numpy(), queries, strict=True,
     ):  # fmt: skip
         yield user, StoredEvent(item, event, None if not (d >= 0) else float(d), float(ts))
+        for text in texts if texts is not None else ():
+            yield user, StoredEvent("", SEARCH_EVENT, None, float(ts), str(text))

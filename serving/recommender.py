@@ -27,9 +27,10 @@ from serving.core.history import History, histories_from_frame
 from serving.core.index import IndexSpec, Selector
 from serving.core.intent import CategoryIntent, IntentSettings, item_members
 from serving.core.request import RecommendationRequest
-from serving.core.resolve import resolve_history
+from serving.core.resolve import resolve_entries
 from serving.core.results import Recommendation, ResolvedHistory, merge_top
 from serving.core.search import filtered_search
+from serving.core.signals import Signals
 from serving.shaping import ListShaper, Ranking
 
 log = logging.getLogger(__name__)
@@ -91,7 +92,10 @@ class Recommender:
         )
         self._extended: np.ndarray | None = None
         # the bundle's stored histories (gaps computed over the whole log at training time)
-        self.histories = histories_from_frame(bundle.histories, self.catalog.row_of, self.event_of)
+        self.signals = Signals.from_manifest(self.manifest)  # queries, context, user features (if read)
+        self.user_features = self.signals.stored_features(bundle.users)  # user id -> (F,) indices
+        self.histories = histories_from_frame(bundle.histories, self.catalog.row_of, self.event_of,
+                                              self.signals.stored_arrays(bundle.histories))  # fmt: skip
         probe = self.encode(History.build(np.array([0])))
         if probe.shape != (bundle.dim,):
             raise ValueError(
@@ -129,18 +133,33 @@ class Recommender:
     ) -> ResolvedHistory:
         """External ids (oldest first) -> model inputs against this catalog (:func:`serving.core.resolve.resolve_history`).
 
+        An entry ``{"query": text}`` is a search: the model reads its tokens at the last known item before it
+        (:mod:`serving.core.signals`); ``events``, ``dwell`` and ``ts`` have a value per entry, searches included.
         ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
-        return resolve_history(items, events, dwell, ts, previous_ts, row_of=self.catalog.row_of,
-                               event_of=self.event_of, live_ids=self.catalog.changes.row_of,
-                               has_time=self.has_time)  # fmt: skip
+        return resolve_entries(items, events, dwell, ts, previous_ts, signals=self.signals,
+                               row_of=self.catalog.row_of, event_of=self.event_of,
+                               live_ids=self.catalog.changes.row_of, has_time=self.has_time)  # fmt: skip
 
-    def encode(self, history: History, padded_graph: bool = False) -> np.ndarray:
+    def encode(
+        self,
+        history: History,
+        padded_graph: bool = False,
+        features: np.ndarray | None = None,
+        context: Mapping[str, str] | None = None,
+    ) -> np.ndarray:
         """(D,) float32 user vector from the last ``max_len`` events of a history.
 
         Runs the bundle's unpadded graph when it has one; ``padded_graph=True`` runs the batch graph instead
-        (its exact twin, for checking)."""
+        (its exact twin, for checking). A model that reads signals also takes the user's ``features`` (F,)
+        and the request's ``context``; an empty history with features is the start token's vector."""
         session = self.session if padded_graph else self.single_session
-        return session.run(self._output, history.feeds(self.max_len), self._run_options)[0][0]
+        if not self.signals.inputs:  # the four inputs alone: the graph every bundle without signals has
+            return session.run(self._output, history.feeds(self.max_len), self._run_options)[0][0]
+        if not len(history):  # features alone: one padding position, read by the start token
+            feeds = self.signals.features_only_feeds(features)
+            return self.session.run(self._output, feeds, self._run_options)[0][0]
+        feeds = self.signals.feeds(self.signals.with_inputs(history, context), self.max_len, features)
+        return session.run(self._output, feeds, self._run_options)[0][0]
 
     def encode_ids(
         self,
@@ -211,7 +230,10 @@ class Recommender:
         allow_ids = None if request.allow_items is None else {str(i) for i in request.allow_items}
         allow = None if allow_ids is None else catalog.rows_of(allow_ids)
         unknown = resolved.unknown if resolved is not None else []
-        if resolved is None or not len(resolved.history):
+        features = self.signals.features_for(request.features, request.user_id, self.user_features)
+        if resolved is None and features is not None:  # features alone: the model's start token
+            resolved = ResolvedHistory(History.build(np.zeros(0, np.int64)), unknown)
+        if resolved is None or (not len(resolved.history) and features is None):  # nothing known
             items = self._popular(k, set(exclude.tolist()), allow)
             if request.explain:
                 for item in items:
@@ -221,7 +243,7 @@ class Recommender:
         if request.exclude_seen:
             exclude = np.concatenate([exclude, user_history.rows]) if len(exclude) else user_history.rows
             exclude_ids = exclude_ids | resolved.live_seen
-        query = self.encode(user_history)
+        query = self.encode(user_history, features=features, context=request.context)
         fetch = max(k, settings.depth) if settings.active else k  # the list re-rank chooses from more
         intent, lift, extra = self.intent if request.rerank else None, None, None
         if intent is not None:
@@ -262,8 +284,9 @@ class Recommender:
                 items = self.shaper.shape_items(items, k, settings, user_history.rows, seed, changes)
         if request.explain:
             self.shaper.explain(items, user_history.rows, changes)
+        source = "model" if len(user_history) else "features"
         return Recommendation(
-            items, "model", unknown, len(user_history), lift, intent, self.model_version, ranking
+            items, source, unknown, len(user_history), lift, intent, self.model_version, ranking
         )
 
     def _popular(self, k: int, exclude: set[int], allow: np.ndarray | None) -> list[dict]:

@@ -31,7 +31,7 @@ from redis import exceptions as rex
 
 from serving.privacy import RAW_SCHEME, erasure_key
 from serving.redislua import APPEND, SWEEP
-from serving.store import Appended, StoredEvent, StoreUnavailable
+from serving.store import Appended, StoredEvent, StoreUnavailable, columns_of
 
 log = logging.getLogger(__name__)
 
@@ -159,7 +159,7 @@ class RedisHistoryStore:
             keys += [self._k("e:" + user), self._k("v:" + user)]
             args += [user, len(evs)]
             for e in evs:
-                args += [repr(float(e.ts)), json.dumps([e.item_id, e.event, e.dwell_s, float(now)])]
+                args += [repr(float(e.ts)), json.dumps(_member(e, float(now)))]
         if not by_user:
             return Appended({}, 0)
         with self._guard(write=True):
@@ -173,9 +173,9 @@ class RedisHistoryStore:
         cutoff = time.time() - self.retention_s if self.retention_s else -math.inf
         rows = []
         for member, ts in members:
-            item, event, dwell, stored_at = json.loads(member[16:])
+            item, event, dwell, stored_at, *query = json.loads(member[16:])  # a search has a 5th field
             if stored_at >= cutoff:
-                rows.append((item, event, dwell, ts))
+                rows.append((item, event, dwell, ts, query[0] if query else None))
         return rows
 
     def history(self, user_key: str) -> list[StoredEvent]:
@@ -183,8 +183,7 @@ class RedisHistoryStore:
         return [StoredEvent(*row) for row in self._rows(user_key)]
 
     def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]:
-        rows = self._rows(user_key)
-        return tuple(zip(*rows, strict=True)) if rows else ((), (), (), ())  # type: ignore[return-value]
+        return columns_of(self._rows(user_key))
 
     def version(self, user_key: str) -> int | None:
         """A marker that changes whenever the user's history does (the write clock; never reused)."""
@@ -252,7 +251,7 @@ class RedisHistoryStore:
                     members = {}
                     for e in evs:
                         seq += 1
-                        members[f"{seq:016x}" + json.dumps([e.item_id, e.event, e.dwell_s, now])] = e.ts
+                        members[f"{seq:016x}" + json.dumps(_member(e, now))] = e.ts
                     pipe.zadd(self._k("e:" + user), members)
                     pipe.zremrangebyrank(self._k("e:" + user), 0, -(self.max_events + 1))
                     pipe.set(self._k("v:" + user), clock)
@@ -352,3 +351,10 @@ class RedisHistoryStore:
             raw = self.r.hgetall(self._k("items"))
         rows = sorted((json.loads(v)[2], item, *json.loads(v)[:2]) for item, v in raw.items())
         return [(item, action, cats) for _, item, action, cats in rows]
+
+
+def _member(event: StoredEvent, stored_at: float) -> list:
+    """The JSON body of a stored event: ``[item, event, dwell, stored_at]``, plus the query of a search (members
+    written before searches were kept have four fields)."""
+    body = [event.item_id, event.event, event.dwell_s, stored_at]
+    return body if event.query is None else [*body, event.query]

@@ -11,6 +11,7 @@ from typing import Annotated
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
 
 from serving.core.request import RecommendationRequest
+from serving.core.texthash import MAX_QUERY_CHARS
 from serving.live import EventLimits
 
 ID_MAX_LENGTH = 256
@@ -70,6 +71,20 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]  # a JSON number in [0, 1]
 
 
+SignalText = Annotated[Text, Field(min_length=1, max_length=128)]  # a context or feature value
+
+
+class SearchEntry(BaseModel):
+    """A search in a history: read by the model when its bundle reads queries (ignored otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    query: Annotated[Text, Field(min_length=1, max_length=MAX_QUERY_CHARS)] = Field(
+        description="What the user searched for (at least one word). Read by the position of the last known "
+        "item before it; a search before any known item is not read."
+    )
+
+
 class ErrorResponse(BaseModel):
     """An error that names no field (401, 403, 404, 409, 413, 503)."""
 
@@ -87,9 +102,10 @@ class RecommendRequest(BaseModel):
         "A user with nothing stored gets the popularity fallback. Reading a stored history needs a token with "
         "the read scope when tokens are configured; a request that carries its own `history` needs none.",
     )
-    history: list[Id] | None = Field(
+    history: list[Id | SearchEntry] | None = Field(
         None,
-        description="Item ids the user interacted with, oldest first. Used instead of the stored history. "
+        description='Item ids the user interacted with, oldest first, and searches (`{"query": "..."}`). '
+        "Used instead of the stored history. "
         "Only the most recent `max_len` events (the model's window) are read; longer than the server's "
         "TWOTOWER_MAX_HISTORY is refused. Unknown ids are ignored and listed in `unknown_items`.",
     )
@@ -128,9 +144,27 @@ class RecommendRequest(BaseModel):
         "item they did not interact with).",
     )
 
+    context: dict[SignalText, SignalText] | None = Field(
+        None,
+        max_length=32,
+        description='The current moment\'s context (e.g. `{"device": "mobile"}`) for a model that reads '
+        "context: an unknown key is refused (422), an unknown value reads as unknown. Ignored otherwise.",
+    )
+    features: dict[SignalText, SignalText] | None = Field(
+        None,
+        max_length=32,
+        description='The user\'s features (e.g. `{"age_group": "25-34"}`) for a model that reads them: '
+        "they replace a stored user's, and without any history give a personal start instead of the "
+        "popularity fallback (`source: features`). Unknown key: 422; unknown value: read as unknown.",
+    )
+
     def to_request(self) -> RecommendationRequest:
         """The in-process request this body asks for."""
-        return RecommendationRequest(user_id=self.user_id, history=self.history, k=self.k,
+        history = None if self.history is None else [
+            {"query": h.query} if isinstance(h, SearchEntry) else h for h in self.history
+        ]  # fmt: skip
+        return RecommendationRequest(user_id=self.user_id, history=history, k=self.k,
+                                     context=self.context, features=self.features,
                                      exclude_seen=self.exclude_seen, exclude_items=self.exclude_items,
                                      allow_items=self.allow_items, diversity=self.diversity,
                                      max_per_category=self.max_per_category, calibrate=self.calibrate,
@@ -164,7 +198,8 @@ class Ranking(BaseModel):
 class RecommendResponse(BaseModel):
     items: list[ScoredItem]
     model_version: str = Field(description="The bundle's model version.")
-    source: str = Field(description="'model', or 'popularity' for an unknown user or an empty history.")
+    source: str = Field(description="'model'; 'features' for a user known by features alone; 'popularity' for "
+                        "an unknown user or an empty history.")  # fmt: skip
     intent: dict[str, float] = Field(
         default_factory=dict,
         description="Why the list leans the way it does: categories the user's recent events are more about "
@@ -210,7 +245,12 @@ class EventIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     user_id: Id = Field(description="Who interacted (stored as a keyed hash when pseudonymisation is on).")
-    item_id: Id = Field(description="With what: an item of the catalog (bundle or added since).")
+    item_id: Id | None = Field(
+        None, description="With what: an item of the catalog (bundle or added since). Omitted for a search."
+    )
+    query: Annotated[Text, Field(min_length=1, max_length=MAX_QUERY_CHARS)] | None = Field(
+        None, description="A search: what the user searched for (give it instead of `item_id`)."
+    )
     event: Text | None = Field(
         None,
         max_length=64,
@@ -244,10 +284,11 @@ class EventsResponse(BaseModel):
 
 
 class StoredEventOut(BaseModel):
-    item_id: str
+    item_id: str = Field(description="The item; empty for a search.")
     event: str
     dwell_s: float | None
     ts: float
+    query: str | None = Field(None, description="A search's text (absent for an item event).")
 
 
 class UserHistoryResponse(BaseModel):

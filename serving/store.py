@@ -41,10 +41,25 @@ _HEX64 = re.compile(r"[0-9a-f]{64}")
 class StoredEvent:
     """One interaction as stored (ids external, seconds since the epoch)."""
 
-    item_id: str
+    item_id: str  # "" for a search
     event: str
     dwell_s: float | None
     ts: float
+    query: str | None = None  # a search's text (with or without an item)
+
+
+def history_entry(item_id: str, query: str | None) -> object:
+    """The ``history_columns`` item of a stored event: the item id, or ``{"query": text}`` for a search (the
+    history entry :meth:`serving.recommender.Recommender.resolve` reads)."""
+    return {"query": query} if query is not None and not item_id else item_id
+
+
+def columns_of(rows: list[tuple]) -> tuple[tuple, tuple, tuple, tuple]:
+    """(item_id, event, dwell_s, ts, query) rows -> the four ``history_columns``; searches as history entries."""
+    if not rows:
+        return (), (), (), ()
+    items = tuple(history_entry(r[0], r[4]) for r in rows)
+    return items, *(tuple(r[k] for r in rows) for k in (1, 2, 3))  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -81,7 +96,8 @@ CREATE TABLE IF NOT EXISTS events (
     event TEXT NOT NULL,
     dwell_s REAL,
     ts REAL NOT NULL,
-    stored_at REAL NOT NULL
+    stored_at REAL NOT NULL,
+    query TEXT
 );
 CREATE INDEX IF NOT EXISTS events_by_user ON events (user_key, ts, seq);
 CREATE INDEX IF NOT EXISTS events_by_age ON events (stored_at);
@@ -115,6 +131,10 @@ class SQLiteHistoryStore(SQLiteFile):
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self.db.executescript(SCHEMA)  # idempotent; executescript commits by itself
+            columns = {row[1] for row in self.db.execute("PRAGMA table_info(events)")}
+            if "query" not in columns:  # a store from before searches were kept
+                self.db.execute("ALTER TABLE events ADD COLUMN query TEXT")
+                self.db.commit()
             self.key_scheme = self._meta(self.db, "user_keys")
         except (OSError, sqlite3.Error) as exc:
             raise StoreUnavailable(f"history store {self.path} cannot be opened for writing: {exc}") from exc
@@ -127,13 +147,14 @@ class SQLiteHistoryStore(SQLiteFile):
     def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended:
         """:meth:`append`, returning each user's version before and after and how many events were trimmed."""
         now = time.time()
-        rows = [(u, e.item_id, e.event, e.dwell_s, e.ts, now) for u, e in events]
+        rows = [(u, e.item_id, e.event, e.dwell_s, e.ts, now, e.query) for u, e in events]
         users = list(dict.fromkeys(r[0] for r in rows))
         with self._write() as db:
             before = {u: self._version(db, u) for u in users}
             last = db.execute("SELECT COALESCE(MAX(seq), 0) FROM events").fetchone()[0]
             db.executemany(
-                "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at, query) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
                 rows,
             )
             clock = _tick(db)
@@ -159,14 +180,14 @@ class SQLiteHistoryStore(SQLiteFile):
         return [StoredEvent(*row) for row in self._rows(user_key)]
 
     def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]:
-        """The same events as four columns (item_id, event, dwell_s, ts): the fast path for encoding."""
-        rows = self._rows(user_key)
-        return tuple(zip(*rows, strict=True)) if rows else ((), (), (), ())  # type: ignore[return-value]
+        """The same events as four columns (item_id, event, dwell_s, ts): the fast path for encoding. A search's
+        item is ``{"query": text}`` (:func:`history_entry`)."""
+        return columns_of(self._rows(user_key))
 
     def _rows(self, user_key: str) -> list[tuple]:
         cutoff = time.time() - self.retention_s if self.retention_s else -math.inf
         return self.db.execute(
-            "SELECT item_id, event, dwell_s, ts FROM events WHERE user_key = ? AND stored_at >= ? "
+            "SELECT item_id, event, dwell_s, ts, query FROM events WHERE user_key = ? AND stored_at >= ? "
             "ORDER BY ts, seq",
             (user_key, cutoff),
         ).fetchall()
@@ -204,8 +225,9 @@ class SQLiteHistoryStore(SQLiteFile):
                 return 0
             now = time.time()
             cursor = db.executemany(
-                "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at) VALUES (?, ?, ?, ?, ?, ?)",
-                ((u, e.item_id, e.event, e.dwell_s, e.ts, now) for u, e in rows),
+                "INSERT INTO events (user_key, item_id, event, dwell_s, ts, stored_at, query) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                ((u, e.item_id, e.event, e.dwell_s, e.ts, now, e.query) for u, e in rows),
             )
             db.execute("INSERT INTO meta VALUES ('seeded_from', ?)", (source,))
             clock = _tick(db)

@@ -266,7 +266,8 @@ def test_similar_health_ready_metrics(client, known):
 def test_openapi_documents_every_field(client):
     schema = client.get("/openapi.json").json()["components"]["schemas"]["RecommendRequest"]["properties"]
     assert set(schema) == {"user_id", "history", "k", "exclude_seen", "exclude_items", "allow_items",
-                           "diversity", "max_per_category", "calibrate", "explore", "seed", "explain"}  # fmt: skip
+                           "diversity", "max_per_category", "calibrate", "explore", "seed", "explain",
+                           "context", "features"}  # fmt: skip
     assert all(prop.get("description") for prop in schema.values())
 
 
@@ -276,7 +277,9 @@ def test_openapi_states_the_servers_limits_and_every_status(client):
     assert request["k"]["maximum"] == 50 and request["k"]["minimum"] == 1
     history = next(alt for alt in request["history"]["anyOf"] if alt.get("type") == "array")
     assert history["maxItems"] == 30 and request["exclude_items"]["maxItems"] == 100_000
-    assert [alt["type"] for alt in history["items"]["anyOf"]] == ["string", "integer"]  # ids: either
+    entries = history["items"]["anyOf"]  # ids: either, or a search
+    assert [alt.get("type") for alt in entries] == ["string", "integer", None]
+    assert "SearchEntry" in entries[2]["$ref"]
     assert history["items"]["anyOf"][0]["maxLength"] == 256
     events = schema["components"]["schemas"]["EventsRequest"]["properties"]["events"]
     assert events["maxItems"] == 1000

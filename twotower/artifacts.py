@@ -12,6 +12,7 @@ import torch
 
 from twotower.data.schema import EncodedLog
 from twotower.data.sequences import event_gaps
+from twotower.data.signals import history_signal_columns, signal_vocab, users_frame
 from twotower.data.splits import Split
 from twotower.model import ModelConfig, TwoTower
 
@@ -47,8 +48,12 @@ def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int)
         "events": data.event_names,
         "categories": data.category_names,
         "has_time": data.has_time,
+        "signals": signal_vocab(data),  # queries, context, user features (serving maps strings with these)
     }
     (out / "vocab.json").write_text(json.dumps(vocab))
+    users = users_frame(data)
+    if users is not None:
+        users.to_parquet(out / "users.parquet", index=False)
     counts = train_counts(data, split)
     cats = [[data.category_names[c] for c in row if c > 0] for row in data.item_categories[1:]]
     items = pd.DataFrame({"item_id": data.item_ids, "categories": cats, "train_count": counts})
@@ -68,6 +73,7 @@ def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int)
             "dwell_s": data.dwell[recent],
             "ts": data.ts[recent],
             "gap_s": gaps[recent],
+            **history_signal_columns(data, recent),
         }
     )
     histories.to_parquet(out / "histories.parquet", index=False)

@@ -29,13 +29,14 @@ from serving.core.history import histories_from_frame
 from serving.core.index import IndexSpec, build_index, search_parameters
 from serving.core.intent import IntentSettings
 from serving.core.search import exact_search
+from serving.core.signals import Signals
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.encoders import CausalSelfAttention
+from twotower.graph_inputs import INPUTS, SIGNAL_INPUTS, input_names, random_histories
 from twotower.model import TwoTower
 
 log = logging.getLogger(__name__)
 
-INPUTS = ("items", "events", "dwell", "gaps")
 PARITY_TOLERANCE = 1e-5
 
 
@@ -68,17 +69,9 @@ class UserTowerGraph(torch.nn.Module):
             if isinstance(module, CausalSelfAttention):
                 module.folded = True
 
-    def forward(self, items, events, dwell, gaps):
-        return self.net.encode_user(items, events, dwell, gaps, padded=self.padded)
-
-
-def random_histories(net: TwoTower, batch: int, length: int, seed: int = 0) -> tuple[torch.Tensor, ...]:
-    g = torch.Generator().manual_seed(seed)
-    items = torch.randint(1, net.config.n_items + 1, (batch, length), generator=g)
-    events = torch.randint(0, max(net.config.n_events, 1), (batch, length), generator=g)
-    dwell = torch.rand(batch, length, generator=g) * 300 - 20  # some unknown (< 0)
-    gaps = torch.rand(batch, length, generator=g) * 1e6 - 1e4
-    return items, events, dwell, gaps
+    def forward(self, items, events, dwell, gaps, queries=None, context=None, user_features=None):
+        return self.net.encode_user(items, events, dwell, gaps, padded=self.padded, queries=queries,
+                                    context=context, user_features=user_features)  # fmt: skip
 
 
 def export_onnx(net: TwoTower, path: Path, padded: bool = True) -> None:
@@ -86,15 +79,17 @@ def export_onnx(net: TwoTower, path: Path, padded: bool = True) -> None:
     for noisy in ("onnxscript", "onnx_ir"):  # their graph passes log every rewrite at INFO
         logging.getLogger(noisy).setLevel(logging.WARNING)
     graph = UserTowerGraph(net.eval(), padded).eval()
-    example = random_histories(net, 2, 5)
+    names = input_names(net.config)
+    example = dict(zip(names, random_histories(net, 2, 5), strict=True))
     batch, length = torch.export.Dim("batch"), torch.export.Dim("length")
-    shapes = {name: {0: batch, 1: length} for name in INPUTS}
+    shapes = {name: {0: batch} if name == "user_features" else {0: batch, 1: length} for name in names}
     program = torch.onnx.export(
         graph,
-        example,
+        (),
+        kwargs=example,
         dynamo=True,
         dynamic_shapes=shapes,
-        input_names=list(INPUTS),
+        input_names=list(names),
         output_names=["user_vector"],
     )
     program.save(str(path))
@@ -108,26 +103,43 @@ def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]], p
     cases = [
         random_histories(net, b, n, seed=b * 1000 + n) for b, n in ((1, 1), (3, 7), (8, net.config.max_len))
     ]
+    names = input_names(net.config)
     if padded:  # ragged rows: the tail of every other row is padding
         items, *rest = random_histories(net, 4, 9, seed=7)
         items[::2, 5:] = 0
         cases.append((items, *rest))
+        if net.config.uses_start:  # rows of padding alone: the user features' vector
+            items, *rest = random_histories(net, 3, 1, seed=8)
+            cases.append((torch.zeros_like(items), *rest))
     cases += [tuple(torch.tensor(a) for a in arrays) for arrays in real]  # (1, L) each, no padding
     worst = 0.0
     with torch.no_grad():
         for case in cases:
-            ref = net.encode_user(*case).numpy()
-            out = session.run(None, {name: t.numpy() for name, t in zip(INPUTS, case, strict=True)})[0]
+            named = dict(zip(names, case, strict=True))
+            ref = net.encode_user(**named).numpy()
+            out = session.run(None, {name: t.numpy() for name, t in named.items()})[0]
             worst = max(worst, float(np.abs(ref - out).max()))
     return worst
 
 
 def real_batches(
-    histories: pd.DataFrame, item_row: dict[str, int], events: list[str], max_len: int, n: int = 64
+    histories: pd.DataFrame,
+    item_row: dict[str, int],
+    events: list[str],
+    max_len: int,
+    n: int = 64,
+    signals: Signals | None = None,
+    users: pd.DataFrame | None = None,
 ) -> list[tuple[np.ndarray, ...]]:
-    """Up to ``n`` users' stored histories as (1, L) model inputs (the arrays serving feeds the graph)."""
-    table = histories_from_frame(histories, item_row, {name: i for i, name in enumerate(events)})
-    return [tuple(h.feeds(max_len)[name] for name in INPUTS) for h in list(table.values())[:n]]
+    """Up to ``n`` users' stored histories as (1, L) model inputs (the arrays serving feeds the graph, through
+    serving's own :class:`~serving.core.signals.Signals` when the model reads more than the four inputs)."""
+    signals = signals or Signals()
+    arrays = signals.stored_arrays(histories)
+    table = histories_from_frame(histories, item_row, {name: i for i, name in enumerate(events)}, arrays)
+    features = signals.stored_features(users)
+    names = INPUTS + signals.inputs
+    return [tuple(signals.feeds(h, max_len, features.get(u))[name] for name in names)
+            for u, h in list(table.items())[:n]]  # fmt: skip
 
 
 def index_recall(index: faiss.Index, spec: IndexSpec, xb: np.ndarray, xq: np.ndarray, k: int = 10) -> float:
@@ -184,8 +196,14 @@ def export_bundle(
     shutil.copyfile(run / "data" / "histories.parquet", out / bundle_files.HISTORIES)
 
     histories = pd.read_parquet(out / bundle_files.HISTORIES)
+    users = None
+    if net.config.uses_start and (run / "data" / bundle_files.USERS).exists():
+        shutil.copyfile(run / "data" / bundle_files.USERS, out / bundle_files.USERS)
+        users = pd.read_parquet(out / bundle_files.USERS)
     row = {item: i for i, item in enumerate(item_ids)}
-    real = real_batches(histories, row, vocab["events"], net.config.max_len)
+    vocab_signals = vocab.get("signals") or {}
+    signals = Signals.from_manifest({"model": net.config.to_dict(), "signals": vocab_signals})
+    real = real_batches(histories, row, vocab["events"], net.config.max_len, signals=signals, users=users)
     parity = 0.0
     for name, padded in ((bundle_files.USER_TOWER, True), (bundle_files.USER_TOWER_UNPADDED, False)):
         export_onnx(net, out / name, padded)
@@ -200,7 +218,12 @@ def export_bundle(
     build_seconds = time.perf_counter() - build_start
     faiss.write_index(index, str(out / bundle_files.INDEX))
     with torch.no_grad():
-        queries = torch.cat([net.encode_user(*(torch.tensor(a) for a in r)) for r in real]).numpy()
+        queries = torch.cat(
+            [
+                net.encode_user(**dict(zip(input_names(net.config), map(torch.tensor, r), strict=True)))
+                for r in real
+            ]
+        ).numpy()
     recall = index_recall(index, spec, item_vectors, queries) if len(queries) else 1.0
 
     metrics_file = run / "metrics.json"
@@ -221,7 +244,13 @@ def export_bundle(
             "events": "int64 (B, L) event index",
             "dwell": "float32 (B, L) seconds, -1 unknown",
             "gaps": "float32 (B, L) seconds since the previous event, -1 unknown",
+            **{name: SIGNAL_INPUTS[name] for name in signals.inputs},
         },  # fmt: skip
+        "signals": {  # what serving maps a request's strings with (serving.core.signals)
+            "query_hashing": vocab_signals.get("query_hashing") if signals.hashing else None,
+            "context": vocab_signals.get("context") if signals.context else None,
+            "user_features": vocab_signals.get("user_features") if signals.features else None,
+        },
         "graphs": {
             bundle_files.USER_TOWER: "right-padded rows of any length (batches)",
             bundle_files.USER_TOWER_UNPADDED: "rows without padding (one live history); same inputs and vectors",

@@ -110,11 +110,47 @@ class UserTower(nn.Module):
             num_layers=config.num_layers,
             num_heads=config.num_heads,
         )
+        # The optional signals are built after everything above, so a model without them draws the same
+        # initial weights from the same seed as before they existed.
+        self.query_embedding = self.context_embedding = self.feature_embedding = self.start_embedding = None
+        if config.query_buckets:
+            self.query_embedding = nn.Embedding(config.query_buckets, dim, padding_idx=0)
+            nn.init.normal_(self.query_embedding.weight, std=dim**-0.5)  # tokens are ids: scaled as item ids
+            with torch.no_grad():
+                self.query_embedding.weight[0].zero_()
+        if config.context_sizes:
+            self.context_embedding = nn.Embedding(sum(config.context_sizes), dim)
+            nn.init.normal_(self.context_embedding.weight, std=0.02)
+            self.register_buffer("context_offsets", _offsets(config.context_sizes), persistent=False)
+        if config.user_feature_sizes:
+            self.feature_embedding = nn.Embedding(sum(config.user_feature_sizes), dim)
+            nn.init.normal_(self.feature_embedding.weight, std=0.02)
+            self.register_buffer("feature_offsets", _offsets(config.user_feature_sizes), persistent=False)
+            self.start_embedding = nn.Parameter(torch.randn(dim) * 0.02)  # (D,)
+
+    def start(self, user_features: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """(B, D) the sequence-opening token: a learned start vector + the user's feature embeddings."""
+        assert self.start_embedding is not None
+        x = self.start_embedding.expand(batch, -1)  # (B, D)
+        if user_features is not None:
+            x = x + self.feature_embedding(user_features + self.feature_offsets).sum(
+                -2
+            )  # (B, F, D) -> (B, D)
+        return x
 
     def embed(
-        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
+        self,
+        items: torch.Tensor,
+        events: torch.Tensor,
+        dwell: torch.Tensor,
+        gaps: torch.Tensor,
+        queries: torch.Tensor | None = None,
+        context: torch.Tensor | None = None,
+        user_features: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Per-event inputs (B, L, D): item vector + event, dwell and gap buckets + position."""
+        """Per-event inputs (B, L, D): item vector + event, dwell and gap buckets + position, plus the
+        position's hashed query tokens (B, L, T) as a mean bag and its context (B, L, K) when the model reads
+        them. With user features, a start token opens the sequence: (B, 1 + L, D)."""
         length = items.shape[1]
         x = self.item_tower(items)  # (B, L, D)
         if self.use_events:
@@ -123,16 +159,33 @@ class UserTower(nn.Module):
             x = x + self.dwell_embedding(bucketize(dwell, self.dwell_edges))
         if self.use_time:
             x = x + self.gap_embedding(bucketize(gaps, self.gap_edges))
+        if self.query_embedding is not None and queries is not None:
+            bag = self.query_embedding(queries)  # (B, L, T, D); bucket 0 (padding) is a zero row
+            count = (queries > 0).sum(-1, keepdim=True).clamp_min(1).to(bag.dtype)  # (B, L, 1)
+            x = x + bag.sum(-2) / count  # (B, L, D): the mean of the position's query tokens
+        if self.context_embedding is not None and context is not None:
+            x = x + self.context_embedding(context + self.context_offsets).sum(
+                -2
+            )  # (B, L, K, D) -> (B, L, D)
         if length > self.max_len and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()):
             raise ValueError(f"history length {length} exceeds max_len {self.max_len}; keep the last events")
         positions = self.position_embedding.weight[:length]  # (L, D): one Slice in the exported graph
-        return self.dropout(self.input_norm(x + positions))  # (B, L, D)
+        x = x + positions  # (B, L, D)
+        if self.start_embedding is not None:
+            x = torch.cat([self.start(user_features, items.shape[0]).unsqueeze(1), x], 1)  # (B, 1 + L, D)
+        return self.dropout(self.input_norm(x))
 
-    def states(
-        self, items: torch.Tensor, events: torch.Tensor, dwell: torch.Tensor, gaps: torch.Tensor
-    ) -> torch.Tensor:
-        """Per-position user states (B, L, D); position t summarises events 0..t. Inputs are (B, L), right-padded."""
-        return self.encoder(self.embed(items, events, dwell, gaps), items > 0)  # (B, L, D)
+    def valid(self, items: torch.Tensor) -> torch.Tensor:
+        """(B, L') bool real positions: the events, after the start token when there is one."""
+        valid = items > 0  # (B, L)
+        if self.start_embedding is None:
+            return valid
+        return torch.cat([torch.ones_like(valid[:, :1]), valid], 1)  # (B, 1 + L)
+
+    def states(self, items, events, dwell, gaps, **signals: torch.Tensor | None) -> torch.Tensor:
+        """Per-position user states (B, L', D); position t summarises events 0..t. Inputs are (B, L), right-padded.
+        L' = L, or 1 + L with a start token (state 0 then reads the user features alone)."""
+        return self.encoder(self.embed(items, events, dwell, gaps, **signals), self.valid(items))
 
     def forward(
         self,
@@ -141,18 +194,36 @@ class UserTower(nn.Module):
         dwell: torch.Tensor,
         gaps: torch.Tensor,
         padded: bool = True,
+        **signals: torch.Tensor | None,
     ) -> torch.Tensor:
-        """User vector (B, D): the state at each row's last real event (rows need >= 1 event).
+        """User vector (B, D): the state at each row's last real event (rows need >= 1 event, or a start
+        token: a row of padding alone is then the user features' vector).
 
         ``padded=False`` promises rows without padding (all L events real), as one live history is: the state
-        is then the final position's, with no mask (the same numbers, fewer nodes in an exported graph)."""
+        is then the final position's, with no mask (the same numbers, fewer nodes in an exported graph).
+        ``signals``: ``queries`` (B, L, T), ``context`` (B, L, K), ``user_features`` (B, F)."""
+        x = self.embed(items, events, dwell, gaps, **signals)  # (B, L', D)
         if not padded:  # every position real: the state is the final one's
-            x = self.embed(items, events, dwell, gaps)  # (B, L, D)
-            return self.encoder.forward_last(x, None, torch.ones_like(items, dtype=torch.bool))  # (B, D)
-        valid = items > 0  # (B, L)
+            return self.encoder.forward_last(x, None, torch.ones_like(x[..., 0], dtype=torch.bool))  # (B, D)
+        valid = self.valid(items)  # (B, L')
         last = (valid.sum(1) - 1).clamp_min(0)  # (B,)
-        x = self.embed(items, events, dwell, gaps)  # (B, L, D)
         return self.encoder.forward_last(x, last, valid)  # (B, D): only the last position is needed
+
+
+def _offsets(sizes: tuple[int, ...]) -> torch.Tensor:
+    """(K,) start row of each column's block in one shared embedding table."""
+    return torch.tensor([0, *sizes[:-1]]).cumsum(0)
+
+
+SIGNALS = ("queries", "context", "user_features")  # optional model inputs, beside the four per-event ones
+
+
+def model_inputs(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The user-tower inputs of a collated batch: the four per-event tensors and any signal it carries.
+
+    Every caller passes ``**model_inputs(batch)`` to ``encode_user`` / ``user_states``, so a new input needs no
+    change to them."""
+    return {name: batch[name] for name in ("items", "events", "dwell", "gaps", *SIGNALS) if name in batch}
 
 
 class TwoTower(nn.Module):
@@ -186,9 +257,9 @@ class TwoTower(nn.Module):
             return vectors
         return vectors / vectors.norm(dim=-1, keepdim=True).clamp_min(1e-12)  # F.normalize, one node fewer
 
-    def user_states(self, items, events, dwell, gaps) -> torch.Tensor:
-        """(B, L, D) output-space user vectors after every event (training)."""
-        return self._out(self.user_tower.states(items, events, dwell, gaps))
+    def user_states(self, items, events, dwell, gaps, **signals: torch.Tensor | None) -> torch.Tensor:
+        """(B, L', D) output-space user vectors after every event (training); L' = 1 + L with a start token."""
+        return self._out(self.user_tower.states(items, events, dwell, gaps, **signals))
 
     def encode_user(
         self,
@@ -197,9 +268,11 @@ class TwoTower(nn.Module):
         dwell: torch.Tensor,
         gaps: torch.Tensor,
         padded: bool = True,
+        **signals: torch.Tensor | None,
     ) -> torch.Tensor:
-        """(B, L) right-padded history -> (B, D) user vectors (``padded=False``: rows with no padding)."""
-        return self._out(self.user_tower(items, events, dwell, gaps, padded))
+        """(B, L) right-padded history -> (B, D) user vectors (``padded=False``: rows with no padding).
+        ``signals``: ``queries`` (B, L, T), ``context`` (B, L, K), ``user_features`` (B, F) when the model reads them."""
+        return self._out(self.user_tower(items, events, dwell, gaps, padded, **signals))
 
     def encode_items(self, items: torch.Tensor | None = None) -> torch.Tensor:
         """(…) item indices (default: the whole catalog 1..N) -> (…, D) item vectors."""

@@ -8,7 +8,7 @@ and of a bundle's manifest.json (all :meth:`ModelConfig.to_dict`). No torch here
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 
@@ -32,10 +32,41 @@ class ModelConfig:
     normalize: bool = False  # cosine scores (unit vectors) instead of inner products
     temperature: float = 1.0
     learn_temperature: bool = False
+    # More signals (all off by default: a model without them has exactly the graph it always had).
+    query_buckets: int = 0  # hashed query-token buckets (serving.core.texthash), 0 = the model reads no query
+    max_query_tokens: int = 32  # query tokens one history position reads (padded with bucket 0)
+    context_sizes: tuple[int, ...] = field(default=())  # per-event context columns' vocab sizes (0 = unknown)
+    user_feature_sizes: tuple[int, ...] = field(default=())  # static user features' vocab sizes (0 = unknown)
+    # Switches read when the sizes above are taken from the data (train.build_net): false leaves a signal the
+    # data has unread, to measure with and without it on the same split.
+    use_queries: bool = True
+    use_context: bool = True
+    use_user_features: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("context_sizes", "user_feature_sizes"):  # a JSON list reads back as the same tuple
+            object.__setattr__(self, name, tuple(int(v) for v in getattr(self, name)))
+
+    @property
+    def uses_start(self) -> bool:
+        """The user tower opens every sequence with a user-feature token (features alone give a vector)."""
+        return bool(self.user_feature_sizes)
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain types only: JSON-writable and loadable by ``torch.load(weights_only=True)``."""
-        return asdict(self)
+        """Plain types only: JSON-writable and loadable by ``torch.load(weights_only=True)``. The signal keys
+        are written only when a signal is on, so a model without them saves the dict it always did."""
+        out = asdict(self)
+        for name in ("context_sizes", "user_feature_sizes"):
+            out[name] = list(out[name])
+        if not self.query_buckets:
+            del out["query_buckets"], out["max_query_tokens"]
+        for name in ("context_sizes", "user_feature_sizes"):
+            if not out[name]:
+                del out[name]
+        for name in ("use_queries", "use_context", "use_user_features"):
+            if out[name]:
+                del out[name]
+        return out
 
     @classmethod
     def from_dict(cls, mapping: Mapping[str, Any]) -> ModelConfig:

@@ -3,7 +3,8 @@
 A bundle is one directory without pickles: ``manifest.json`` (format version, model hyper-parameters, dims,
 event vocabulary, index description, counts, metrics, library versions, sha256 of every other file),
 ``user_tower.onnx``, ``item_embeddings.npy``, ``item_ids.json``, ``items.parquet``, ``histories.parquet``,
-``index.faiss`` and ``category_embeddings.npy`` (what gives a new item its vector). Optional:
+``index.faiss`` and ``category_embeddings.npy`` (what gives a new item its vector). Optional: ``users.parquet``
+(stored users' features, for a model that reads them; their vocabularies are the manifest's ``signals``);
 ``user_tower_unpadded.onnx``, the same tower exported for rows without padding (one live history), which
 serving prefers for single requests; it has fewer graph nodes and gives the same vectors (checked at export).
 :meth:`Bundle.load` verifies checksums and dims and names the file at fault.
@@ -31,8 +32,9 @@ HISTORIES = "histories.parquet"
 INDEX = "index.faiss"
 CATEGORY_EMBEDDINGS = "category_embeddings.npy"  # (C, D) item-tower category table: vectors for new items
 USER_TOWER_UNPADDED = "user_tower_unpadded.onnx"  # optional: (B, L) rows with no padding, single requests
+USERS = "users.parquet"  # optional: stored users' features (user_id + one column per feature), as strings
 FILES = (USER_TOWER, ITEM_EMBEDDINGS, ITEM_IDS, ITEMS, HISTORIES, INDEX, CATEGORY_EMBEDDINGS)
-OPTIONAL_FILES = (USER_TOWER_UNPADDED,)  # checked when the manifest lists them
+OPTIONAL_FILES = (USER_TOWER_UNPADDED, USERS)  # checked when the manifest lists them
 
 
 class BundleError(ValueError):
@@ -66,6 +68,7 @@ class Bundle:
     histories: pd.DataFrame
     index: faiss.Index
     category_vectors: np.ndarray  # (C, D) float32, row 0 = no category
+    users: pd.DataFrame | None = None  # stored users' features (``users.parquet``), when the model reads them
 
     @property
     def categories(self) -> list[str]:
@@ -129,4 +132,5 @@ class Bundle:
             raise BundleError(
                 f"{root / CATEGORY_EMBEDDINGS}: expected float32 {expected}, got {categories.dtype} {categories.shape}"
             )
-        return cls(root, manifest, item_ids, vectors, items, histories, index, categories)
+        users = pd.read_parquet(root / USERS) if USERS in listed else None
+        return cls(root, manifest, item_ids, vectors, items, histories, index, categories, users)

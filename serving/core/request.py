@@ -6,10 +6,11 @@ recommender, so a new knob is added here once instead of to every signature on t
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 from serving.core.diversify import KNOBS, check_knob
+from serving.core.texthash import check_query
 
 
 @dataclass(frozen=True)
@@ -19,8 +20,10 @@ class RecommendationRequest:
     Attributes:
         user_id: a known user: their stored history is read (ignored when ``history`` is given). Neither: the
             popularity fallback.
-        history: external item ids the user interacted with, oldest first (used instead of a stored history).
-        events: event type of each history item (unknown types read as the 'other' bucket).
+        history: external item ids the user interacted with, oldest first (used instead of a stored history);
+            an entry ``{"query": "text"}`` is a search (read by the model when it reads queries).
+        events: event type of each history item (unknown types read as the 'other' bucket). ``events``,
+            ``dwell`` and ``ts`` have one value per history entry, searches included (a search's are not read).
         dwell: seconds spent on each history item (None: unknown).
         ts: unix time of each history event (the model reads the gaps between them).
         k: how many items to return (at least 1).
@@ -32,6 +35,12 @@ class RecommendationRequest:
             (:class:`~serving.core.diversify.ListSettings`; None: the recommender's default, 0: off).
         seed: exploration's seed (None: one derived from the request, so the same request gets the same list).
         explain: add ``because`` to each item: the recent history items it is most similar to.
+        context: the current moment's context (e.g. ``{"device": "mobile"}``), for a model that reads context:
+            it applies to the history's events that carry none; an unknown key is refused, an unknown value
+            reads as unknown (:mod:`serving.core.signals`).
+        features: the user's static features (e.g. ``{"gender": "F"}``), for a model that reads them; they
+            replace a stored user's, and alone (no history) give a personal start instead of the popularity
+            fallback.
     """
 
     user_id: str | None = None
@@ -50,6 +59,8 @@ class RecommendationRequest:
     explore: float | None = None
     seed: int | None = None
     explain: bool = False
+    context: Mapping[str, str] | None = None
+    features: Mapping[str, str] | None = None
 
     @classmethod
     def of(cls, request: RecommendationRequest | None = None, /, **fields) -> RecommendationRequest:
@@ -70,11 +81,20 @@ class RecommendationRequest:
             isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
         ):
             raise ValueError(f"seed must be a non-negative integer, got {self.seed!r}")
+        for name in ("context", "features"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, Mapping):
+                raise TypeError(f"{name} must be a mapping of names to values, got {type(value).__name__}")
         if self.history is None:
             given = [n for n in ("events", "dwell", "ts") if getattr(self, n) is not None]
             if given:
                 raise ValueError(f"{', '.join(given)} given without a history")
             return
+        for i, entry in enumerate(self.history):
+            if type(entry) is not str and isinstance(entry, Mapping):  # str first: the common, fast case
+                if set(entry) != {"query"}:
+                    raise ValueError(f"history[{i}]: a search is {{'query': text}}, got keys {sorted(entry)}")
+                check_query(entry["query"], f"history[{i}].query")  # a QueryError (ValueError) naming it
         n = len(self.history)
         for name in ("events", "dwell", "ts"):
             values = getattr(self, name)

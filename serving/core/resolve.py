@@ -14,6 +14,7 @@ import numpy as np
 
 from serving.core.history import History, time_gaps
 from serving.core.results import ResolvedHistory
+from serving.core.signals import Signals
 
 
 def resolve_history(
@@ -27,13 +28,21 @@ def resolve_history(
     event_of: Mapping[str, int],
     live_ids: Container[str] = (),
     has_time: bool = True,
+    signals: Mapping[str, np.ndarray] | None = None,
 ) -> ResolvedHistory:
     """Ids (oldest first) -> model inputs. ``row_of``: catalog id -> row; ``event_of``: event name -> index
     (unknown events map to 0, the 'other' bucket); ``live_ids``: ids added since the bundle; ``has_time``: the
     model reads time gaps. Ids are looked up as given, then as text (a JSON number for a digit id).
 
-    ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
+    ``previous_ts``: time of the event just before these (for the first gap when extending a history).
+    ``signals``: per-item ``queries`` (n, T) / ``context`` (n, K) arrays, kept for the items kept."""
     n = len(items)
+    if signals:
+        resolved = resolve_history(items, events, dwell, ts, previous_ts, row_of=row_of, event_of=event_of,
+                                   live_ids=live_ids, has_time=has_time)  # fmt: skip
+        kept = _kept(items, row_of)
+        resolved.history = resolved.history.with_signals(**{k: v[kept] for k, v in signals.items()})
+        return resolved
     if n and events is None and dwell is None and ts is None:  # ids alone (a one-off history): short path
         try:  # one C call for all lookups; a miss raises (KeyError; TypeError if unhashable): full path below
             found = itemgetter(*items)(row_of)
@@ -65,3 +74,43 @@ def resolve_history(
     others = [str(i) for i, k in zip(items, known, strict=True) if not k]
     unknown = [i for i in others if i not in live_ids]
     return ResolvedHistory(history, unknown, {i for i in others if i in live_ids}, n, last_ts)
+
+
+def _kept(items: Sequence, row_of: Mapping[str, int]) -> np.ndarray:
+    """(n,) bool: the ids :func:`resolve_history` keeps (catalog rows, as given or as text)."""
+    return np.array([(i in row_of if isinstance(i, str) else False) or str(i) in row_of for i in items], bool)
+
+
+def resolve_entries(
+    entries: Sequence,
+    events: Sequence[str] | None = None,
+    dwell: Sequence[float | None] | None = None,
+    ts: Sequence[float] | None = None,
+    previous_ts: float | None = None,
+    *,
+    signals: Signals,
+    row_of: Mapping[str, int],
+    event_of: Mapping[str, int],
+    live_ids: Container[str] = (),
+    has_time: bool = True,
+) -> ResolvedHistory:
+    """:func:`resolve_history` for a history that may hold searches (``{"query": text}`` entries) and a model
+    that may read signals: each search's tokens go to the last known item before it, each event gets its
+    hour-of-week context from ``ts``. ``events``, ``dwell`` and ``ts`` have a value per entry, searches
+    included. Without signals or searches this is :func:`resolve_history` itself."""
+    if not signals.inputs and all(type(e) is str or not isinstance(e, Mapping) for e in entries):
+        return resolve_history(entries, events, dwell, ts, previous_ts, row_of=row_of, event_of=event_of,
+                               live_ids=live_ids, has_time=has_time)  # fmt: skip
+    positions, ids, texts, _ = signals.split_history(entries, lambda i: i in row_of or str(i) in row_of)
+
+    def at_items(values: Sequence | None) -> list | None:
+        return None if values is None else [values[p] for p in positions]
+
+    times = at_items(ts)
+    extra = {
+        "queries": signals.query_tokens(texts, len(ids)),
+        "context": signals.context_rows(len(ids), None, None if times is None else np.asarray(times)),
+    }
+    return resolve_history(ids, at_items(events), at_items(dwell), times, previous_ts, row_of=row_of,
+                           event_of=event_of, live_ids=live_ids, has_time=has_time,
+                           signals={k: v for k, v in extra.items() if v is not None})  # fmt: skip

@@ -49,9 +49,7 @@ class ResolvedHistory:
         if drop and len(h) != self.n_events:
             return None
         drop = min(drop, len(h))
-        arrays = [np.concatenate([a[drop:], b]) for a, b in zip(
-            (h.rows, h.events, h.dwell, h.gaps), (m.rows, m.events, m.dwell, m.gaps), strict=True)]  # fmt: skip
-        return ResolvedHistory(History(*arrays), self.unknown + more.unknown, self.live_seen | more.live_seen,
+        return ResolvedHistory(h.concat(m, drop), self.unknown + more.unknown, self.live_seen | more.live_seen,
                                total - drop, more.last_ts)  # fmt: skip
 
 

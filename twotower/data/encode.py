@@ -7,7 +7,9 @@ import logging
 import numpy as np
 import pandas as pd
 
+from serving.core.texthash import QueryHashing
 from twotower.data.schema import CATEGORIES, DWELL, EVENT, ITEM, TIME, TITLE, USER, EncodedLog, RawLog
+from twotower.data.signals import attach_signals, split_searches
 
 log = logging.getLogger(__name__)
 
@@ -16,14 +18,20 @@ PAD = "<pad>"
 
 
 def encode_log(
-    raw: RawLog, min_events: int = 3, drop_duplicates: bool = True, max_categories: int = 16
+    raw: RawLog,
+    min_events: int = 3,
+    drop_duplicates: bool = True,
+    max_categories: int = 16,
+    query_hashing: QueryHashing | None = None,
 ) -> EncodedLog:
     """Deduplicate, drop users with too few events (both counted), factorize ids, sort each user by time.
 
-    Sorting is stable: events with equal timestamps keep their file order.
+    Sorting is stable: events with equal timestamps keep their file order. Search rows (a query, no item)
+    are not events: their queries are read by the item events before them (:mod:`twotower.data.signals`);
+    ``min_events`` counts item events.
     """
     report = raw.report
-    events = raw.events.reset_index(drop=True)
+    events, searches = split_searches(raw.events.reset_index(drop=True))
     report.rows_read = report.rows_read or len(events)
     if drop_duplicates:
         dup = events.duplicated(subset=[USER, ITEM, TIME], keep="first")
@@ -71,7 +79,7 @@ def encode_log(
     )
 
     item_categories, category_names, titles = _item_features(raw, list(item_ids), max_categories)
-    return EncodedLog(
+    encoded = EncodedLog(
         name=raw.name,
         user_ids=[str(u) for u in user_ids],
         item_ids=[str(i) for i in item_ids],
@@ -88,6 +96,7 @@ def encode_log(
         has_time=raw.has_time,
         report=report,
     )
+    return attach_signals(encoded, events, order, searches, query_hashing, raw.users)
 
 
 def _item_features(

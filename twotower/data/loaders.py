@@ -15,9 +15,11 @@ import pandas as pd
 
 from twotower.data.schema import (
     CATEGORIES,
+    CONTEXT_PREFIX,
     DWELL,
     EVENT,
     ITEM,
+    QUERY,
     TIME,
     TITLE,
     USER,
@@ -26,6 +28,7 @@ from twotower.data.schema import (
     RawLog,
     as_str_ids,
 )
+from twotower.data.signals import add_hour_of_week
 
 log = logging.getLogger(__name__)
 
@@ -93,11 +96,17 @@ def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | No
             )
 
 
-def _ids(frame: pd.DataFrame, column: str, path: Path, header: bool) -> pd.Series:
+def _ids(
+    frame: pd.DataFrame, column: str, path: Path, header: bool, optional: pd.Series | None = None
+) -> pd.Series:
+    """String ids; an empty id is an error, except on rows where ``optional`` (bool) is true (left as None)."""
     values = frame[column]
     missing = values.isna()
     if not pd.api.types.is_numeric_dtype(values):
         missing |= values.astype(str).str.strip().eq("")
+    if optional is not None and (missing & optional).any():
+        ids = _ids(frame.loc[~(missing & optional)], column, path, header)
+        return ids.reindex(frame.index).astype(object).where(~(missing & optional), None)
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError(f"{path}: empty id in column {column!r} at {_row_label(path, row, header)}")
@@ -162,8 +171,13 @@ def load_events(
     names: Sequence[str] | None = None,
     time_format: str | None = None,
     encoding: str = "utf-8",
+    query_col: str | None = None,
+    context_cols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
-    """Read an interaction log and map its columns to the canonical ones (ids kept as strings)."""
+    """Read an interaction log and map its columns to the canonical ones (ids kept as strings).
+
+    ``query_col``: search text; a row with a query may leave the item empty (a search event).
+    ``context_cols``: per-event categorical context (device, country, ...), kept as ``context:<name>`` strings."""
     path = Path(path)
     frame = read_table(path, sep=sep, header=header, names=names, encoding=encoding)
     require_columns(
@@ -175,9 +189,23 @@ def load_events(
             "time_col": time_col,
             "event_col": event_col,
             "dwell_col": dwell_col,
+            "query_col": query_col,
+            **{f"context_cols[{i}]": c for i, c in enumerate(context_cols or ())},
         },
     )
-    out = pd.DataFrame({USER: _ids(frame, user_col, path, header), ITEM: _ids(frame, item_col, path, header)})
+    query = None
+    if query_col is not None:
+        query = frame[query_col].astype("string").str.strip()
+        query = query.where(query.notna() & query.ne(""), None).astype(object)
+    searches = None if query is None else query.notna()
+    out = pd.DataFrame(
+        {USER: _ids(frame, user_col, path, header), ITEM: _ids(frame, item_col, path, header, searches)}
+    )
+    if query is not None:
+        out[QUERY] = query
+    for col in context_cols or ():
+        values = frame[col].astype("string").str.strip()
+        out[CONTEXT_PREFIX + str(col)] = values.where(values.notna() & values.ne(""), None).astype(object)
     if time_col is None:
         log.warning("%s: no time column; file order is used as the event order", path)
         out[TIME] = np.arange(len(frame), dtype=np.float64)
@@ -228,18 +256,56 @@ def load_items(
     return out
 
 
+def load_users(
+    path: str | Path,
+    user_col: str = "user_id",
+    feature_cols: Sequence[str] | None = None,
+    sep: str = ",",
+    header: bool = True,
+    names: Sequence[str] | None = None,
+    encoding: str = "utf-8",
+) -> pd.DataFrame:
+    """A static user-features table: ``user`` + one string column per feature (default: every other column).
+    Empty values read as unknown; a duplicate user id is an error naming the row."""
+    path = Path(path)
+    frame = read_table(path, sep=sep, header=header, names=names, encoding=encoding)
+    features = list(feature_cols) if feature_cols else [c for c in frame.columns if c != user_col]
+    require_columns(
+        frame,
+        path,
+        {"users.user_col": user_col, **{f"users.feature_cols[{i}]": c for i, c in enumerate(features)}},
+    )
+    out = pd.DataFrame({USER: _ids(frame, user_col, path, header)})
+    for col in features:
+        values = frame[col].astype("string").str.strip()
+        out[str(col)] = values.where(values.notna() & values.ne(""), None).astype(object)
+    duplicated = out[USER].duplicated()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated.to_numpy())[0])
+        raise DataError(
+            f"{path}: duplicate user id {out[USER].iloc[row]!r} at {_row_label(path, row, header)}"
+        )
+    return out
+
+
 def load_csv_log(
     path: str | Path,
     items_path: str | Path | None = None,
     name: str | None = None,
     items: dict | None = None,
+    users_path: str | Path | None = None,
+    users: dict | None = None,
+    hour_of_week: bool = False,
     **columns,
 ) -> RawLog:
-    """Hydra-facing loader for ``data=csv``: events file plus an optional item table."""
+    """Hydra-facing loader for ``data=csv``: events file plus optional item and user-feature tables.
+    ``hour_of_week``: add the hour of the week (UTC) of each event as a context column (needs a time column)."""
     events = load_events(path, **columns)
     item_frame = load_items(items_path, **(items or {})) if items_path else None
+    user_frame = load_users(users_path, **(users or {})) if users_path else None
     report = LoadReport(rows_read=len(events))
     has_time = columns.get("time_col", "timestamp") is not None
-    return RawLog(
-        events=events, items=item_frame, name=name or Path(path).stem, report=report, has_time=has_time
-    )
+    if hour_of_week and has_time:
+        events = add_hour_of_week(events)
+    return RawLog(events=events, items=item_frame, name=name or Path(path).stem, report=report,
+                  has_time=has_time, users=user_frame)  # fmt: skip

@@ -14,6 +14,9 @@ log = logging.getLogger(__name__)
 # Canonical column names inside the library, whatever the source file called them.
 USER, ITEM, TIME, EVENT, DWELL = "user", "item", "ts", "event", "dwell_s"
 CATEGORIES, TITLE = "categories", "title"
+QUERY = "query"  # a search event's text; a row with a query may have no item
+CONTEXT_PREFIX = "context:"  # canonical name of a per-event context column: "context:<name>"
+UNKNOWN_VALUE = "<unknown>"  # index 0 of every context / user-feature vocabulary: missing or unseen values
 
 
 class DataError(ValueError):
@@ -29,6 +32,8 @@ class LoadReport:
     short_users_dropped: int = 0
     short_user_events_dropped: int = 0
     unknown_item_features: int = 0
+    searches: int = 0  # search rows (a query, no item) read
+    searches_before_first_item: int = 0  # dropped: no item event precedes them, so no position reads them
     notes: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict:
@@ -48,6 +53,12 @@ class RawLog:
     name: str = "log"
     report: LoadReport = field(default_factory=LoadReport)
     has_time: bool = True  # False: ``ts`` is the file order
+    users: pd.DataFrame | None = None  # static user features: column ``user`` + one string column per feature
+
+    @property
+    def context_cols(self) -> list[str]:
+        """Per-event context columns, by their own names (canonical ``context:<name>`` in ``events``)."""
+        return [c[len(CONTEXT_PREFIX) :] for c in self.events.columns if str(c).startswith(CONTEXT_PREFIX)]
 
     @property
     def has_events(self) -> bool:
@@ -81,6 +92,18 @@ class EncodedLog:
     item_titles: list[str] | None = None
     has_time: bool = True
     report: LoadReport = field(default_factory=LoadReport)
+    # Optional signals (None: the log has none). Vocabulary index 0 is UNKNOWN_VALUE.
+    queries: np.ndarray | None = (
+        None  # (E, T) int64 hashed tokens of the searches after event e, before e + 1
+    )
+    query_hashing: dict | None = None  # serving.core.texthash.QueryHashing.as_dict() used for ``queries``
+    query_texts: list[list[str]] | None = None  # (E,) the search texts each position reads (for serving)
+    context: np.ndarray | None = None  # (E, K) int64 per-event context indices
+    context_vocab: dict[str, list[str]] | None = None  # column -> values (index 0 = unknown), in K order
+    user_features: np.ndarray | None = None  # (U, F) int64 static feature indices
+    user_feature_vocab: dict[str, list[str]] | None = (
+        None  # feature -> values (index 0 = unknown), in F order
+    )
 
     @property
     def n_users(self) -> int:

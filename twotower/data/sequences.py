@@ -35,6 +35,10 @@ class SequenceArrays:
     dwell: np.ndarray
     gaps: np.ndarray
     weights: np.ndarray  # (E,) training weight of an event when it is a target
+    users: np.ndarray | None = None  # (E,) user of each event (to look up user features)
+    queries: np.ndarray | None = None  # (E, T) hashed query tokens each position reads
+    context: np.ndarray | None = None  # (E, K) context indices
+    user_features: np.ndarray | None = None  # (U, F) static feature indices
 
     @classmethod
     def from_log(cls, data: EncodedLog, event_weights: dict[str, float] | None = None) -> SequenceArrays:
@@ -44,13 +48,26 @@ class SequenceArrays:
                 [float(event_weights.get(name, 1.0)) for name in data.event_names], dtype=np.float32
             )
             weights = table[data.events]
-        return cls(data.items, data.events, data.dwell, event_gaps(data), weights)
+        return cls(data.items, data.events, data.dwell, event_gaps(data), weights, data.users,
+                   data.queries, data.context, data.user_features)  # fmt: skip
+
+    def signals(self, windows: list, users: list[int]) -> dict[str, torch.Tensor]:
+        """The optional inputs of a batch of windows (index arrays or slices into the flat arrays) of ``users``:
+        ``queries`` (B, L, T), ``context`` (B, L, K), ``user_features`` (B, F); only those the log has."""
+        out = {}
+        for name in ("queries", "context"):
+            table = getattr(self, name)
+            if table is not None:
+                out[name] = torch.from_numpy(pad_rows([table[s] for s in windows], np.int64))
+        if self.user_features is not None:
+            out["user_features"] = torch.from_numpy(self.user_features[np.asarray(users, np.int64)])
+        return out
 
 
 def pad_rows(rows: list[np.ndarray], dtype, fill=0) -> np.ndarray:
-    """Right-pad 1-D arrays into (B, max_len)."""
+    """Right-pad arrays (1-D, or (n, T) per-event rows) into (B, max_len[, T])."""
     width = max(1, max(len(r) for r in rows))
-    out = np.full((len(rows), width), fill, dtype=dtype)
+    out = np.full((len(rows), width, *rows[0].shape[1:]), fill, dtype=dtype)
     for i, r in enumerate(rows):
         out[i, : len(r)] = r
     return out
@@ -123,7 +140,21 @@ class TrainWindows(Dataset):
             "gaps": torch.from_numpy(pad_rows(gaps, np.float32, -1.0)),
             "targets": torch.from_numpy(pad_rows([a.items[s] for s in outputs], np.int64)),  # (B, L), 0 = pad
             "weights": torch.from_numpy(pad_rows([a.weights[s] for s in outputs], np.float32, 0.0)),
+            **self.signals_of(inputs),
         }
+
+    def signals_of(self, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
+        """Optional inputs of the windows; with user features also ``start_targets`` / ``start_weights`` (B,):
+        the window's first item, which the start token (the features alone) is trained to predict."""
+        a = self.arrays
+        if a.users is None:
+            return {}
+        firsts = np.array([s[0] for s in inputs], dtype=np.int64)  # (B,)
+        out = a.signals(inputs, a.users[firsts].tolist())
+        if a.user_features is not None:
+            out["start_targets"] = torch.from_numpy(a.items[firsts])
+            out["start_weights"] = torch.from_numpy(a.weights[firsts])
+        return out
 
 
 class LengthGroupedBatches(Sampler[list[int]]):
@@ -165,7 +196,11 @@ class EvalQueries(Dataset):
         max_len: int,
         max_users: int | None = None,
         seed: int = 0,
+        first_events: int | None = None,
     ) -> None:
+        """``first_events``: the history is only the user's first ``n`` events (the cold-start protocol: a new
+        user's information, the same held-out target)."""
+        self.first_events = first_events
         users, positions = split.targets(stage)
         if max_users is not None and len(users) > max_users:
             keep = np.sort(np.random.default_rng(seed).choice(len(users), size=max_users, replace=False))
@@ -183,13 +218,17 @@ class EvalQueries(Dataset):
 
     def history_items(self, index: int) -> np.ndarray:
         """Every item the user had before the target (excluded from ranking)."""
-        return self.arrays.items[self.starts[index] : self.positions[index]]
+        return self.arrays.items[self.starts[index] : self._end(index)]
+
+    def _end(self, index: int) -> int:
+        """End of the history read for query ``index``: the target, or the first ``first_events`` events."""
+        if self.first_events is None:
+            return int(self.positions[index])
+        return int(min(self.positions[index], self.starts[index] + self.first_events))
 
     def collate(self, batch: list[int]) -> dict[str, torch.Tensor]:
         a = self.arrays
-        windows = [
-            slice(max(self.starts[i], self.positions[i] - self.max_len), self.positions[i]) for i in batch
-        ]
+        windows = [slice(max(self.starts[i], self._end(i) - self.max_len), self._end(i)) for i in batch]
         return {
             "index": torch.as_tensor(batch, dtype=torch.long),
             "items": torch.from_numpy(pad_rows([a.items[s] for s in windows], np.int64)),  # (B, L)
@@ -198,4 +237,5 @@ class EvalQueries(Dataset):
             "gaps": torch.from_numpy(pad_rows([a.gaps[s] for s in windows], np.float32, -1.0)),
             "exclude": torch.from_numpy(pad_rows([self.history_items(i) for i in batch], np.int64)),  # (B, H)
             "targets": torch.from_numpy(self.targets[batch]),  # (B,)
+            **a.signals(windows, self.users[batch].tolist()),
         }

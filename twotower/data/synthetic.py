@@ -11,6 +11,12 @@ The sparse regime of shops (a few events per user, dates without times) is a mat
 ``length_dist="uniform"`` draws each user's length evenly from ``min_events..max_events``, and
 ``time_granularity_s=86400`` floors timestamps to the day, writing a user's same-day events in a random order
 (a coarse clock keeps no order among them). Their defaults leave the output as it always was.
+
+Searches (``search_prob > 0``, off by default): before an item event, with that probability, the user types a
+query of one or two words of the item's topic, the item's own name word with probability ``search_name_prob``
+and a noise word with probability one half, as a search row (no item) shortly before the item. The signal is
+built in here by construction; only a real log can say what searches are worth. Its randomness comes from a
+separate stream, so the item events are the same with or without searches.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from twotower.data.schema import CATEGORIES, DWELL, EVENT, ITEM, TIME, TITLE, USER, LoadReport, RawLog
+from twotower.data.schema import CATEGORIES, DWELL, EVENT, ITEM, QUERY, TIME, TITLE, USER, LoadReport, RawLog
 
 EVENT_TYPES = ("view", "click", "add_to_cart", "purchase")
 
@@ -42,6 +48,8 @@ class SyntheticConfig:
     start_time: float = 1_700_000_000.0
     length_dist: str = "geometric"  # or "uniform": min_events..max_events, each as likely
     time_granularity_s: float | None = None  # floor timestamps to this step (86400: dates only)
+    search_prob: float = 0.0  # P(a search precedes an item event); 0 = no search rows (the default)
+    search_name_prob: float = 0.3  # P(the query names the item itself, beside its topic words)
     seed: int = 0
     name: str = "synthetic"
 
@@ -144,7 +152,45 @@ def generate(cfg: SyntheticConfig | None = None, **overrides) -> RawLog:
             TITLE: [f"Item {i}" for i in range(n_items)],
         }
     )
+    if cfg.search_prob > 0:
+        events = pd.concat([events, _searches(events, topic, cfg)], ignore_index=True)
     return RawLog(events=events, items=items, name=cfg.name, report=LoadReport(rows_read=len(events)))
+
+
+TOPIC_WORDS = 6  # words per topic
+NOISE_WORDS = 200
+
+
+def _searches(events: pd.DataFrame, topic: np.ndarray, cfg: SyntheticConfig) -> pd.DataFrame:
+    """Search rows (user, ts, query; no item) before a ``search_prob`` share of the item events."""
+    rng = np.random.default_rng((cfg.seed, 20))  # a stream of its own: the item events do not change
+    n = len(events)
+    chosen = np.flatnonzero(rng.random(n) < cfg.search_prob)
+    items = events[ITEM].to_numpy()[chosen]
+    item_idx = np.array([int(i[1:]) for i in items], dtype=np.int64)
+    users = events[USER].to_numpy()[chosen]
+    ts = events[TIME].to_numpy()[chosen]
+    first_word = rng.integers(0, TOPIC_WORDS, len(chosen))
+    second = rng.random(len(chosen)) < 0.5
+    second_word = rng.integers(0, TOPIC_WORDS, len(chosen))
+    named = rng.random(len(chosen)) < cfg.search_name_prob
+    noisy = rng.random(len(chosen)) < 0.5
+    noise_word = rng.integers(0, NOISE_WORDS, len(chosen))
+    queries = []
+    for j, item in enumerate(item_idx):
+        t = topic[item]
+        words = [f"topic{t}word{first_word[j]}"]
+        if second[j]:
+            words.append(f"topic{t}word{second_word[j]}")
+        if named[j]:
+            words.append(f"name{item}")
+        if noisy[j]:
+            words.insert(int(rng.integers(0, len(words) + 1)), f"noise{noise_word[j]}")
+        queries.append(" ".join(words))
+    step = cfg.time_granularity_s or 1.0
+    return pd.DataFrame(
+        {USER: users, ITEM: None, TIME: ts - step, EVENT: None, DWELL: np.nan, QUERY: queries}
+    )
 
 
 def _lengths(rng: np.random.Generator, cfg: SyntheticConfig) -> np.ndarray:

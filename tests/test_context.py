@@ -1,0 +1,198 @@
+"""Context and user features, and a bundle whose model reads every signal (queries, context, hour of the
+week, user features): export parity, serving requests with searches, context and features, the features-only
+start, bad input answered 422, stored searches through the live loop."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import FAST_TRAIN, compose_config
+from fastapi.testclient import TestClient
+
+from serving.app import create_app
+from serving.core.bundle import Bundle
+from serving.core.history import hour_of_week
+from serving.core.signals import SignalError
+from serving.live import LiveService, seed_rows
+from serving.recommender import Recommender
+from serving.settings import Settings
+from serving.store import SQLiteHistoryStore
+from twotower.artifacts import load_model
+from twotower.data.movielens import age_bucket, zip_region
+from twotower.data.synthetic import generate
+from twotower.export import export_bundle, input_names, onnx_parity
+
+
+def test_hour_of_week_and_ml100k_feature_rules():
+    monday = 1_700_438_400.0  # 2023-11-20 00:00 UTC, a Monday
+    assert hour_of_week(np.array([monday, monday + 3600 * 25, monday - 1, np.nan])).tolist() == [
+        0,
+        25,
+        167,
+        -1,
+    ]
+    assert [age_bucket(a) for a in (7, 18, 24, 25, 56, "x")] == [
+        "<18",
+        "18-24",
+        "18-24",
+        "25-34",
+        "56+",
+        None,
+    ]
+    assert [zip_region(z) for z in ("85711", "T8H1N", "", None)] == ["8", "other", None, None]
+
+
+@pytest.fixture(scope="module")
+def signal_bundle(tmp_path_factory):
+    """A tiny run on a CSV log with searches, a device column and a users table, and its bundle."""
+    root = tmp_path_factory.mktemp("signals")
+    raw = generate(n_users=120, n_items=60, n_categories=6, mean_events=15, search_prob=0.3, seed=1)
+    events = raw.events.rename(columns={"user": "user_id", "item": "item_id", "ts": "timestamp"})
+    rng = np.random.default_rng(0)
+    events["device"] = rng.choice(["mobile", "desktop", ""], len(events))
+    events.to_csv(root / "events.csv", index=False)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(110)],  # 10 users without a row: unknown
+                          "segment": rng.choice(["a", "b", "c"], 110), "country": rng.choice(["fr", "de"], 110)})  # fmt: skip
+    users.to_csv(root / "users.csv", index=False)
+    raw.items.assign(category=["|".join(c) for c in raw.items["categories"]]).drop(columns="categories").rename(
+        columns={"item": "item_id"}).to_csv(root / "items.csv", index=False)  # fmt: skip
+    overrides = ["data=csv", f"data.path={root / 'events.csv'}", "data.event_col=event", "data.dwell_col=dwell_s",
+                 "data.query_col=query", "data.context_cols=[device]", "data.hour_of_week=true",
+                 f"data.users_path={root / 'users.csv'}", f"data.items_path={root / 'items.csv'}",
+                 "eval.baselines=[popularity]", "rerank.list.diversity=0.0", "rerank.list.calibrate=0.0"]  # fmt: skip
+    from twotower.train import train
+
+    result = train(compose_config(overrides + FAST_TRAIN, root / "run"))
+    manifest = export_bundle(root / "run", root / "bundle")
+    return root / "run", root / "bundle", manifest, result
+
+
+def test_the_model_and_bundle_carry_every_signal(signal_bundle):
+    run, bundle, manifest, _ = signal_bundle
+    net = load_model(run / "model.pt")
+    assert input_names(net.config) == (
+        "items",
+        "events",
+        "dwell",
+        "gaps",
+        "queries",
+        "context",
+        "user_features",
+    )
+    assert net.config.context_sizes == (3, len(manifest["signals"]["context"]["hour_of_week"]))
+    assert net.config.user_feature_sizes == (4, 3)  # <unknown> + values
+    assert manifest["signals"]["user_features"]["segment"] == ["<unknown>", "a", "b", "c"]
+    assert manifest["onnx_parity_max_abs"] <= 1e-5 and "users.parquet" in manifest["files"]
+    for name, padded in (("user_tower.onnx", True), ("user_tower_unpadded.onnx", False)):
+        assert onnx_parity(net, bundle / name, [], padded=padded) <= 1e-5
+    assert Bundle.load(bundle).users is not None
+
+
+def test_requests_with_searches_context_and_features(signal_bundle):
+    rec = Recommender.load(signal_bundle[1])
+    items = rec.item_ids[:3]
+    plain = rec.recommend(history=items, k=5)
+    search = rec.recommend(history=[*items, {"query": "topic1word2 name5"}], k=5)
+    assert plain.source == search.source == "model" and search.history_length == 3
+    a, b = (rec.resolve(h).history for h in (items, [*items, {"query": "topic1word2"}]))
+    assert np.abs(rec.encode(a) - rec.encode(b)).max() > 1e-6  # the query moved the vector
+    # the padded graph (batches) and the unpadded one (single requests) agree with every input
+    hist = rec.signals.with_inputs(b, {"device": "mobile"})
+    features = rec.signals.feature_row({"segment": "b"})
+    np.testing.assert_allclose(rec.encode(hist, features=features),
+                               rec.encode(hist, padded_graph=True, features=features), atol=1e-5)  # fmt: skip
+    assert rec.recommend(history=items, context={"device": "tablet"}, k=3).source == "model"  # unknown value
+    with pytest.raises(SignalError, match="context.weather"):
+        rec.recommend(history=items, context={"weather": "rain"})
+    with pytest.raises(SignalError, match="features.age"):
+        rec.recommend(history=items, features={"age": "30"})
+
+
+def test_a_user_with_features_alone_gets_a_personal_start(signal_bundle):
+    rec = Recommender.load(signal_bundle[1])
+    a = rec.recommend(features={"segment": "a", "country": "fr"}, k=5)
+    b = rec.recommend(features={"segment": "c", "country": "de"}, k=5)
+    assert a.source == b.source == "features" and len(a.items) == 5
+    nothing = rec.recommend(k=5)
+    assert nothing.source == "popularity"  # nothing known: the fallback stays
+    empty = rec.resolve([]).history
+    vector = rec.encode(empty, features=rec.signals.feature_row({"segment": "a", "country": "fr"}))
+    net = load_model(signal_bundle[0] / "model.pt")
+    import torch
+
+    with torch.no_grad():
+        ref = net.encode_user(torch.zeros(1, 1, dtype=torch.long), torch.zeros(1, 1, dtype=torch.long),
+                              -torch.ones(1, 1), -torch.ones(1, 1), queries=torch.zeros(1, 1, 32, dtype=torch.long),
+                              context=torch.zeros(1, 1, 2, dtype=torch.long),
+                              user_features=torch.from_numpy(rec.signals.feature_row({"segment": "a", "country": "fr"}))[None])  # fmt: skip
+    np.testing.assert_allclose(vector, ref[0].numpy(), atol=1e-5)
+
+
+def test_http_searches_context_features_and_bad_input(signal_bundle, tmp_path):
+    settings = Settings(bundle=str(signal_bundle[1]), state_dir=str(tmp_path / "state"))
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        items = client.get("/openapi.json") and Recommender.load(signal_bundle[1]).item_ids[:2]
+        ok = client.post("/recommend", json={"history": [*items, {"query": "topic2word1"}], "k": 3,
+                                             "context": {"device": "mobile"}, "features": {"segment": "a"}})  # fmt: skip
+        assert ok.status_code == 200 and ok.json()["source"] == "model"
+        start = client.post("/recommend", json={"features": {"segment": "a"}, "k": 3})
+        assert start.status_code == 200 and start.json()["source"] == "features"
+        for body, field in (({"history": [items[0], {"query": "  "}]}, "history[1].query"),
+                            ({"history": items, "context": {"weather": "x"}}, "context.weather"),
+                            ({"history": items, "features": {"age": "1"}}, "features.age")):  # fmt: skip
+            bad = client.post("/recommend", json=body)
+            assert bad.status_code == 422 and field in str(bad.json()["detail"]), body
+        too_long = client.post("/recommend", json={"history": [items[0], {"query": "x" * 600}]})
+        assert too_long.status_code == 422
+        stored = client.post("/events", json={"events": [{"user_id": "new-1", "item_id": items[0]},
+                                                          {"user_id": "new-1", "query": "topic1word1"}]})  # fmt: skip
+        assert stored.status_code == 200, stored.text
+        assert client.post("/events", json={"events": [{"user_id": "new-1"}]}).status_code == 422
+
+
+def test_live_searches_are_stored_read_and_erased(signal_bundle, tmp_path):
+    rec = Recommender.load(signal_bundle[1])
+    store = SQLiteHistoryStore(tmp_path / "state", max_events=rec.max_len + 10)
+    live = LiveService(rec, store)
+    store.seed(seed_rows(rec), source="test")
+    user = next(u for u, h in rec.histories.items() if h.queries is not None and h.queries.any())
+    seeded = live.stored_history(user).history
+    np.testing.assert_array_equal(seeded.queries, rec.histories[user].queries)  # the bundle's searches seeded
+    item = rec.item_ids[0]
+    now = time.time()
+    live.ingest(
+        [
+            {"user_id": "s", "item_id": item, "ts": now - 2},
+            {"user_id": "s", "query": "topic3word0", "ts": now - 1},
+        ]
+    )
+    history = live.stored_history("s").history
+    assert len(history) == 1 and history.queries[0].any()
+    assert [e.get("query") for e in live.user_events("s")] == [None, "topic3word0"]
+    assert live.erase("s") == 2 and live.stored_history("s") is None
+
+
+def test_cold_start_reads_the_first_events_and_scores_the_held_out_target(
+    signal_bundle, tiny_data, tiny_split
+):
+    from twotower.cold_start import cold_start
+    from twotower.data.sequences import EvalQueries, SequenceArrays
+
+    arrays = SequenceArrays.from_log(tiny_data)
+    for n in (0, 1, 3):
+        queries = EvalQueries(tiny_data, tiny_split, "test", arrays, max_len=20, first_events=n)
+        batch = queries.collate([0, 1])
+        first = tiny_data.user_offsets[queries.users[0]]
+        assert batch["items"][0, :n].tolist() == tiny_data.items[first : first + n].tolist()
+        assert not batch["items"][0, n:].any() and batch["targets"][0] == queries.targets[0]
+        assert batch["exclude"][0].tolist()[:n] == tiny_data.items[first : first + n].tolist()
+    out = cold_start({"features": signal_bundle[0]})
+    assert set(out["cuts"]) == {"0", "1", "3"}
+    for row in out["cuts"].values():
+        assert (
+            0 <= row["features"]["recall@10"] <= 1
+            and row["features"]["queries"] == row["popularity"]["queries"]
+        )

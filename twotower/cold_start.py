@@ -1,0 +1,54 @@
+"""The cold-start protocol: how well a model serves users it knows almost nothing about.
+
+Each test user (leave-last-out) is cut to their first ``n`` events (n = 0, 1, 3 by default); the model reads
+those events (and, when it reads them, the user's static features) and ranks the whole catalog for the user's
+held-out test target, with the ``n`` events excluded. The target is never a training target, so nothing leaks;
+the first events were training *inputs*, as any user's are (the model has no per-user parameter). Popularity
+is ranked on the same queries. A model without user features has no vector for ``n = 0`` (it is not scored:
+it would serve the popularity fallback).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from twotower.artifacts import MODEL_FILE, load_model
+from twotower.baselines import Popularity, interaction_matrix
+from twotower.data.sequences import EvalQueries, SequenceArrays
+from twotower.evaluate import ModelScorer, evaluate_scorer
+from twotower.train import eval_context, load_data
+
+log = logging.getLogger(__name__)
+CUTS = (0, 1, 3)
+KEYS = ("recall@10", "ndcg@10", "recall@100")
+
+
+def cold_start(runs: dict[str, str | Path], cuts: tuple[int, ...] = CUTS) -> dict[str, Any]:
+    """{cut: {name: metrics}} for each run (same data and split: the first run's config is read) and popularity."""
+    first = Path(next(iter(runs.values())))
+    cfg = OmegaConf.load(first / "config.yaml")
+    data, split = load_data(cfg)
+    common, _ = eval_context(cfg, data, split)
+    arrays = SequenceArrays.from_log(data)
+    models = {name: load_model(Path(run) / MODEL_FILE) for name, run in runs.items()}
+    popularity = Popularity(interaction_matrix(data, split))
+    out: dict[str, Any] = {"protocol": __doc__.split("\n\n")[1].replace("\n", " "), "cuts": {}}
+    for cut in cuts:
+        queries = EvalQueries(data, split, "test", arrays, cfg.model.net.max_len, first_events=cut)
+        row = {"popularity": _short(evaluate_scorer(popularity, queries, desc=f"pop {cut}", **common))}
+        for name, net in models.items():
+            if cut == 0 and not net.config.uses_start:
+                row[name] = None  # no event and no features: the popularity fallback serves this user
+                continue
+            row[name] = _short(evaluate_scorer(ModelScorer(net), queries, desc=f"{name} {cut}", **common))
+        out["cuts"][str(cut)] = row
+        log.info("first %d events: %s", cut, row)
+    return out
+
+
+def _short(metrics: dict[str, Any]) -> dict[str, float]:
+    return {k: round(float(metrics[k]), 4) for k in (*KEYS, "queries")}
