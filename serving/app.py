@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from serving import allow, errors, openapi
+from serving.audience_routes import router as audience_router
 from serving.fairness import FairGate
 from serving.live import LiveService, apply_catalog_changes, seed_rows
 from serving.live_routes import router as live_router
@@ -85,6 +86,7 @@ def create_app(settings: Settings | None = None, live: LiveService | None = None
     app.state.gate = FairGate(settings.read_concurrency or max(1, (os.cpu_count() or 1) - 1))
     app.include_router(router)
     app.include_router(live_router)
+    app.include_router(audience_router)  # POST /audiences
     mount_page(app)  # the demo page at /
     allow.install(app)  # 405: every method of the path (GET and DELETE /items/{id} live in two routers)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -40,6 +40,7 @@ def protected(items, categories, user) -> list[tuple[str, str, dict | None, str]
         ("POST", "/recommend", {"user_id": user, "k": 3}, READ),
         ("GET", f"/users/{user}/history", None, READ),
         ("GET", "/metrics", None, READ),  # TWOTOWER_METRICS_NEED_TOKEN
+        ("POST", "/audiences", {"items": [items[0]], "k": 3}, READ),  # reveals stored users
         ("POST", "/events", {"events": [event]}, WRITE),
         ("DELETE", "/users/someone-else", None, WRITE),
         ("POST", "/items", {"items": [{"item_id": "added", "categories": [categories[1]]}]}, WRITE),
