@@ -18,6 +18,9 @@ from twotower.data.splits import Split
 
 log = logging.getLogger(__name__)
 
+KNN_BLOCK_CELLS = 2**26  # dense similarity cells per item-kNN row block (256 MB of float32)
+KNN_MAX_ITEMS = 250_000  # item-kNN above this: N / block products of (U, N), too slow for a baseline
+
 
 def interaction_matrix(data: EncodedLog, split: Split) -> sp.csr_matrix:
     """(U, N) binary user-item matrix of training events."""
@@ -65,8 +68,9 @@ class ItemKNN:
         n = x.shape[1]
         keep = min(neighbors, max(n - 1, 1))
         rows, cols, vals = [], [], []
-        for start in range(0, n, 2048):  # row blocks keep memory at 2048 x N
-            stop = min(start + 2048, n)
+        step = max(1, min(2048, KNN_BLOCK_CELLS // max(n, 1)))  # row blocks keep memory at step x N
+        for start in range(0, n, step):
+            stop = min(start + step, n)
             block = (xt[start:stop] @ x).toarray()  # (b, N) co-occurrence
             block /= np.outer(norms[start:stop], norms) + shrink + 1e-8
             block[np.arange(stop - start), np.arange(start, stop)] = 0.0
@@ -108,6 +112,22 @@ class EASE:
 def gram_matrix(train: sp.csr_matrix) -> np.ndarray:
     """(N, N) float64 item co-occurrence X'X."""
     return (train.T @ train).toarray().astype(np.float64)
+
+
+def skip_reason(name: str, n_items: int, ease_max_items: int, knn_max_items: int | None = None) -> str | None:
+    """Why baseline ``name`` cannot run on a catalog of ``n_items`` (``None``: it runs).
+
+    EASE inverts a dense N x N matrix (N^2 float64: 8 TB at a million items); item-kNN builds N x N cosine
+    similarities block by block, N / block sparse products over every user: hours at a million items.
+    """
+    if name == "ease" and n_items > ease_max_items:
+        return (f"{n_items} items > eval.ease_max_items={ease_max_items}: EASE inverts a dense N x N matrix "
+                f"({n_items**2 * 8 / 2**30:.0f} GiB in float64)")  # fmt: skip
+    limit = KNN_MAX_ITEMS if knn_max_items is None else int(knn_max_items)
+    if name == "itemknn" and n_items > limit:
+        return (f"{n_items} items > eval.knn_max_items={limit}: item-kNN computes N x N cosine similarities "
+                "(N / block sparse products over every user)")  # fmt: skip
+    return None
 
 
 def candidate_grid(

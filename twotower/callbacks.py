@@ -8,13 +8,20 @@ stopped after epoch e and resumed continues as an uninterrupted run would.
 
 from __future__ import annotations
 
+import logging
 import random
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
+import torch.distributed as dist
+
+from twotower import distributed
+
+log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
@@ -74,7 +81,13 @@ class FiniteLossCheck(pl.Callback):
         """Raise :class:`NonFiniteLossError` if a loss since the last check was NaN or infinite (one sync)."""
         if self._first_bad is None:
             return
-        step = int(self._first_bad)
+        first_bad = self._first_bad
+        if distributed.active():  # every rank stops together, at the earliest rank's bad step
+            never = torch.iinfo(torch.long).max
+            first_bad = torch.where(first_bad < 0, never, first_bad)
+            dist.all_reduce(first_bad, op=dist.ReduceOp.MIN)
+            first_bad = torch.where(first_bad == never, -1, first_bad)
+        step = int(first_bad)
         if step >= 0:
             self._first_bad = None
             raise NonFiniteLossError(
@@ -84,6 +97,19 @@ class FiniteLossCheck(pl.Callback):
             )
 
 
+class RanksAgree(pl.Callback):
+    """Under DDP, before any training: every rank runs with the same ``settings`` (a mapping of names to
+    values), or every rank stops with :class:`twotower.distributed.RankMismatchError` naming what differs."""
+
+    HINTS = {"paths.output_dir": "torchrun and srun start every rank on its own clock: pass paths.output_dir"}
+
+    def __init__(self, settings: Mapping[str, Any]) -> None:
+        self.settings = dict(settings)
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        distributed.check_ranks_agree(self.settings, what="settings", hints=self.HINTS)
+
+
 class ResumableRandomness(pl.Callback):
     """Saves the random state a checkpoint needs to continue exactly: the global torch (CPU and CUDA), numpy
     and Python generators, the training set's own generator (``dataset.rng``: same-timestamp shuffling) and
@@ -91,6 +117,9 @@ class ResumableRandomness(pl.Callback):
 
     Lightning restores weights, optimizer and loop counters but not these; without them a resumed run draws
     other dropout masks and batches than the run it continues: close in quality, but not the same run.
+
+    Under DDP each rank draws its own stream: the checkpoint (written by rank 0) holds every rank's state,
+    gathered when it is saved, and each rank restores its own.
     """
 
     def __init__(self) -> None:
@@ -118,9 +147,22 @@ class ResumableRandomness(pl.Callback):
             state["cuda"] = torch.cuda.get_rng_state_all()
         if (rng := self._dataset_rng()) is not None:
             state["dataset"] = rng.bit_generator.state
+        if distributed.active():  # every rank saves a checkpoint together; rank 0 writes it
+            ranks: list[Any] = [None] * dist.get_world_size()
+            dist.all_gather_object(ranks, state)
+            return {"ranks": ranks}
         return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if "ranks" in state_dict:  # saved by a DDP run: this rank's own state (rank 0's in one process)
+            rank, world = distributed.rank_and_world()
+            ranks = state_dict["ranks"]
+            if len(ranks) != world:
+                log.warning(
+                    "the checkpoint holds the random state of %d ranks, this run has %d: rank %d continues "
+                    "from rank %d's", len(ranks), world, rank, rank % len(ranks)
+                )  # fmt: skip
+            state_dict = ranks[rank % len(ranks)]
         self._restored = state_dict
         torch.set_rng_state(state_dict["torch"])
         name, key, pos, has_gauss, gauss = state_dict["numpy"]

@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+import functools
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
 
-from twotower import metrics
+from twotower import distributed, metrics
 from twotower.losses import SoftmaxLoss, WindowHistory
-from twotower.model import TwoTower
+from twotower.model import TwoTower, model_inputs
 from twotower.ranking import rank_targets
 
 log = logging.getLogger(__name__)
+# the module's own batch hook (the target count, on the host) is meant to run beside a datamodule
+warnings.filterwarnings("ignore", message=".*overridden `on_before_batch_transfer` in `LightningModule`")
+
+
+def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], _n: Any, decay: float) -> None:
+    """torch's ``get_ema_multi_avg_fn(decay)`` as a module-level function: a partial of it pickles, so
+    ``trainer.strategy=ddp_spawn`` can send the module to its processes."""
+    if torch.is_floating_point(ema[0]) or torch.is_complex(ema[0]):
+        torch._foreach_lerp_(ema, current, 1 - decay)
+    else:
+        for p_ema, p_model in zip(ema, current, strict=True):
+            p_ema.copy_(p_ema * decay + p_model * (1 - decay))
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -44,11 +58,13 @@ class TwoTowerModule(pl.LightningModule):
         # weights when enabled (smooths the epoch-to-epoch noise early stopping would otherwise select on).
         self.ema = (
             torch.optim.swa_utils.AveragedModel(
-                net, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(ema_decay)
+                net, multi_avg_fn=functools.partial(ema_update, decay=ema_decay)
             )
             if ema_decay
             else None
         )
+        if self.ema is not None:  # averaged, never trained: DDP must not wait for gradients of the copy
+            self.ema.requires_grad_(False)
         self.loss = loss
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
@@ -78,22 +94,34 @@ class TwoTowerModule(pl.LightningModule):
         """The weights that are validated and shipped: the EMA copy when enabled."""
         return self.ema.module if self.ema is not None else self.net
 
-    def forward(self, items, events, dwell, gaps) -> torch.Tensor:
+    def forward(self, items, events, dwell, gaps, **signals) -> torch.Tensor:
         """(B, L) history -> (B, D) user vectors, from the weights that are validated and shipped."""
-        return self.eval_net.encode_user(items, events, dwell, gaps)
+        return self.eval_net.encode_user(items, events, dwell, gaps, **signals)
 
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        states = self.net.user_states(
-            batch["items"], batch["events"], batch["dwell"], batch["gaps"]
-        )  # (B, L, D)
-        mask = batch["targets"] > 0  # (B, L)
+        states = self.net.user_states(**model_inputs(batch))  # (B, L', D)
+        targets, weights = batch["targets"], batch["weights"]  # (B, L)
+        shift = states.shape[1] - targets.shape[1]  # 1: a start token (user features) opens each row
+        if shift:  # the start state predicts the window's first item from the features alone
+            targets = torch.cat([batch["start_targets"].unsqueeze(1), targets], 1)  # (B, 1 + L)
+            weights = torch.cat([batch["start_weights"].unsqueeze(1), weights], 1)
+        mask = targets > 0  # (B, L')
         rows, positions = mask.nonzero(as_tuple=True)  # (M,), (M,)
-        history = WindowHistory(batch["items"], rows, positions)
-        return self.loss(self.net, states[mask], batch["targets"][mask], batch["weights"][mask], history)
+        history = WindowHistory(batch["items"], rows, positions - shift)  # the start state has seen nothing
+        return self.loss(self.net, states[mask], targets[mask], weights[mask], history)
+
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        """Count a training batch's targets on the host, before it moves: on a GPU the count read back from
+        the device would wait for the step (a host synchronisation per step)."""
+        if self.trainer.training and isinstance(batch, dict) and "targets" in batch:
+            batch["n_targets"] = int((batch["targets"] > 0).sum())
+        return batch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
         loss = self._shared_step(batch)
-        n_targets = int((batch["targets"] > 0).sum())
+        n_targets = batch.get("n_targets")
+        if n_targets is None:  # called directly, without the trainer's transfer hook
+            n_targets = int((batch["targets"] > 0).sum())
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_targets)
         if self.net.log_temperature.requires_grad:
             self.log("train/temperature", self.net.temperature, on_step=False, on_epoch=True)
@@ -111,7 +139,7 @@ class TwoTowerModule(pl.LightningModule):
     def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> None:
         net, items = self.eval_net, self._item_vectors
         assert items is not None
-        users = net.encode_user(batch["items"], batch["events"], batch["dwell"], batch["gaps"])  # (B, D)
+        users = net.encode_user(**model_inputs(batch))  # (B, D)
 
         def scores(start: int, stop: int) -> torch.Tensor:
             return net.score(users, items[start:stop]).float()  # (B, stop - start)
@@ -127,10 +155,14 @@ class TwoTowerModule(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._item_vectors = None
-        if not self._val_ranks:
-            return
-        ranks = self.all_gather(torch.cat(self._val_ranks)).reshape(-1)  # every process's queries
+        # every rank validates its own share of the queries (a different count each): all of them gather,
+        # an empty share included, or the others would wait for it
+        empty = torch.zeros(0, dtype=torch.float64, device=self.device)
+        local = torch.cat(self._val_ranks or [empty])  # (this rank's queries,)
+        ranks = distributed.gather_uneven(local).reshape(-1)  # (sum of the ranks' queries,)
         self._val_ranks = []
+        if not len(ranks):
+            return
         for name, value in metrics.ranking_metrics(ranks.cpu().numpy(), (self.eval_k,)).items():
             self.log(f"val/{name}", value, prog_bar=name != "mrr")
 

@@ -27,3 +27,21 @@ def keep_freed_memory() -> bool:
         return False
     log.debug("glibc mallopt applied: %s", ok)
     return ok
+
+
+def return_freed_memory() -> bool:
+    """Undo :func:`keep_freed_memory` once training is over: large evaluation buffers go back to fresh mmaps
+    and what the heap holds free is returned to the OS (``malloc_trim``), so the evaluation of a large
+    catalog does not stack on top of the training peak. No-op (returns False) outside glibc."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        ok = (
+            libc.mallopt(_M_MMAP_THRESHOLD, 128 * 1024) == 1
+            and libc.mallopt(_M_TRIM_THRESHOLD, 128 * 1024) == 1
+        )
+        libc.malloc_trim(0)
+    except (OSError, AttributeError):
+        return False
+    return ok

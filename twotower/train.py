@@ -5,6 +5,7 @@ The Hydra entry point (``scripts/train.py``) is a thin wrapper; tests call :func
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import time
@@ -21,15 +22,19 @@ from omegaconf import DictConfig, OmegaConf
 
 from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
-from twotower.baselines import candidate_grid, interaction_matrix
-from twotower.callbacks import FiniteLossCheck, ResumableRandomness, resolve_ckpt_path
+from twotower.baselines import candidate_grid, interaction_matrix, skip_reason
+from twotower.callbacks import FiniteLossCheck, RanksAgree, ResumableRandomness, resolve_ckpt_path
 from twotower.data.encode import encode_log
+from twotower.data.parquet import StreamLog
 from twotower.data.schema import EncodedLog, RawLog
+from twotower.data.signals import signal_sizes
 from twotower.data.splits import Split, make_split
 from twotower.data.stats import log_stats
 from twotower.datamodule import TwoTowerDataModule
-from twotower.evaluate import ModelScorer, evaluate_scorer
-from twotower.malloc import keep_freed_memory
+from twotower.ddp import build_trainer, distributed_summary, settings_fingerprint
+from twotower.distributed import launched_as_rank_zero
+from twotower.evaluate import MAX_BATCH_SCORES, ModelScorer, auto_chunk, evaluate_scorer
+from twotower.malloc import keep_freed_memory, return_freed_memory
 from twotower.metrics import exposure_by_decile, user_popularity
 from twotower.model import ModelConfig, TwoTower
 from twotower.served import ServedEvaluator, served_results
@@ -37,6 +42,10 @@ from twotower.tracking import log_config, log_results
 
 log = logging.getLogger(__name__)
 
+
+# The in-memory datamodule, swapped for its streaming twin (same arguments) when the loader streamed the log.
+DEFAULT_DATAMODULE = "twotower.datamodule.TwoTowerDataModule"
+STREAM_DATAMODULE = "twotower.data.stream.StreamDataModule"
 
 # Keys of the ``data`` config that prepare the loaded log; every other key is an argument of its loader.
 PREPARE_KEYS = ("loader", "min_events", "drop_duplicates", "split")
@@ -52,6 +61,9 @@ def load_raw(data_cfg: DictConfig) -> RawLog:
 def load_data(cfg: DictConfig) -> tuple[EncodedLog, Split]:
     """Load with the configured loader, validate/encode, and split."""
     raw = load_raw(cfg.data)
+    if isinstance(raw, StreamLog):  # data=parquet, streamed: already encoded, split and cut into shards
+        log.info("data %s; report %s", raw.summary(), raw.report.as_dict())
+        return raw, raw.split
     data = encode_log(raw, min_events=cfg.data.min_events, drop_duplicates=cfg.data.drop_duplicates)
     split_cfg = OmegaConf.to_container(cfg.data.split, resolve=True)
     split = make_split(data, **split_cfg)
@@ -64,6 +76,8 @@ def build_net(net_cfg: Mapping[str, Any], data: EncodedLog) -> TwoTower:
     sizes = {"n_items": data.n_items, "n_categories": data.n_categories, "n_events": data.n_events,
              "max_categories": int(data.item_categories.shape[1])}  # fmt: skip
     config = ModelConfig.from_dict({**net_cfg, **sizes})
+    switches = {k: getattr(config, k) for k in ("use_queries", "use_context", "use_user_features")}
+    config = replace(config, **signal_sizes(data, **switches))  # the signals the data carries
     config = replace(
         config,
         use_events=bool(config.use_events and data.n_events > 1),
@@ -104,8 +118,16 @@ def eval_context(cfg: DictConfig, data: EncodedLog, split: Split) -> tuple[dict[
     popularity = user_popularity(user_counts[1:], data.n_users)
     data_exposure = exposure_by_decile(data.items[train_mask] - 1, popularity)  # training interactions
     common = {"n_items": data.n_items, "popularity": popularity, "ks": ks, "batch_size": cfg.eval.batch_size,
-              "exclude_history": cfg.eval.exclude_history, "categories": data.item_categories[1:]}  # fmt: skip
+              "exclude_history": cfg.eval.exclude_history, "categories": data.item_categories[1:],
+              **ranking_settings(cfg.eval)}  # fmt: skip
     return common, data_exposure
+
+
+def ranking_settings(eval_cfg: DictConfig) -> dict[str, Any]:
+    """How the evaluation ranks (``eval.ranker``: torch or its numpy twin; the catalog chunking)."""
+    return {"ranker": eval_cfg.get("ranker", "torch"), "chunk_items": eval_cfg.get("chunk_items"),
+            "max_batch_scores": eval_cfg.get("max_batch_scores", MAX_BATCH_SCORES),
+            "num_workers": eval_cfg.get("num_workers", 0)}  # fmt: skip
 
 
 def evaluate_all(
@@ -113,7 +135,7 @@ def evaluate_all(
 ) -> dict[str, Any]:
     """Model and baselines on the same val/test queries; baseline hyper-parameters picked on validation."""
     common, data_exposure = eval_context(cfg, data, split)
-    val_q = datamodule.queries("val")
+    val_q = datamodule.queries("val", max_users=cfg.eval.get("val_max_users"))  # null: every user
     test_q = datamodule.queries("test", max_users=cfg.eval.test_max_users)
     scorer = ModelScorer(net)
     results: dict[str, Any] = {
@@ -130,7 +152,13 @@ def evaluate_all(
     if served is not None:
         results["served"] = served
     train_matrix = interaction_matrix(data, split)
+    results["baselines_skipped"] = {}
     for name in cfg.eval.baselines:
+        reason = skip_reason(name, data.n_items, cfg.eval.ease_max_items, cfg.eval.get("knn_max_items"))
+        if reason is not None:  # too large for this baseline: said in metrics.json, not silently missing
+            log.info("baseline %s skipped: %s", name, reason)
+            results["baselines_skipped"][name] = reason
+            continue
         best, best_val = None, None
         for candidate in candidate_grid(
             name,
@@ -152,19 +180,24 @@ def evaluate_all(
     return results
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Train and evaluate; returns the metrics dict and the paths written."""
+def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
+    """Train and evaluate; returns the metrics dict and the paths written. ``extra_callbacks``: added to the
+    configured ones (a benchmark's timers)."""
     out = Path(cfg.paths.output_dir)
     # a missing checkpoint fails before any work
     resume = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
+    if launched_as_rank_zero():  # the other ranks of a DDP run write nothing of their own
+        (out / "config.yaml").write_text(OmegaConf.to_yaml(cfg, resolve=True))
     pl.seed_everything(cfg.seed, workers=True)
     keep_freed_memory()
 
     data, split = load_data(cfg)
     # Objects go in through partials: Hydra would turn dataclass kwargs into configs.
-    datamodule: TwoTowerDataModule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
+    datamodule_cfg = cfg.datamodule
+    if isinstance(data, StreamLog) and datamodule_cfg.get("_target_") == DEFAULT_DATAMODULE:
+        datamodule_cfg = OmegaConf.merge(datamodule_cfg, {"_target_": STREAM_DATAMODULE})  # same arguments
+    datamodule: TwoTowerDataModule = hydra.utils.instantiate(datamodule_cfg, _partial_=True)(
         data=data, split=split, max_len=cfg.model.net.max_len
     )
     net = build_net(cfg.model.net, data)
@@ -172,10 +205,16 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loss.set_item_frequencies(datamodule.target_counts())
     module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
     module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss)
-    callbacks = build_callbacks(cfg.get("callbacks"))
+    if module.eval_chunk_items is None:  # validation walks the catalog as the evaluation does
+        ranking = ranking_settings(cfg.eval)
+        module.eval_chunk_items = ranking["chunk_items"] or auto_chunk(
+            data.n_items, cfg.datamodule.eval_batch_size, ranking["max_batch_scores"]
+        )
+    callbacks = build_callbacks(cfg.get("callbacks")) + list(extra_callbacks or [])
+    callbacks.append(RanksAgree(settings_fingerprint(cfg)))  # under DDP: every rank runs the same settings
     loggers = _instantiate_dict(cfg.get("logger"))
     log_config(loggers, cfg)  # logger=mlflow: the resolved config as params
-    trainer: pl.Trainer = hydra.utils.instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = build_trainer(cfg, callbacks, loggers)
     log.info(
         "training %s: %d windows, %d targets, full softmax: %s",
         net.config.encoder, len(datamodule.train_set), datamodule.train_set.n_targets,
@@ -187,6 +226,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     start = time.perf_counter()
     trainer.fit(module, datamodule=datamodule, ckpt_path=resume)
     train_seconds = time.perf_counter() - start
+    if not trainer.is_global_zero:  # DDP: rank 0 alone evaluates and writes the results, once
+        log.info("rank %d of %d done training", trainer.global_rank, trainer.world_size)
+        return {"metrics": None, "output_dir": str(out), "rank": int(trainer.global_rank)}
 
     best_epoch = int(trainer.current_epoch) - 1
     checkpoint = trainer.checkpoint_callback
@@ -195,11 +237,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         state = torch.load(best_path, map_location="cpu", weights_only=False)
         module.load_state_dict(state["state_dict"])
         best_epoch = int(state.get("epoch", best_epoch))
+        del state  # it holds the optimizer state too: not kept through the evaluation
+    release_training_state(trainer)
     net = module.eval_net.cpu().eval()
     save_model(net, out / MODEL_FILE)
     save_data_artifacts(data, split, out / "data", max_len=net.config.max_len)
 
-    results = evaluate_all(cfg, data, split, datamodule, net)
+    # ranked where it trained (the GPU on a GPU run): only ranks and top-k lists come back to the host
+    results = evaluate_all(cfg, data, split, datamodule, net.to(trainer.strategy.root_device))
     metrics = {
         "dataset": data.summary(),
         "protocol": split.protocol + "; full-catalog ranking, history excluded, ties count against the model",
@@ -207,6 +252,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "test": results["test"],
         **({"served": results["served"]} if "served" in results else {}),
         "baselines": results["baselines"],
+        "baselines_skipped": results["baselines_skipped"],  # name -> why it did not run (catalog size)
         "baselines_val": results["baselines_val"],
         "data_exposure_by_popularity_decile": results["data_exposure"],
         "baseline_params": results["baseline_params"],
@@ -216,6 +262,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "epochs_run": int(trainer.current_epoch),
         "train_targets_per_epoch": datamodule.train_set.n_targets,
         "device": str(trainer.strategy.root_device),
+        **distributed_summary(trainer, loss, data.n_items),
         "precision": str(trainer.precision),
         "model": net.config.to_dict(),
         "data_report": data.report.as_dict(),
@@ -233,6 +280,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         result["bundle"] = export_run(cfg, out)
     log_results(loggers, result)  # logger=mlflow: final metrics, bundle
     return result
+
+
+def release_training_state(trainer: pl.Trainer) -> None:
+    """Drop what only training needs (optimizer moments: two more copies of every embedding table) and hand
+    the freed heap back, so that evaluating a large catalog does not stack on the training peak."""
+    trainer.strategy.optimizers = []
+    trainer.strategy.lr_scheduler_configs = []
+    gc.collect()
+    return_freed_memory()
 
 
 def export_run(cfg: DictConfig, out: Path) -> str:

@@ -1,0 +1,172 @@
+"""The streaming pass over a Parquet dataset: record batches of the mapped columns, validated and put in the
+canonical form (string ids, float seconds, event names, dwell seconds, global file-order row numbers).
+
+Nothing here holds more than one record batch. Errors name the file, the column and the row within the file,
+with the CSV loader's wording (its time and dwell checks are reused as they are).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from twotower.data.loaders import parse_dwell, parse_time
+from twotower.data.schema import DWELL, EVENT, ITEM, TIME, USER, DataError
+
+log = logging.getLogger(__name__)
+
+ROW = "row"  # global file-order row number: the stable tie-break the in-memory path gets from file order
+
+
+@dataclass(frozen=True)
+class Columns:
+    """The source column of each canonical column (``None``: absent)."""
+
+    user_col: str = "user_id"
+    item_col: str = "item_id"
+    time_col: str | None = "timestamp"
+    event_col: str | None = None
+    dwell_col: str | None = None
+    time_format: str | None = None
+
+    def mapping(self) -> dict[str, str | None]:
+        return {"user_col": self.user_col, "item_col": self.item_col, "time_col": self.time_col,
+                "event_col": self.event_col, "dwell_col": self.dwell_col}  # fmt: skip
+
+
+def open_dataset(path: str | Path) -> ds.Dataset:
+    """A directory of Parquet files (hive partitions read as columns) or one file; clear errors otherwise."""
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    try:
+        dataset = ds.dataset(str(path), format="parquet", partitioning="hive", exclude_invalid_files=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: cannot be read as a Parquet dataset ({type(exc).__name__}: {exc})") from exc
+    if not dataset.files:
+        raise DataError(f"{path}: no Parquet files")
+    return dataset
+
+
+def check_columns(dataset: ds.Dataset, path: str | Path, columns: Columns) -> None:
+    """Fail naming the option and the column when a mapped column is absent (the CSV loader's message)."""
+    names = dataset.schema.names
+    for option, column in columns.mapping().items():
+        if column is not None and column not in names:
+            raise DataError(f"{path}: column {column!r} (data.{option}) not found; columns are {names}")
+
+
+def count_rows(dataset: ds.Dataset) -> int:
+    """Rows in the dataset from the Parquet footers (no data read)."""
+    return sum(f.count_rows() for f in _fragments(dataset))
+
+
+def _fragments(dataset: ds.Dataset) -> list[ds.Fragment]:
+    return sorted(dataset.get_fragments(), key=lambda f: f.path)  # file order = sorted paths
+
+
+def iter_batches(dataset: ds.Dataset, columns: Columns, batch_rows: int = 262_144) -> Iterator[pa.Table]:
+    """Canonical tables (user, item, ts[, event][, dwell_s], row) of at most ``batch_rows`` rows, in file order."""
+    wanted = [c for c in columns.mapping().values() if c is not None]
+    wanted = list(dict.fromkeys(wanted))
+    row = 0
+    for fragment in _fragments(dataset):
+        scanner = ds.Scanner.from_fragment(
+            fragment, schema=dataset.schema, columns=wanted, batch_size=batch_rows, use_threads=False
+        )
+        offset = 0
+        rows_in_file = 0
+        for batch in scanner.to_batches():
+            if batch.num_rows == 0:
+                continue
+            yield canonical(batch, columns, fragment.path, offset, row)
+            offset += batch.num_rows
+            row += batch.num_rows
+            rows_in_file += batch.num_rows
+        if rows_in_file == 0:
+            log.warning("%s: no data rows", fragment.path)
+    if row == 0:
+        raise DataError(f"{Path(dataset.files[0]).parent}: no data rows")
+
+
+def canonical(batch: pa.RecordBatch, columns: Columns, file: str, offset: int, row: int) -> pa.Table:
+    """One record batch -> canonical columns; ``offset`` is the batch's first row in ``file``."""
+    n = batch.num_rows
+    out: dict[str, pa.Array] = {
+        USER: ids(batch.column(columns.user_col), file, columns.user_col, offset),
+        ITEM: ids(batch.column(columns.item_col), file, columns.item_col, offset),
+    }
+    if columns.time_col is None:
+        out[TIME] = pa.array(np.arange(row, row + n, dtype=np.float64))
+    else:
+        out[TIME] = pa.array(times(batch.column(columns.time_col), file, columns, offset))
+    if columns.event_col is not None:
+        events = pc.utf8_trim_whitespace(pc.cast(batch.column(columns.event_col), pa.string()))
+        out[EVENT] = pc.if_else(pc.equal(events, ""), pa.scalar(None, pa.string()), events)
+    if columns.dwell_col is not None:
+        values = batch.column(columns.dwell_col).to_pandas()
+        out[DWELL] = pa.array(_shifted(parse_dwell, offset, values, Path(file), columns.dwell_col, True))
+    out[ROW] = pa.array(np.arange(row, row + n, dtype=np.int64))
+    return pa.table(out)
+
+
+def ids(values: pa.Array, file: str, column: str, offset: int) -> pa.Array:
+    """External ids as strings (integral floats lose their '.0', text is stripped); an empty id is an error."""
+    if pa.types.is_floating(values.type):
+        finite = pc.drop_null(values)
+        if len(finite) and pc.all(pc.equal(pc.floor(finite), finite)).as_py():
+            values = pc.cast(values, pa.int64())
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    text = pc.cast(values, pa.string())
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        text = pc.utf8_trim_whitespace(text)
+    empty = pc.or_kleene(pc.is_null(text), pc.equal(text, "")).fill_null(True)
+    if pc.any(empty).as_py():
+        bad = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
+        raise DataError(f"{file}: empty id in column {column!r} at row {offset + bad + 1}")
+    return text
+
+
+def times(values: pa.Array, file: str, columns: Columns, offset: int) -> np.ndarray:
+    """(n,) float64 seconds: numbers as they are, Arrow timestamps and dates converted, text parsed like CSV."""
+    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
+        seconds = pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64())
+        nulls = pc.is_null(seconds).to_numpy(zero_copy_only=False)
+        if nulls.any():
+            bad = int(np.flatnonzero(nulls)[0])
+            raise DataError(
+                f"{file}: unparsable timestamp None in column {columns.time_col!r} at row {offset + bad + 1}"
+            )
+        return seconds.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    series = values.to_pandas()
+    return _shifted(parse_time, offset, series, Path(file), columns.time_col, True, columns.time_format)
+
+
+_ROW = re.compile(r" at row (\d+)")
+
+
+def _shifted(check, offset: int, *args) -> np.ndarray:
+    """Run one of the CSV loader's checks on a batch; its batch-relative row number becomes the file's."""
+    try:
+        return check(*args)
+    except DataError as exc:
+        message = _ROW.sub(lambda m: f" at row {int(m.group(1)) + offset}", str(exc), count=1)
+        raise DataError(message) from exc
+
+
+def to_frame(table: pa.Table) -> pd.DataFrame:
+    """Canonical table -> the events frame of a :class:`RawLog` (event names as objects, None where missing)."""
+    frame = table.drop_columns([ROW]).to_pandas()
+    if EVENT in frame.columns:
+        frame[EVENT] = frame[EVENT].astype(object).where(frame[EVENT].notna(), None)
+    return frame
