@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 # torch first, pinned: a CPU build that pip finds on local disk here; a bare `torch` would pull CUDA.
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: install demo test test-slow test-fuzz test-all mutants lint format clean
+.PHONY: install demo test test-slow test-fuzz test-all mutants lint format clean gpu-wheels
 
 install: $(STAMP)
 
@@ -48,3 +48,12 @@ format: install
 
 clean:
 	rm -rf $(VENV) runs outputs .pytest_cache
+
+# The wheels the GPU machine's image lacks (scripts/gpu_env.sh installs them from .whl/, offline): Hydra and its
+# parsers are pure Python, at the versions installed here; antlr4's runtime ships no wheel, so one is built.
+gpu-wheels: install
+	mkdir -p .whl
+	$(PY) -m pip download --quiet --no-deps --only-binary=:all: -d .whl \
+	    $$($(PY) -m pip freeze | grep -iE '^(hydra-core|omegaconf)==')
+	$(PY) -m pip wheel --quiet --no-deps -w .whl $$($(PY) -m pip freeze | grep -i '^antlr4-python3-runtime==')
+	ls -la .whl

@@ -44,6 +44,9 @@ def test_latency_benchmark_contract(bench_root):
             assert 0 < r[name]["p50_ms"] <= r[name]["p99_ms"], name
         assert r["recommend"]["qps"] > 0 and r["recommend_known_user"]["qps"] > 0
         assert r["naive"]["p50_ms"] > 0 and r["build_seconds"] >= 0
+        assert (
+            0 < r["torch_faiss"]["p50_ms"] <= r["torch_faiss"]["p99_ms"] and r["speedup_vs_torch_faiss"] > 0
+        )
     assert set(result["machine"]) >= {"cpu", "cores", "threads", "faiss", "onnxruntime", "torch"}
     json.dumps(result)
     plot_latency(result, bench_root / "latency.png")
@@ -78,3 +81,69 @@ def test_interleaved_times_the_call_not_its_preparation():
     assert len(times["plain"]) == len(times["prepared"]) == 4
     assert max(times["prepared"]) < 0.05
     assert seen == [1, 10, 1, 2, 10, 20, 1, 2, 10, 20]  # warm-up, then the passes alternating
+
+
+def _predict_parts(tmp_path, writer_cls=None, fail: bool = False):
+    """Lightning predict over a small catalog with the Parquet writer; returns the parts directory."""
+    import pytorch_lightning as pl
+
+    from serving.core.history import History
+    from twotower.batch_predict import ParquetPartWriter, TopKPredictor, history_loader
+    from twotower.benchmarks.synthetic import catalog_net
+
+    rng = np.random.default_rng(0)
+    net = catalog_net(clustered_catalog(500, 16)[0], max_len=10, num_layers=1)
+    histories = [History(rng.integers(0, 500, size=n), np.ones(n, np.int64), np.ones(n, np.float32),
+                         np.ones(n, np.float32)) for n in rng.integers(1, 12, size=70)]  # fmt: skip
+    users, items = [f"u{i}" for i in range(70)], [f"i{i}" for i in range(500)]
+    writer = (writer_cls or ParquetPartWriter)(tmp_path, users, items)
+    if fail:
+        writer.table = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
+    trainer = pl.Trainer(
+        accelerator="cpu", devices=1, callbacks=[writer], logger=False, enable_progress_bar=False
+    )
+    trainer.predict(TopKPredictor(net, k=7), dataloaders=history_loader(histories, 10, batch_size=16),
+                    return_predictions=False)  # fmt: skip
+    return tmp_path
+
+
+def test_parquet_writer_in_a_thread_writes_the_files_the_frame_writer_did(tmp_path):
+    """The background writer gives the same files, columns and rows as writing each batch's pandas frame in
+    the predict loop (the writer before it)."""
+    import pandas as pd
+    from pytorch_lightning.callbacks import BasePredictionWriter
+
+    class FrameWriter(BasePredictionWriter):  # the previous writer, verbatim in substance
+        def __init__(self, out, users, item_ids):
+            super().__init__(write_interval="batch")
+            self.out, self.users = out, np.asarray(users, dtype=object)
+            out.mkdir(parents=True, exist_ok=True)
+            self.item_ids = np.asarray(item_ids, dtype=object)
+
+        def write_on_batch_end(self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dl=0):
+            index = prediction["index"].cpu().numpy()
+            rows, scores = prediction["rows"].cpu().numpy(), prediction["scores"].float().cpu().numpy()
+            k = rows.shape[1]
+            found = (rows >= 0).ravel()
+            frame = pd.DataFrame({"user_id": np.repeat(self.users[index], k)[found],
+                                  "rank": np.tile(np.arange(1, k + 1), len(index))[found],
+                                  "item_id": self.item_ids[rows.ravel()[found]], "score": scores.ravel()[found]})  # fmt: skip
+            frame.to_parquet(
+                self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", index=False
+            )
+
+    new = _predict_parts(tmp_path / "new")
+    old = _predict_parts(tmp_path / "old", FrameWriter)
+    names = sorted(p.name for p in new.glob("*.parquet"))
+    assert names == sorted(p.name for p in old.glob("*.parquet")) and len(names) == 5
+    for name in names:
+        got, expected = pd.read_parquet(new / name), pd.read_parquet(old / name)
+        assert list(got.columns) == ["user_id", "rank", "item_id", "score"]
+        pd.testing.assert_frame_equal(got, expected)
+    assert sum(len(pd.read_parquet(new / n)) for n in names) == 70 * 7
+
+
+def test_parquet_writer_thread_errors_surface(tmp_path):
+    with pytest.raises(RuntimeError, match="writing Parquet parts") as info:
+        _predict_parts(tmp_path, fail=True)
+    assert isinstance(info.value.__cause__, OSError)

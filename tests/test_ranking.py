@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
+from serving.core.diversify import ListSettings
 from twotower import metrics
 from twotower.data.sequences import EvalQueries, SequenceArrays
 from twotower.evaluate import ModelScorer, evaluate_scorer, mask_history
@@ -93,13 +94,14 @@ def test_top_k_equals_numpy_and_breaks_ties_towards_the_lower_column():
             torch.from_numpy(scores), torch.from_numpy(targets), torch.from_numpy(exclude), 10, chunk_items
         )
         np.testing.assert_array_equal(top.numpy(), expected)
-    # with ties the lists hold the same scores as numpy's, tied items in column order
+    # with ties the lists are numpy's: tied items in column order, at the k-th place too
     scores, targets, exclude = tied_batch(0)
     _, expected, masked = numpy_twin(scores, targets, exclude, k=10)
     clean = np.where(np.isnan(masked), -np.inf, masked)
     _, top = rank_targets(
         torch.from_numpy(scores), torch.from_numpy(targets), torch.from_numpy(exclude), 10, 5
     )
+    np.testing.assert_array_equal(top.numpy(), expected)  # both break ties towards the lower column
     got_scores = np.take_along_axis(clean, top.numpy(), 1)
     np.testing.assert_array_equal(got_scores, np.take_along_axis(clean, expected, 1))
     for row_scores, row_top in zip(got_scores, top.numpy(), strict=True):
@@ -197,17 +199,78 @@ def test_validation_metrics_equal_the_numpy_evaluation(tiny_model, val_queries, 
 
 
 def test_evaluate_scorer_torch_ranker_equals_numpy(tiny_model, val_queries, tiny_data):
+    """The default torch ranker and its numpy twin give the same metrics dict, chunked or not, ties included."""
     model = ModelScorer(tiny_model)
-    expected = evaluate(model, val_queries, tiny_data)
-    for chunk_items in (None, 9):
-        assert evaluate(model, val_queries, tiny_data, ranker="torch", chunk_items=chunk_items) == expected
+    categories = tiny_data.item_categories[1:]
+    expected = evaluate(model, val_queries, tiny_data, ranker="numpy", categories=categories)
+    assert "diversity@10" in expected and "miscalibration@10" in expected
+    for chunk_items in (None, 9, 1000):
+        got = evaluate(
+            model, val_queries, tiny_data, ranker="torch", chunk_items=chunk_items, categories=categories
+        )
+        assert got == expected, chunk_items
 
-    def tied(batch):  # integer scores: the figures from ranks still agree
+    def tied(batch):  # integer scores: ties everywhere, at the 10th place too
         return np.asarray(model(batch)).round()
 
-    numpy_figures = evaluate(tied, val_queries, tiny_data)
-    torch_figures = evaluate(tied, val_queries, tiny_data, ranker="torch")
-    for key in [*metrics.ranking_metrics(np.zeros(0)), "queries"]:
-        assert torch_figures[key] == numpy_figures[key]
+    numpy_figures = evaluate(tied, val_queries, tiny_data, ranker="numpy", categories=categories)
+    assert evaluate(tied, val_queries, tiny_data, ranker="torch", categories=categories) == numpy_figures
     with pytest.raises(ValueError, match="ranker"):
         evaluate(model, val_queries, tiny_data, ranker="jax")
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        ListSettings(diversity=0.6),
+        ListSettings(max_per_category=2, calibrate=0.4, depth=30),
+        ListSettings(explore=0.3),
+    ],
+)
+def test_served_evaluation_torch_top_candidates_equal_numpy(tiny_model, val_queries, tiny_data, settings):
+    """The served re-rank fed the torch ranker's top ``depth`` candidates gives the numpy path's metrics (which
+    hands it the (B, N) matrix), with the session-intent boost, scored whole or in chunks."""
+    from serving.core.intent import CategoryIntent, IntentSettings
+    from serving.core.intent import membership as member_table
+    from twotower.evaluate import IntentScorer
+    from twotower.served import ListReranker
+
+    categories = tiny_data.item_categories[1:]
+    n_categories = len(tiny_data.category_names)
+    counts = np.bincount(tiny_data.items, minlength=tiny_data.n_items + 1)[1:].astype(np.float64)
+    intent = CategoryIntent.build(member_table(categories.tolist(), n_categories), counts,
+                                  tiny_data.category_names, IntentSettings())  # fmt: skip
+    model = ModelScorer(tiny_model)
+    scorer = IntentScorer(model, intent, scale=float(tiny_model.temperature))
+    reranker = ListReranker(settings, model.item_vectors.numpy(), categories, n_categories, counts)
+    expected = evaluate(
+        scorer, val_queries, tiny_data, ranker="numpy", categories=categories, reranker=reranker
+    )
+    for chunk_items in (None, 11):
+        got = evaluate(scorer, val_queries, tiny_data, ranker="torch", categories=categories, reranker=reranker,
+                       chunk_items=chunk_items)  # fmt: skip
+        assert got == expected, chunk_items
+    plain = evaluate(scorer, val_queries, tiny_data, ranker="torch", categories=categories)
+    assert plain != expected  # the re-rank changed the lists: the comparison above could fail
+
+
+def test_chunks_bound_the_scores_held_at_once(tiny_model, val_queries, tiny_data):
+    """With max_batch_scores below B x N the model is scored chunk by chunk: no (B, N) matrix is built."""
+    model = ModelScorer(tiny_model)
+    widths = []
+    chunks = model.chunks
+
+    def spy(batch):
+        source = chunks(batch)
+
+        def chunk(start, stop):
+            out = source(start, stop)
+            widths.append(out.shape[1])
+            return out
+
+        return chunk
+
+    model.chunks = spy
+    expected = evaluate(ModelScorer(tiny_model), val_queries, tiny_data, ranker="numpy")
+    got = evaluate(model, val_queries, tiny_data, max_batch_scores=16 * 10)
+    assert got == expected and widths and max(widths) == 10

@@ -15,11 +15,15 @@ for the same job is :mod:`serving.batch` (ONNX + FAISS); both return the online 
 from __future__ import annotations
 
 import json
+import queue
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytorch_lightning as pl
 import torch
 from pytorch_lightning.callbacks import BasePredictionWriter
@@ -27,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from serving.core.history import History, histories_from_frame, padded_feeds
 from serving.core.intent import CategoryIntent, IntentSettings
-from twotower.model import TwoTower
+from twotower.model import TwoTower, model_inputs
 
 INPUTS = ("items", "events", "dwell", "gaps")
 
@@ -84,7 +88,7 @@ class TopKPredictor(pl.LightningModule):
             self.item_vectors = self.net.encode_items()  # (N, D) on this device
 
     def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int = 0) -> dict[str, torch.Tensor]:
-        users = self.net.encode_user(*(batch[name] for name in INPUTS))  # (B, D)
+        users = self.net.encode_user(**model_inputs(batch))  # (B, D)
         scores = users @ self.item_vectors.T  # (B, N)
         if self.intent is not None:  # lift on the CPU (small), the boost as one product on the device
             lift = self.intent.padded_lift(batch["items"].cpu().numpy())  # (B, C)
@@ -101,28 +105,91 @@ class TopKPredictor(pl.LightningModule):
 
 
 class ParquetPartWriter(BasePredictionWriter):
-    """Writes each predicted batch of each rank to its own Parquet file (a restart can skip existing ones)."""
+    """Writes each predicted batch of each rank to its own Parquet file (a restart can skip existing ones).
 
-    def __init__(self, out: str | Path, users: Sequence[str], item_ids: Sequence[str]) -> None:
+    The step only copies its top-k to the host and queues it; a background thread builds the columns (Arrow
+    gathers over the id arrays, no per-row Python) and writes the file, at most ``queue_size`` batches behind,
+    so the device keeps scoring while the host writes. An error in the thread is raised in the predict loop
+    (at the next batch or at the end), never lost; the end of ``predict`` waits for every file.
+    """
+
+    def __init__(
+        self, out: str | Path, users: Sequence[str], item_ids: Sequence[str], queue_size: int = 4
+    ) -> None:
         super().__init__(write_interval="batch")
-        self.out, self.users, self.item_ids = (
-            Path(out),
-            np.asarray(users, dtype=object),
-            np.asarray(item_ids, dtype=object),
-        )
+        self.out = Path(out)
+        self.users = pa.array(np.asarray(users, dtype=object), type=pa.string())
+        self.item_ids = pa.array(np.asarray(item_ids, dtype=object), type=pa.string())
         self.out.mkdir(parents=True, exist_ok=True)
+        self.queue_size = queue_size
+        self._queue: queue.Queue | None = None
+        self._thread: threading.Thread | None = None
+        self._error: BaseException | None = None
 
     def write_on_batch_end(
         self, trainer, pl_module, prediction, batch_indices, batch, batch_idx, dataloader_idx=0
     ):
-        index = prediction["index"].cpu().numpy()
-        rows, scores = prediction["rows"].cpu().numpy(), prediction["scores"].float().cpu().numpy()
+        part = (prediction["index"].cpu().numpy(), prediction["rows"].cpu().numpy(),
+                prediction["scores"].float().cpu().numpy())  # fmt: skip
+        self._put((self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", part))
+
+    def table(self, index: np.ndarray, rows: np.ndarray, scores: np.ndarray) -> pa.Table:
+        """One batch's (B,) user indices, (B, k) item rows and scores -> its rows (user_id, rank, item_id, score)."""
         k = rows.shape[1]
         found = (rows >= 0).ravel()  # a re-ranked row can hold fewer than k (tiny catalogs)
-        frame = pd.DataFrame({"user_id": np.repeat(self.users[index], k)[found],
-                              "rank": np.tile(np.arange(1, k + 1), len(index))[found],
-                              "item_id": self.item_ids[rows.ravel()[found]], "score": scores.ravel()[found]})  # fmt: skip
-        frame.to_parquet(self.out / f"rank-{trainer.global_rank}-batch-{batch_idx:06d}.parquet", index=False)
+        users = np.repeat(index, k)[found]
+        return pa.table({"user_id": self.users.take(pa.array(users)),
+                         "rank": pa.array(np.tile(np.arange(1, k + 1), len(index))[found]),
+                         "item_id": self.item_ids.take(pa.array(rows.ravel()[found])),
+                         "score": pa.array(scores.ravel()[found])})  # fmt: skip
+
+    def _put(self, item: tuple[Path, tuple[np.ndarray, ...]] | None) -> None:
+        if self._thread is None:
+            self._queue = queue.Queue(maxsize=self.queue_size)
+            self._thread = threading.Thread(target=self._work, name="parquet-writer", daemon=True)
+            self._thread.start()
+        assert self._queue is not None
+        while True:  # a full queue waits for the thread, unless the thread has failed
+            self._raise()
+            try:
+                self._queue.put(item, timeout=0.1)
+                return
+            except queue.Full:
+                continue
+
+    def _work(self) -> None:
+        assert self._queue is not None
+        while (item := self._queue.get()) is not None:
+            if self._error is not None:
+                continue  # failed: drain what is queued so that the loop never blocks
+            path, part = item
+            try:
+                pq.write_table(self.table(*part), path)
+            except BaseException as exc:  # raised in the predict loop by _raise
+                self._error = exc
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"writing Parquet parts under {self.out} failed") from self._error
+
+    def close(self) -> None:
+        """Wait for every queued file; raise the thread's error if it failed."""
+        if self._thread is not None:
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
+        self._raise()
+
+    def on_predict_end(self, trainer, pl_module) -> None:
+        self.close()
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if self._thread is not None:  # stop the thread; the loop's own error is the one raised
+            assert self._queue is not None
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = self._queue = None
 
 
 def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[History]]:

@@ -1,40 +1,57 @@
 """Full-catalog evaluation shared by the model and the baselines.
 
-A scorer maps an evaluation batch (see :class:`~twotower.data.sequences.EvalQueries`) to a (B, N) score
-matrix whose column j is item index j + 1. Every item the user had before the target is masked, the
-target's rank over the whole remaining catalog gives Recall/NDCG/MRR, and the top-10 lists give coverage,
-Gini of exposure and novelty.
+A scorer (:mod:`twotower.scorers`) maps an evaluation batch (see :class:`~twotower.data.sequences.EvalQueries`)
+to a (B, N) score matrix whose column j is item index j + 1. Every item the user had before the target is
+masked, the target's rank over the whole remaining catalog gives Recall/NDCG/MRR, and the top-10 lists give
+coverage, Gini of exposure, novelty, diversity and miscalibration.
 
-The ranking step runs in numpy (the default: the reported figures) or in torch (:mod:`twotower.ranking`, on
-the device a :class:`ModelScorer` scores on). Both give the same ranks; top-10 lists can differ only in
-which of several items tied at the 10th score is kept (torch keeps the lowest column).
+The ranking step runs in torch by default (:mod:`twotower.ranking`, on the device a model scorer scores on,
+in catalog chunks of B x ``chunk_items`` scores; only ranks and top-k columns reach the host) or in numpy
+(``ranker="numpy"``, the exact twin: the same scores copied to the host). Both give the same metrics: ties
+count against the model in the ranks and go to the lower column in the top-k lists.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Callable
-from typing import Any, TypeVar
+import warnings
+from collections.abc import Iterator
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from serving.core.intent import CategoryIntent, membership
+from serving.core.intent import membership
 from twotower import metrics
 from twotower.data.sequences import EvalQueries
-from twotower.model import TwoTower
-from twotower.ranking import rank_targets
+from twotower.ranking import ScoreChunk, rank_top
+from twotower.scorers import IntentScorer, ModelScorer, ScaledScorer, Scorer
 
-# (B, N) served scores (history at -inf) and the batch -> (B, L) the list's columns, -1 where short
-ListChooser = Callable[[np.ndarray, dict[str, torch.Tensor]], np.ndarray]
+__all__ = ["IntentScorer", "ModelScorer", "ScaledScorer", "Scorer", "evaluate_scorer", "mask_history"]
 
 log = logging.getLogger(__name__)
 
-Scorer = Callable[[dict[str, torch.Tensor]], np.ndarray]
 KS = (10, 20, 50, 100)
 TOP = 10  # the list length beyond-accuracy metrics see
+MAX_BATCH_SCORES = 1 << 25  # scores one ranking step may hold (B x chunk), unless chunk_items says otherwise
+RANKERS = ("torch", "numpy")
+
+
+class ListChooser(Protocol):
+    """The served list re-rank (:class:`twotower.served.ListReranker`)."""
+
+    depth: int  # candidates it reads per query
+
+    def __call__(self, scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """(B, N) served scores (history at -inf) -> (B, L) the lists' columns, -1 where short."""
+
+    def choose(self, top: np.ndarray, top_scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """(B, M) best columns and their scores (-inf / NaN = none) -> (B, L) the lists' columns."""
+
+
 ScoresT = TypeVar("ScoresT", np.ndarray, torch.Tensor)
 
 
@@ -104,18 +121,75 @@ def rank_batch_torch(
     n_items: int,
     exclude_history: bool,
     chunk_items: int | None = None,
+    reranker: ListChooser | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The twin of :func:`rank_batch_numpy` in torch: a :class:`ModelScorer`'s scores stay on its device."""
-    if isinstance(scorer, ModelScorer):
-        scores = scorer.scores(batch)  # (B, N) on the model's device
+    """The twin of :func:`rank_batch_numpy` in torch: a model scorer's scores stay on its device (scored chunk
+    by chunk when ``chunk_items`` < N); the served re-rank reads the best ``reranker.depth`` candidates only."""
+    scores: torch.Tensor | ScoreChunk
+    if hasattr(scorer, "chunks") and chunk_items is not None and chunk_items < n_items:
+        scores = scorer.chunks(batch)  # type: ignore[attr-defined]
+    elif hasattr(scorer, "scores"):
+        scores = _checked(scorer.scores(batch), batch, n_items)  # type: ignore[attr-defined]  # (B, N)
     else:
-        scores = torch.from_numpy(np.asarray(scorer(batch), dtype=np.float32))  # (B, N)
-    exclude = batch["exclude"] if exclude_history else None
-    ranks, top = rank_targets(
-        _checked(scores, batch, n_items), batch["targets"] - 1, exclude, TOP, chunk_items
+        host = np.asarray(scorer(batch), dtype=np.float32)  # (B, N), read-only when broadcast (popularity)
+        with warnings.catch_warnings():  # the ranking never writes into its scores: no copy
+            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+            scores = _checked(torch.from_numpy(host), batch, n_items)
+    device = getattr(scorer, "device", torch.device("cpu"))
+    exclude = batch["exclude"].to(device) if exclude_history else None
+    depth = TOP if reranker is None else max(TOP, reranker.depth)
+    with _one_thread_on_cpu(device, scores):
+        ranked = rank_top(scores, batch["targets"].to(device) - 1, exclude, depth, chunk_items, n_items)
+    assert ranked.top is not None and ranked.top_scores is not None
+    ranks, top = ranked.ranks.cpu().numpy(), ranked.top.cpu().numpy()  # (B,), (B, depth)
+    if reranker is None:
+        return ranks, top[:, :TOP]
+    top_scores = ranked.top_scores.cpu().numpy()  # (B, depth)
+    lists = reranker.choose(top, top_scores, batch)  # (B, LIST_K)
+    targets = batch["targets"].numpy() - 1
+    target_scores = ranked.target_scores.cpu().numpy()
+    return (
+        reranked_ranks_from_top(top, top_scores, targets, target_scores, ranks, lists),
+        _fill(lists, top[:, :TOP]),
     )
-    assert top is not None
-    return ranks.cpu().numpy(), top.cpu().numpy()
+
+
+@contextlib.contextmanager
+def _one_thread_on_cpu(device: torch.device, scores: torch.Tensor | ScoreChunk) -> Iterator[None]:
+    """On the CPU, rank (B, N) score tensors with one intra-op thread: the passes are memory-bound, and a
+    thread pool stalls on its barriers whenever another process holds a core (a shared machine). A chunk
+    source scores inside the ranking: its matrix products keep every thread."""
+    if device.type != "cpu" or not isinstance(scores, torch.Tensor):
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
+
+
+def reranked_ranks_from_top(
+    top: np.ndarray,
+    top_scores: np.ndarray,
+    targets: np.ndarray,
+    target_scores: np.ndarray,
+    ranks: np.ndarray,
+    lists: np.ndarray,
+) -> np.ndarray:
+    """:func:`reranked_ranks` from the (B, M) best columns and their scores rather than the (B, N) scores
+    (the chosen items are among them)."""
+    out = ranks.astype(np.float64).copy()
+    for b in range(len(targets)):
+        chosen = lists[b][lists[b] >= 0]
+        where = np.flatnonzero(chosen == targets[b])
+        if len(where):
+            out[b] = where[0] + 1
+        elif np.isfinite(ranks[b]):
+            picked = top_scores[b][np.isin(top[b], chosen)]  # the chosen items' scores
+            out[b] = len(chosen) + ranks[b] - int((picked >= target_scores[b]).sum())
+    return out
 
 
 def _checked(scores: ScoresT, batch: dict[str, torch.Tensor], n_items: int) -> ScoresT:
@@ -137,26 +211,32 @@ def evaluate_scorer(
     exclude_history: bool = True,
     desc: str = "evaluate",
     categories: np.ndarray | None = None,
-    ranker: str = "numpy",
+    ranker: str = "torch",
     chunk_items: int | None = None,
     reranker: ListChooser | None = None,
+    max_batch_scores: int = MAX_BATCH_SCORES,
+    num_workers: int = 0,
 ) -> dict[str, Any]:
     """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics.
 
     ``categories`` (N, C) per catalog column adds intra-list diversity@10 and miscalibration@10 where the
-    catalog has categories. ``ranker`` "torch" ranks with :mod:`twotower.ranking` (in chunks of
-    ``chunk_items`` catalog columns); ``reranker`` (numpy ranker only): the served list re-rank.
+    catalog has categories. ``ranker`` "torch" ranks with :mod:`twotower.ranking` in chunks of ``chunk_items``
+    catalog columns (None: as many as keep a batch within ``max_batch_scores`` scores), "numpy" with the
+    numpy twin; ``reranker``: the served list re-rank; ``num_workers``: processes collating the queries (a fast
+    device waits on a single one).
     """
-    if ranker not in ("numpy", "torch"):
-        raise ValueError(f"ranker must be 'numpy' or 'torch', not {ranker!r}")
-    if reranker is not None and ranker != "numpy":
-        raise ValueError("the served list re-rank is evaluated with the numpy ranker")
+    if ranker not in RANKERS:
+        raise ValueError(f"ranker must be one of {RANKERS}, not {ranker!r}")
+    chunk_items = chunk_items or auto_chunk(n_items, batch_size, max_batch_scores)
     members = _members(categories)
-    loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate)
+    loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate,
+                        num_workers=num_workers)  # fmt: skip
     ranks, tops, kls = [], [], []
     for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
         if ranker == "torch":
-            batch_ranks, top = rank_batch_torch(scorer, batch, n_items, exclude_history, chunk_items)
+            batch_ranks, top = rank_batch_torch(
+                scorer, batch, n_items, exclude_history, chunk_items, reranker
+            )
         else:
             batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)
         ranks.append(batch_ranks)
@@ -172,63 +252,13 @@ def evaluate_scorer(
     return out
 
 
+def auto_chunk(n_items: int, batch_size: int, max_batch_scores: int = MAX_BATCH_SCORES) -> int:
+    """Catalog columns per ranking step so that a batch holds at most ``max_batch_scores`` scores."""
+    return max(1, min(n_items, max_batch_scores // max(batch_size, 1)))
+
+
 def _members(categories: np.ndarray | None) -> np.ndarray | None:
     """(N, C_max) category indices per column (0 = none) -> (N, C) bool membership; None without categories."""
     if categories is None or not categories.any():
         return None
     return membership(categories.tolist(), int(categories.max()) + 1)
-
-
-class ModelScorer:
-    """Scores a batch with a :class:`TwoTower` (item vectors computed once, eval mode, no grad)."""
-
-    def __init__(self, model: TwoTower, device: torch.device | str | None = None) -> None:
-        self.model = model
-        self.device = torch.device(device) if device is not None else next(model.parameters()).device
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            self.item_vectors = model.encode_items().to(self.device)  # (N, D)
-        model.train(was_training)
-
-    @torch.no_grad()
-    def scores(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, N) float32 scores on the model's device."""
-        was_training = self.model.training
-        self.model.eval()
-        inputs = [batch[k].to(self.device) for k in ("items", "events", "dwell", "gaps")]
-        users = self.model.encode_user(*inputs)  # (B, D)
-        scores = self.model.score(users, self.item_vectors)  # (B, N)
-        self.model.train(was_training)
-        return scores.float()
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return self.scores(batch).cpu().numpy()
-
-
-class ScaledScorer:
-    """A scorer's logits in serving's units (cosine): times the model's temperature."""
-
-    def __init__(self, scorer: Scorer, scale: float) -> None:
-        self.scorer, self.scale = scorer, scale
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        return np.asarray(self.scorer(batch), dtype=np.float32) * self.scale  # (B, N)
-
-
-class IntentScorer:
-    """The ranking a bundle serves: a model scorer's scores plus serving's session-intent boost
-    (:mod:`serving.core.intent`) on every item, as an exact index serves it.
-
-    ``scale`` turns the scorer's logits into serving's scores (the model's temperature: logits are
-    cosine / temperature).
-    """
-
-    def __init__(self, scorer: Scorer, intent: CategoryIntent, scale: float = 1.0) -> None:
-        self.scorer, self.intent, self.scale = scorer, intent, scale
-        self.members = intent.members.astype(np.float32)  # (N, C)
-
-    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
-        scores = np.asarray(self.scorer(batch), dtype=np.float32) * self.scale  # (B, N)
-        lift = self.intent.padded_lift(batch["items"].numpy())  # (B, C)
-        return scores + self.intent.query_weights(lift) @ self.members.T  # (B, N)

@@ -44,11 +44,23 @@ def mrr(ranks: np.ndarray) -> float:
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """(B, N) -> (B, k) column indices of the best scores, best first; NaN and -inf never beat a real score."""
+    """(B, N) -> (B, k) column indices of the best scores, best first; NaN and -inf never beat a real score.
+
+    Ties go to the lower column (in the list and at its k-th place), as :mod:`twotower.ranking` breaks them, so
+    both rankers give the same lists."""
     k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
     clean = np.where(np.isnan(scores), -np.inf, scores)
     part = np.argpartition(-clean, k - 1, axis=1)[:, :k]  # (B, k) unordered
-    order = np.argsort(-np.take_along_axis(clean, part, axis=1), axis=1, kind="stable")
+    values = np.take_along_axis(clean, part, axis=1)  # (B, k)
+    kth = values.min(axis=1)  # (B,)
+    crossing = (clean >= kth[:, None]).sum(axis=1) > k  # (B,) items tied at the k-th score left out
+    for b in np.flatnonzero(crossing):  # keep the lowest columns of the tie
+        above = np.flatnonzero(clean[b] > kth[b])
+        part[b] = np.concatenate([above, np.flatnonzero(clean[b] == kth[b])[: k - len(above)]])
+        values[b] = clean[b, part[b]]
+    order = np.lexsort((part, -values), axis=1)  # score desc, then column asc
     return np.take_along_axis(part, order, axis=1)
 
 

@@ -1,9 +1,10 @@
 """The evaluation of what a bundle serves: the list re-rank on top of the served scores, and its defaults.
 
 Serving chooses each list with :func:`serving.core.diversify.rerank_list` from the best ``depth`` items by
-served score; :class:`ListReranker` runs the same function on the evaluation's (B, N) score matrices, so the
-``served`` metrics are those of the answers a k=10 request gets. Positions past the list (Recall@20 and on)
-follow the served scores, the chosen items taken out.
+served score; :class:`ListReranker` runs the same function on the evaluation's best ``depth`` candidates (from
+the (B, N) scores in numpy, from the torch ranker's top-k on the device), so the ``served`` metrics are those
+of the answers a k=10 request gets. Positions past the list (Recall@20 and on) follow the served scores, the
+chosen items taken out.
 
 :func:`pick_list_settings` chooses the served default on validation: the smallest ``diversity`` of a grid whose
 lists are at least as diverse as the model's own at no more than a set loss of its Recall@10 (no narrowing
@@ -53,18 +54,28 @@ class ListReranker:
         members = membership(item_categories.tolist(), n_categories)  # (N, C)
         self.chooser = ListChooser(item_vectors, members if members.any() else None, train_counts)
 
+    @property
+    def depth(self) -> int:
+        """Candidates read per query: the best ``settings.depth`` by served score (at least the list)."""
+        return max(LIST_K, self.settings.depth)
+
     def __call__(self, scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
         """(B, N) served scores, history already at -inf -> (B, LIST_K) chosen columns (-1 where short)."""
+        top = metrics.top_k(scores, min(self.depth, scores.shape[1]))  # (B, M) columns, best first
+        return self.choose(top, np.take_along_axis(scores, top, axis=1), batch)
+
+    def choose(self, top: np.ndarray, top_scores: np.ndarray, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        """(B, M) best columns by served score (best first, ties to the lower column) and their scores ->
+        (B, LIST_K) chosen columns (-1 where short): what the torch ranker feeds, never a (B, N) matrix."""
         s = self.settings
-        depth = min(max(LIST_K, s.depth), scores.shape[1])
-        top = metrics.top_k(scores, depth)  # (B, M) columns, best first
         histories = batch["items"].numpy()  # (B, L) 1-based, 0 = pad: the window serving reads too
-        out = np.full((len(scores), LIST_K), -1, dtype=np.int64)
-        for b in range(len(scores)):
-            columns = top[b][np.isfinite(scores[b, top[b]])]  # (M',)
+        out = np.full((len(top), LIST_K), -1, dtype=np.int64)
+        for b in range(len(top)):
+            finite = np.isfinite(top_scores[b])
+            columns = top[b][finite]  # (M',)
             history = histories[b][histories[b] > 0] - 1
             seed = request_seed(None, history.tobytes()) if s.explore else 0  # no user id in an evaluation
-            chosen, _ = self.chooser.choose_rows(scores[b, columns], columns, LIST_K, s, history, seed)
+            chosen, _ = self.chooser.choose_rows(top_scores[b][finite], columns, LIST_K, s, history, seed)
             out[b, : len(chosen)] = columns[chosen]
         return out
 

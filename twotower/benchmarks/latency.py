@@ -3,7 +3,8 @@
 One query at a time on one thread after warm-up. For each catalog size and index setting (efSearch / nprobe
 sweeps over one built index): p50/p95/p99 of the ONNX encode, the filtered FAISS search, the whole
 ``Recommender.recommend()`` with history exclusion, recall@10 against exact search under the same exclusion,
-and the naive peer (the same user tower in eager PyTorch + exact ``torch.topk`` over every item vector).
+the naive peer (the same user tower in eager PyTorch + exact ``torch.topk`` over every item vector) and the
+``torch_faiss`` peer (the same eager tower, then the same FAISS index: what ONNX Runtime is measured against).
 
 Two searches are timed: with the workload's query vectors (``search``, the recall curve) and with the user
 vectors ``recommend()`` itself searches (``search_user_vector``). Two glue figures: ``recommend`` over the sum of
@@ -105,23 +106,41 @@ class Workload:
         ])  # fmt: skip
 
 
-def naive_peer(run_dir: Path, rec: Recommender, work: Workload, threads: int) -> dict[str, float]:
+def naive_peer(net: torch.nn.Module, rec: Recommender, work: Workload, threads: int) -> dict[str, float]:
     """Eager PyTorch user tower + exact torch.topk over all item vectors, with the same exclusion."""
     torch.set_num_threads(threads)
-    net = load_model(run_dir / MODEL_FILE)
     xb = torch.from_numpy(rec.vectors)
 
     def one(i: int) -> None:
-        feeds = work.histories[i].feeds(rec.max_len)
         with torch.no_grad():
-            user = net.encode_user(
-                *(torch.from_numpy(feeds[n]) for n in ("items", "events", "dwell", "gaps"))
-            )[0]
-            scores = xb @ user  # (N,)
+            scores = xb @ _eager_user(net, rec, work.histories[i])  # (N,)
             scores[torch.from_numpy(work.histories[i].rows)] = float("-inf")
             torch.topk(scores, work.k)
 
     return percentiles(timed(one, list(range(len(work.histories)))))
+
+
+def torch_faiss_peer(
+    net: torch.nn.Module, rec: Recommender, work: Workload, threads: int
+) -> dict[str, float]:
+    """The peer users would otherwise build (the TorchRec retrieval example's way): the same user tower in eager
+    PyTorch (no grad, ``threads`` threads), then the same FAISS index as the bundle, with the same exclusion."""
+    torch.set_num_threads(threads)
+    n = len(rec.item_ids)
+
+    def one(i: int) -> None:
+        with torch.no_grad():
+            user = _eager_user(net, rec, work.histories[i]).numpy()  # (D,)
+        with Selector(n, work.histories[i].rows) as selector:
+            rec.search(user, work.k, selector)
+
+    return percentiles(timed(one, list(range(len(work.histories)))))
+
+
+def _eager_user(net: torch.nn.Module, rec: Recommender, history: History) -> torch.Tensor:
+    """(D,) user vector of one history from the eager tower, fed as the ONNX tower is."""
+    feeds = history.feeds(rec.max_len)
+    return net.encode_user(*(torch.from_numpy(feeds[n]) for n in ("items", "events", "dwell", "gaps")))[0]
 
 
 def interleaved(fns: dict[str, Any], items: list, rounds: int, warmup: int = 20) -> dict[str, list[float]]:
@@ -209,7 +228,8 @@ def run_latency(
         runs = Path(run_dir) if run_dir else (out / "bundles" / f"run-{n}-d{dim}" if synthetic else None)
         rec = Recommender.load(path, threads=threads)
         work = Workload(rec, queries, k, synthetic, mixture=query_mixture)
-        naive = naive_peer(runs, rec, work, threads) if runs and (runs / MODEL_FILE).exists() else None
+        net = load_model(runs / MODEL_FILE).eval() if runs and (runs / MODEL_FILE).exists() else None
+        naive = naive_peer(net, rec, work, threads) if net is not None else None
         for spec in tqdm(index_settings(kinds, index_base), desc=f"{len(rec.item_ids)} items", unit="index"):
             faiss.omp_set_num_threads(build_threads or os.cpu_count() or 1)
             before, start = rss_mb(), time.perf_counter()
@@ -222,10 +242,13 @@ def run_latency(
                 setting = replace(spec, **{SWEEP_FIELD[spec.kind]: value}) if value is not None else spec
                 rec.spec = setting
                 figures = measure_setting(rec, work, rounds)
+                eager = torch_faiss_peer(net, rec, work, threads) if net is not None else None
                 params = {k: v for k, v in asdict(setting).items() if v is not None}
                 results.append({"n_items": len(rec.item_ids), "index": setting.factory_string(), "params": params,
                                 **figures, "naive": naive,
                                 "speedup_vs_naive": naive["p50_ms"] / figures["recommend"]["p50_ms"] if naive else None,
+                                "torch_faiss": eager,  # eager tower + this index: ONNX's gain over it
+                                "speedup_vs_torch_faiss": eager["p50_ms"] / figures["recommend"]["p50_ms"] if eager else None,
                                 "build_seconds": build_s, "index_bytes": int(faiss.serialize_index(index).nbytes),
                                 "peak_rss_growth_mb": memory})  # fmt: skip
                 log.info("%s %s: recall@10 %.3f, recommend p50 %.3f ms", len(rec.item_ids),

@@ -31,6 +31,7 @@ def main(cfg: DictConfig) -> None:
     plot_latency(result, out / "latency.png")
     for r in result["results"]:
         naive = r["naive"]["p50_ms"] if r["naive"] else float("nan")
+        eager = r.get("torch_faiss") or {"p50_ms": float("nan"), "p99_ms": float("nan")}
         field = SWEEP_FIELD.get(r["params"]["kind"])
         setting = f"{field}={r['params'][field]}" if field else ""
         print(f"{r['n_items']:>9} {r['index']:<20} {setting:<14} recall@10 {r['recall@10']:.3f}"
@@ -38,7 +39,8 @@ def main(cfg: DictConfig) -> None:
               f" (own {r['search_user_vector']['p50_ms']:.3f})  recommend p50 {r['recommend']['p50_ms']:.3f}"
               f" p99 {r['recommend']['p99_ms']:.3f} (known user {r['recommend_known_user']['p50_ms']:.3f}"
               f" / {r['recommend_known_user']['p99_ms']:.3f}) ms  glue {r['glue_over_encode_then_search']:+.0%}"
-              f"  naive {naive:.2f} ms  build {r['build_seconds']:.1f} s"
+              f"  naive {naive:.2f} ms  torch_faiss {eager['p50_ms']:.3f} / {eager['p99_ms']:.3f} ms"
+              f"  build {r['build_seconds']:.1f} s"
               f"  probe {1000 * r['speed_probe']['p50_ms']:.0f} us")  # fmt: skip
     print(f"wrote {out / 'latency.json'} and {out / 'latency.png'}")
 

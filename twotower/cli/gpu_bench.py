@@ -1,8 +1,9 @@
 """GPU batch scoring: exact top-k over a 1M-item catalog with torch on the GPU (`scripts/gpu_bench.sh` runs it).
 
 Needs torch + pytorch-lightning + pandas only (no FAISS, no ONNX Runtime). Prints and writes JSON:
-users/s of the raw predict loop and of Lightning `predict` writing Parquet, and the agreement of the GPU
-top-k with an exact CPU (numpy) top-k on a sample of users.
+users/s of the raw predict loop and of Lightning `predict` writing Parquet (and their ratio), and the agreement
+of the GPU top-k with an exact CPU (numpy) top-k on a sample of users. Runs on CPU too, at a smaller catalog:
+`--items 100000 --users 20000 --batch 1024 --workers 0`.
 """
 
 from __future__ import annotations
@@ -82,6 +83,8 @@ def main(argv: list[str] | None = None) -> None:
     trainer.predict(TopKPredictor(net, k=args.k), dataloaders=loader, return_predictions=False)
     seconds = time.perf_counter() - start
     result["lightning_predict_parquet"] = {"seconds": seconds, "users_per_s": args.users / seconds}
+    # the cost of Lightning + the Parquet writer over the raw loop (the target: at most 1.5)
+    result["predict_parquet_over_raw"] = result["raw_loop"]["users_per_s"] / (args.users / seconds)
     print(json.dumps(result, indent=1))
     (out / "gpu_batch.json").write_text(json.dumps(result, indent=1))
 

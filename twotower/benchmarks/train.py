@@ -1,0 +1,216 @@
+"""Training and evaluation throughput of one experiment (``scripts/bench_train.py``): train as
+:func:`twotower.train.train` does (timing each fit epoch and its validation apart), then evaluate the same model
+on the same test queries with the torch ranker and its numpy twin, on the same device's scores.
+
+Writes ``bench_train.json``: ``machine``, ``device``, ``train_targets_per_s``, ``epoch_seconds`` and
+``validation_seconds`` (means over the fit's epochs, validation excluded from the epoch), ``eval`` with
+``torch`` and ``numpy`` (``users_per_s`` and the ``metrics``, which must be equal), and beside them the run's
+own figures (the full-protocol test metrics, wall seconds).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import platform
+import time
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig
+
+from twotower.artifacts import load_model
+from twotower.evaluate import ModelScorer, evaluate_scorer
+from twotower.train import eval_context, train
+
+log = logging.getLogger(__name__)
+RANKERS = ("torch", "numpy")
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+class EpochTimer(pl.Callback):
+    """Wall seconds of each fit epoch's training and of its validation, apart; keeps the datamodule."""
+
+    def __init__(self) -> None:
+        self.train_seconds: list[float] = []
+        self.validation_seconds: list[float] = []
+        self.datamodule: Any = None
+        self._epoch_start = self._val_start = 0.0
+        self._val_this_epoch = 0.0
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        _sync()
+        self._epoch_start, self._val_this_epoch = time.perf_counter(), 0.0
+
+    def on_validation_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        _sync()
+        self._val_start = time.perf_counter()
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.sanity_checking:
+            return
+        _sync()
+        seconds = time.perf_counter() - self._val_start
+        self.validation_seconds.append(seconds)
+        self._val_this_epoch += seconds
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Lightning validates inside the training epoch (before this hook): its time is taken out
+        _sync()
+        self.train_seconds.append(time.perf_counter() - self._epoch_start - self._val_this_epoch)
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.datamodule = trainer.datamodule
+
+
+def machine() -> dict[str, Any]:
+    """The CPU, cores, the GPU (if any) and the versions; no FAISS or ONNX Runtime needed."""
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError, StopIteration), open("/proc/cpuinfo") as info:
+        cpu = next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "gpu": gpu,
+            "python": platform.python_version(), "torch": torch.__version__, "lightning": pl.__version__}  # fmt: skip
+
+
+def compare_rankers(
+    cfg: DictConfig, scorer: ModelScorer, queries: Any, common: dict[str, Any], warmup_users: int = 256
+) -> dict[str, dict[str, Any]]:
+    """Each ranker's users/s and metrics on the same queries and the same scorer (after a short warm-up)."""
+    out: dict[str, dict[str, Any]] = {}
+    for ranker in RANKERS:
+        settings = {**common, "ranker": ranker}
+        warm = _subset(queries, warmup_users)
+        evaluate_scorer(scorer, warm, desc=f"warm-up {ranker}", **settings)
+        _sync()
+        start = time.perf_counter()
+        metrics = evaluate_scorer(scorer, queries, desc=f"eval {ranker}", **settings)
+        _sync()
+        seconds = time.perf_counter() - start
+        out[ranker] = {"users_per_s": len(queries) / seconds, "seconds": seconds, "metrics": metrics}
+    return out
+
+
+def _subset(queries: Any, n: int) -> Any:
+    """The first ``n`` queries (a torch Subset keeps the collate of its dataset)."""
+    subset = torch.utils.data.Subset(queries, range(min(n, len(queries))))
+    subset.collate = queries.collate  # type: ignore[attr-defined]
+    return subset
+
+
+def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
+    """Keys whose values differ between two metrics dicts (NaN equal to NaN)."""
+    keys = sorted(set(a) | set(b))
+    return [k for k in keys if not (k in a and k in b and (a[k] == b[k] or _both_nan(a[k], b[k])))]
+
+
+def _both_nan(x: Any, y: Any) -> bool:
+    return isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y)
+
+
+def run_bench_train(cfg: DictConfig, eval_users: int | None = 10000) -> dict[str, Any]:
+    """Train ``cfg`` (a composed training config), time it, and compare the two rankers on ``eval_users``
+    test queries (None: every test user). Returns what ``bench_train.json`` holds."""
+    timer = EpochTimer()
+    start = time.perf_counter()
+    result = train(cfg, extra_callbacks=[timer])
+    run_seconds = time.perf_counter() - start
+    run_metrics = result["metrics"]
+    device = torch.device(run_metrics["device"])
+    datamodule = timer.datamodule
+    if not timer.train_seconds or datamodule is None:
+        raise RuntimeError("the fit ran no epoch: nothing to time")
+    data, split = datamodule.data, datamodule.split
+    common, _ = eval_context(cfg, data, split)
+    queries = datamodule.queries("test", max_users=eval_users)
+    scorer = ModelScorer(load_model(result["model"]).to(device).eval(), device)
+    rankers = compare_rankers(cfg, scorer, queries, common)
+    diff = differing(rankers["torch"]["metrics"], rankers["numpy"]["metrics"])
+    epoch_seconds = float(np.mean(timer.train_seconds))
+    validation_seconds = float(np.mean(timer.validation_seconds)) if timer.validation_seconds else 0.0
+    return {
+        "machine": machine(),
+        "device": str(device),
+        "train_targets_per_s": datamodule.train_set.n_targets / epoch_seconds,
+        "epoch_seconds": epoch_seconds,
+        "validation_seconds": validation_seconds,
+        "eval": {
+            name: {"users_per_s": r["users_per_s"], "metrics": r["metrics"]} for name, r in rankers.items()
+        },
+        "eval_agree": not diff,
+        "eval_differing_keys": diff,
+        "eval_users": len(queries),
+        "eval_seconds": {name: r["seconds"] for name, r in rankers.items()},
+        "torch_over_numpy_users_per_s": rankers["torch"]["users_per_s"] / rankers["numpy"]["users_per_s"],
+        "validation_share_of_epoch": validation_seconds / (epoch_seconds + validation_seconds),
+        "epochs": len(timer.train_seconds),
+        "epoch_train_seconds_each": timer.train_seconds,
+        "validation_seconds_each": timer.validation_seconds,
+        "train_targets_per_epoch": datamodule.train_set.n_targets,
+        "precision": run_metrics["precision"],
+        "run_seconds": run_seconds,  # data, training, the full evaluation and the baselines (train())
+        "train_seconds": run_metrics["train_seconds"],
+        "dataset": run_metrics["dataset"],
+        "test": {k: run_metrics["test"][k] for k in ("recall@10", "ndcg@10", "recall@100", "queries")},
+        "baselines_test_recall@10": {n: m["recall@10"] for n, m in run_metrics["baselines"].items()},
+        "output_dir": result["output_dir"],
+    }
+
+
+def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
+    """torch.profiler over ``steps`` training steps of ``cfg`` (after ``warmup``), on the device the trainer
+    would pick: the table of ops by self time, with the step's phases (batch, forward + loss, backward,
+    optimizer) as labelled regions. Where the time of a training step goes."""
+    import hydra
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from twotower.train import build_net, load_data
+
+    data, split = load_data(cfg)
+    datamodule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
+        data=data, split=split, max_len=cfg.model.net.max_len
+    )
+    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
+    net = build_net(cfg.model.net, data)
+    loss = hydra.utils.instantiate(cfg.model.loss)
+    loss.set_item_frequencies(datamodule.target_counts())
+    module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
+    module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss).to(device).train()
+    optimizer = module.configure_optimizers()
+    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
+    batches = iter(datamodule.train_dataloader())
+
+    def step() -> None:
+        with record_function("step: next batch (collate)"):
+            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+        with record_function("step: forward + loss"):
+            value = module._shared_step(batch)
+        with record_function("step: backward"):
+            value.backward()
+        with record_function("step: optimizer"):
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+    for _ in range(warmup):
+        step()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(steps):
+            step()
+        _sync()
+    events = prof.key_averages()
+    phases = {e.key: e.cpu_time_total / 1e3 / steps for e in events if e.key.startswith("step: ")}
+    total = sum(phases.values()) or 1.0
+    lines = [f"{name:<32s} {ms:10.1f} ms/step {100 * ms / total:5.1f}%" for name, ms in phases.items()]
+    sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    return "\n".join([f"{steps} steps on {device}, phases (wall on the host):", *lines, "",
+                      events.table(sort_by=sort, row_limit=30)])  # fmt: skip
