@@ -12,11 +12,31 @@ import pytest
 
 from twotower.config import PROJECT_ROOT
 
-HYDRA = ["train", "export", "batch_score", "bench_latency", "bench_batch", "simulate_feedback", "report"]
-ARGPARSE = ["bench_serving", "check_adaptation", "gpu_bench", "soak"]
+HYDRA = [
+    "train",
+    "export",
+    "batch_score",
+    "bench_latency",
+    "bench_batch",
+    "simulate_feedback",
+    "report",
+    "audience",
+    "bench_audience",
+    "bench_train",
+    "bench_data",
+]
+ARGPARSE = ["bench_serving", "check_adaptation", "gpu_bench", "soak", "cold_start", "bench_queries"]
 COMMANDS = HYDRA + ARGPARSE
 # run where torch is not installed
-SERVING_SIDE = ["batch_score", "bench_serving", "check_adaptation", "soak", "simulate_feedback", "report"]
+SERVING_SIDE = [
+    "batch_score",
+    "bench_serving",
+    "check_adaptation",
+    "soak",
+    "simulate_feedback",
+    "report",
+    "audience",
+]
 
 
 def console_name(command: str) -> str:

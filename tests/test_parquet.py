@@ -269,3 +269,17 @@ def test_a_resumed_streamed_run_is_the_uninterrupted_run(both, tmp_path):
     resumed = train(compose_config([*common, "trainer.max_epochs=2", "ckpt_path=last"], tmp_path / "stopped"))
     straight = train(compose_config([*common, "trainer.max_epochs=2"], tmp_path / "straight"))
     assert resumed["metrics"]["test"] == straight["metrics"]["test"]
+
+
+def test_stream_datamodule_takes_every_argument_of_the_in_memory_one():
+    """train() swaps the datamodule's target for a streamed log and keeps its arguments (datamodule=gpu's
+    pin_memory included): both constructors must accept the same keywords."""
+    import inspect
+
+    from twotower.data.stream import StreamDataModule
+    from twotower.datamodule import TwoTowerDataModule
+
+    def keywords(cls) -> set[str]:
+        return set(inspect.signature(cls.__init__).parameters) - {"self"}
+
+    assert keywords(TwoTowerDataModule) <= keywords(StreamDataModule)

@@ -175,6 +175,7 @@ class StreamDataModule(pl.LightningDataModule):
         group_by_length: bool = True,
         shuffle_ties: bool = True,
         seed: int = 0,
+        pin_memory: bool = False,
     ) -> None:
         super().__init__()
         if data.index["settings"]["max_len"] != max_len:
@@ -183,6 +184,7 @@ class StreamDataModule(pl.LightningDataModule):
             )
         self.data, self.split, self.max_len, self.seed = data, split, max_len, seed
         self.eval_batch_size, self.num_workers = eval_batch_size, num_workers
+        self.pin_memory = pin_memory  # page-locked batches, as TwoTowerDataModule's (datamodule=gpu)
         weights = self.event_weights = dict(event_weights) if event_weights else None
         self.arrays = SequenceArrays.from_log(data, weights)
         self.train_set = ShardStream(
@@ -213,10 +215,12 @@ class StreamDataModule(pl.LightningDataModule):
         return self.data.counts("target")
 
     def train_dataloader(self) -> DataLoader:
-        return _EpochLoader(self.train_set, self, num_workers=self.num_workers, persistent_workers=False)
+        return _EpochLoader(self.train_set, self, num_workers=self.num_workers, persistent_workers=False,
+                            pin_memory=self.pin_memory)  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
         rank, world = distributed.rank_and_world()
         shard = distributed.RankShard(len(self.val_set), world, rank) if world > 1 else None
         return DataLoader(self.val_set, batch_size=self.eval_batch_size, shuffle=False, sampler=shard,
-                          collate_fn=self.val_set.collate, num_workers=self.num_workers)  # fmt: skip
+                          collate_fn=self.val_set.collate, num_workers=self.num_workers,
+                          pin_memory=self.pin_memory)  # fmt: skip
