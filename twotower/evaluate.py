@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -89,16 +89,28 @@ def reranked_ranks(
 
     ``ranks`` are the targets' ranks by score alone (ties against the model, :func:`metrics.target_ranks`); a
     target outside its list ranks after it, among the items the list did not take."""
+    target_scores = scores[np.arange(len(targets)), targets]  # (B,)
+    return _list_ranks(targets, target_scores, ranks, lists, lambda b, chosen: scores[b, chosen])
+
+
+def _list_ranks(
+    targets: np.ndarray,
+    target_scores: np.ndarray,
+    ranks: np.ndarray,
+    lists: np.ndarray,
+    chosen_scores: Callable[[int, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """The loop both re-ranked rank functions share; ``chosen_scores(b, chosen)``: row b's chosen items' scores."""
     out = ranks.astype(np.float64).copy()
-    rows = np.arange(len(targets))
-    target_scores = scores[rows, targets]  # (B,)
     for b in range(len(targets)):
         chosen = lists[b][lists[b] >= 0]
         where = np.flatnonzero(chosen == targets[b])
         if len(where):
             out[b] = where[0] + 1
         elif np.isfinite(ranks[b]):
-            above = int((scores[b, chosen] >= target_scores[b]).sum())  # chosen items that outranked it
+            above = int(
+                (chosen_scores(b, chosen) >= target_scores[b]).sum()
+            )  # chosen items that outranked it
             out[b] = len(chosen) + ranks[b] - above
     return out
 
@@ -180,16 +192,9 @@ def reranked_ranks_from_top(
 ) -> np.ndarray:
     """:func:`reranked_ranks` from the (B, M) best columns and their scores rather than the (B, N) scores
     (the chosen items are among them)."""
-    out = ranks.astype(np.float64).copy()
-    for b in range(len(targets)):
-        chosen = lists[b][lists[b] >= 0]
-        where = np.flatnonzero(chosen == targets[b])
-        if len(where):
-            out[b] = where[0] + 1
-        elif np.isfinite(ranks[b]):
-            picked = top_scores[b][np.isin(top[b], chosen)]  # the chosen items' scores
-            out[b] = len(chosen) + ranks[b] - int((picked >= target_scores[b]).sum())
-    return out
+    return _list_ranks(
+        targets, target_scores, ranks, lists, lambda b, chosen: top_scores[b][np.isin(top[b], chosen)]
+    )
 
 
 def _checked(scores: ScoresT, batch: dict[str, torch.Tensor], n_items: int) -> ScoresT:
