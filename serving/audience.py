@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -83,6 +83,7 @@ class UserIndex:
     index: faiss.Index
     versions: list[int | None] | None = None  # per user: the store's version the history was read at
     clock: int | None = None  # the store's write clock when the histories were read
+    features: Mapping[str, np.ndarray] | None = None  # user id as indexed -> (F,) user-feature indices
     built_at: float = field(default_factory=time.monotonic)
     position: dict[str, int] = field(init=False, repr=False)
 
@@ -105,8 +106,11 @@ class UserIndex:
         versions: Sequence[int | None] | None = None,
         clock: int | None = None,
         batch: int = 128,
+        features: Mapping[str, np.ndarray] | None = None,
     ) -> UserIndex:
-        """Encode ``histories`` (the batch path) and index them; users with an empty history are left out."""
+        """Encode ``histories`` (the batch path) and index them; users with an empty history are left out.
+        A model that reads user features gets each user's from ``features`` (user id as ``user_ids`` names it
+        -> (F,) indices; default: the bundle's users table, by raw id), as batch scoring feeds them."""
         started = time.perf_counter()
         resolved = [
             h if isinstance(h, ResolvedHistory) else ResolvedHistory(h, n_events=len(h)) for h in histories
@@ -114,7 +118,9 @@ class UserIndex:
         keep = [i for i, h in enumerate(resolved) if len(h.history)]
         users = [str(user_ids[i]) for i in keep]
         kept = [resolved[i] for i in keep]
-        vectors = BatchScorer(rec).encode([h.history for h in kept], batch=batch)  # (U, D)
+        table = rec.user_features if features is None else features
+        feats = [table.get(u) for u in users] if table else None  # (F,) or None (unknown) per user
+        vectors = BatchScorer(rec).encode([h.history for h in kept], batch=batch, features=feats)  # (U, D)
         index = faiss.IndexFlatIP(vectors.shape[1])
         if len(vectors):
             index.add(np.ascontiguousarray(vectors))
@@ -126,7 +132,7 @@ class UserIndex:
         log.info("audience index: %d of %d users encoded in %.2f s", len(users), len(user_ids),
                  time.perf_counter() - started)  # fmt: skip
         return cls(rec, users, vectors, item_users, {i: np.asarray(p, np.int64) for i, p in live.items()},
-                   index, [versions[i] for i in keep] if versions is not None else None, clock)  # fmt: skip
+                   index, [versions[i] for i in keep] if versions is not None else None, clock, table)  # fmt: skip
 
     # ---- items ------------------------------------------------------------------------------------------
     def queries(self, item_ids: Sequence[str]) -> list[ItemQuery]:

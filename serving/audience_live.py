@@ -117,7 +117,9 @@ def _check(
         fresh = [(u, h) for u, h in zip(changed, histories, strict=True)
                  if len(h.history) and not (exclude_seen and _has_seen(h, query, rec))]  # fmt: skip
         if fresh:
-            vectors = BatchScorer(rec).encode([h.history for _, h in fresh])  # (C, D)
+            table = index.features
+            feats = [table.get(u) for u, _ in fresh] if table else None
+            vectors = BatchScorer(rec).encode([h.history for _, h in fresh], features=feats)  # (C, D)
             keep_scores += (vectors @ query.vector).tolist()
             keep_users += [u for u, _ in fresh]
     return np.asarray(keep_scores, np.float32), keep_users
@@ -144,7 +146,15 @@ def build_from_store(live: LiveService) -> UserIndex:
     users = sorted(versions)
     columns = _bulk_columns(store, set(users))
     histories = [rec.resolve(*columns[u]) if u in columns else _resolve(live, rec, u) for u in users]
-    return UserIndex.build(rec, users, histories, versions=[versions[u] for u in users], clock=clock)
+    return UserIndex.build(rec, users, histories, versions=[versions[u] for u in users], clock=clock,
+                           features=stored_features(live))  # fmt: skip
+
+
+def stored_features(live: LiveService) -> dict[str, np.ndarray]:
+    """The bundle's user features by store key (keyed ids when pseudonymisation is on, as the store names
+    users), for a model that reads them; empty otherwise."""
+    table = live.recommender.user_features
+    return {live.user_key(u): f for u, f in table.items()} if table else {}
 
 
 def store_clock(store) -> int | None:

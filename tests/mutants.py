@@ -183,6 +183,17 @@ MUTANTS = (
            'digest = hash(token).to_bytes(8, "little", signed=True)',
            ("tests/test_queries.py",),
            "query buckets from Python's salted hash(): training and serving disagree across processes"),
+    # ---- user profiles: the start token's targets, audiences read the features
+    Mutant("start-draws-leak", "twotower/data/sequences.py",
+           "low, high = self.train_range[users, 0], self.train_range[users, 1]  # (B,), (B,)",
+           "low, high = self.train_range[users, 0], self.train_range[users, 1] + 2  # (B,), (B,)",
+           ("tests/test_context.py::test_start_targets_are_the_window_first_item_then_draws_from_the_users_training_events",),
+           "the profile's extra targets are drawn from the validation and test events too (a leak)"),
+    Mutant("audience-ignores-profile", "serving/audience.py",
+           "feats = [table.get(u) for u in users] if table else None  # (F,) or None (unknown) per user",
+           "feats = None",
+           ("tests/test_context.py::test_audiences_read_each_users_features_by_raw_or_keyed_id",),
+           "audiences encode users without their stored features (batch scoring reads them)"),
 )  # fmt: skip
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
-from twotower.baselines import EASE, ItemKNN, Popularity, interaction_matrix
+from twotower.baselines import EASE, ItemKNN, Popularity, ProfilePopularity, interaction_matrix
 
 X = sp.csr_matrix(np.array([[1, 1, 0, 0], [1, 1, 1, 0], [0, 1, 1, 0], [0, 0, 1, 1]], dtype=np.float32))
 
@@ -22,6 +22,23 @@ def batch_of(histories):
 def test_popularity():
     scores = Popularity(X)(batch_of([[1], [2]]))
     assert scores.tolist() == [[2, 3, 3, 1], [2, 3, 3, 1]]
+
+
+def test_profile_popularity_by_hand():
+    # users 0, 1 share value 1 of feature 0; users 2, 3 have value 2; feature 1 puts every user in value 1
+    features = np.array([[1, 1], [1, 1], [2, 1], [2, 1]])
+    scorer = ProfilePopularity(X, features, shrink=2.0)
+    overall = np.array([2, 3, 3, 1]) / 9
+    value1 = (np.array([2, 2, 1, 0]) + 2 * overall) / (5 + 2)  # users 0 and 1: 5 events
+    value2 = (np.array([0, 1, 2, 1]) + 2 * overall) / (4 + 2)
+    everyone = (np.array([2, 3, 3, 1]) + 2 * overall) / (9 + 2)
+    batch = batch_of([[1], [1], [1]]) | {"user_features": torch.tensor([[1, 1], [2, 1], [0, 1]])}
+    np.testing.assert_allclose(scorer(batch), [(value1 + everyone) / 2, (value2 + everyone) / 2,
+                                               (overall + everyone) / 2], rtol=1e-6)  # fmt: skip
+    # a value nobody holds (0, unknown) is the overall distribution; without features, plain popularity order
+    assert np.argsort(-ProfilePopularity(X, features[:, :0])(batch_of([[1]]))[0]).tolist()[:1] == [1]
+    small = ProfilePopularity(X, features, max_cells=8)  # (3 values x 4 items) = 12 cells: feature 0 left out
+    assert [f for f, _ in small.tables] == [1]
 
 
 def test_itemknn_cosine_by_hand():

@@ -196,3 +196,135 @@ def test_cold_start_reads_the_first_events_and_scores_the_held_out_target(
             0 <= row["features"]["recall@10"] <= 1
             and row["features"]["queries"] == row["popularity"]["queries"]
         )
+
+
+def _with_features(data):
+    """tiny_data with one static user feature (3 values) for every user."""
+    import dataclasses
+
+    features = (np.arange(data.n_users) % 3 + 1).reshape(-1, 1)  # (U, 1), 0 = unknown stays unused
+    return dataclasses.replace(data, user_features=features, user_feature_vocab={"f": ["", "a", "b", "c"]})
+
+
+def test_start_targets_are_the_window_first_item_then_draws_from_the_users_training_events(
+    tiny_data, tiny_split
+):
+    from twotower.data.sequences import SequenceArrays, TrainWindows
+
+    data = _with_features(tiny_data)
+    arrays = SequenceArrays.from_log(data)
+    one = TrainWindows(data, tiny_split, arrays, max_len=5, seed=0)
+    windows = TrainWindows(data, tiny_split, arrays, max_len=5, seed=0, start_targets=6)
+    picks = list(range(len(windows)))
+    single, batch = one.collate([one[i] for i in picks]), windows.collate([windows[i] for i in picks])
+    assert batch["start_targets"].shape == (len(picks), 6) == batch["start_weights"].shape
+    assert batch["start_targets"][:, 0].tolist() == single["start_targets"].reshape(-1).tolist()
+    drawn_other = 0
+    for row, (begin, _end) in enumerate(windows.windows):
+        u = int(data.users[begin])
+        first, train_end = int(data.user_offsets[u]), int(tiny_split.train_end[u])
+        assert batch["start_targets"][row, 0] == data.items[begin]  # the window's first input
+        allowed = set(data.items[first:train_end].tolist())  # never a validation or test item
+        assert set(batch["start_targets"][row, 1:].tolist()) <= allowed
+        drawn_other += int((batch["start_targets"][row, 1:] != data.items[begin]).sum())
+    assert drawn_other > len(picks)  # draws, not copies of the first item
+    with pytest.raises(ValueError, match="start_targets"):
+        TrainWindows(data, tiny_split, arrays, max_len=5, start_targets=0)
+
+
+def test_each_start_target_is_scored_from_the_features_state_with_nothing_seen(tiny_data, tiny_split):
+    """The module's loss equals a full softmax computed by hand: S rows per window from the start state (no
+    item masked), then one row per event whose window items so far are masked unless they are the target."""
+    import torch
+    import torch.nn.functional as F
+
+    from twotower.data.sequences import SequenceArrays, TrainWindows
+    from twotower.lit_module import TwoTowerModule
+    from twotower.losses import SoftmaxLoss
+    from twotower.model import TwoTower, model_inputs
+    from twotower.model_config import ModelConfig
+
+    data = _with_features(tiny_data)
+    windows = TrainWindows(data, tiny_split, SequenceArrays.from_log(data), max_len=5, start_targets=3)
+    batch = windows.collate([windows[i] for i in range(6)])
+    torch.manual_seed(0)
+    config = ModelConfig(n_items=data.n_items, n_events=data.n_events, dim=8, max_len=5, dropout=0.0,
+                         normalize=False, user_feature_sizes=(4,))  # fmt: skip
+    net = TwoTower(config).eval()
+    module = TwoTowerModule(net, SoftmaxLoss(mode="full", mask_history=True), torch.optim.Adam)
+    with torch.no_grad():
+        got = module._shared_step(batch)
+        states = net.user_states(**model_inputs(batch))  # (B, 1 + L, D)
+        logits_all = states @ net.encode_items().T / net.temperature  # (B, 1 + L, N)
+    losses, weights = [], []
+    for b in range(len(batch["items"])):
+        for s in range(3):  # the start state, nothing seen
+            target = int(batch["start_targets"][b, s])
+            losses.append(F.cross_entropy(logits_all[b, 0], torch.tensor(target - 1)))
+            weights.append(float(batch["start_weights"][b, s]))
+        for p in range(batch["targets"].shape[1]):
+            target = int(batch["targets"][b, p])
+            if target == 0:
+                continue
+            row = logits_all[b, 1 + p].clone()
+            for seen in set(batch["items"][b, : p + 1].tolist()) - {0, target}:
+                row[seen - 1] = torch.finfo(row.dtype).min
+            losses.append(F.cross_entropy(row, torch.tensor(target - 1)))
+            weights.append(float(batch["weights"][b, p]))
+    w = torch.tensor(weights)
+    torch.testing.assert_close(got, (torch.stack(losses) * w).sum() / w.sum())
+
+
+def test_audiences_read_each_users_features_by_raw_or_keyed_id(signal_bundle, tmp_path):
+    """Users are encoded for audiences as batch scoring encodes them: with their stored features (a model
+    that reads them), looked up by raw id offline and by keyed id over a pseudonymised store."""
+    from serving.audience import UserIndex
+    from serving.audience_live import build_from_store
+    from serving.batch import BatchScorer
+
+    rec = Recommender.load(signal_bundle[1])
+    users = sorted(rec.histories)[:40]
+    histories = [rec.histories[u] for u in users]
+    index = UserIndex.build(rec, users, histories)
+    want = BatchScorer(rec).encode(histories, features=[rec.user_features.get(u) for u in users])
+    np.testing.assert_allclose(index.vectors, want, atol=1e-6)
+    blind = BatchScorer(rec).encode(histories)  # every feature "unknown"
+    assert np.abs(index.vectors - blind).max() > 1e-4  # the features moved the vectors
+    store = SQLiteHistoryStore(tmp_path / "state", max_events=rec.max_len + 10)
+    live = LiveService(rec, store, pseudonym_key=b"k" * 32)
+    now = time.time()
+    live.ingest(
+        [{"user_id": u, "item_id": rec.item_ids[i % 5], "ts": now - 60 + i} for i, u in enumerate(users)]
+    )
+    keyed = build_from_store(live)
+    assert set(keyed.user_ids) == {live.user_key(u) for u in users}  # the store names keyed ids only
+    fresh = [live.stored_history(u).history for u in users]
+    want = BatchScorer(rec).encode(fresh, features=[rec.user_features.get(u) for u in users])
+    got = keyed.vectors[[keyed.position[live.user_key(u)] for u in users]]
+    np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_audience_quality_reads_the_histories_before_the_target_with_their_searches(signal_bundle):
+    from omegaconf import OmegaConf
+
+    from twotower.benchmarks.audience import _histories_before, audience_quality
+    from twotower.train import load_data
+
+    run, bundle = signal_bundle[0], signal_bundle[1]
+    rec = Recommender.load(bundle)
+    data, split = load_data(OmegaConf.load(run / "config.yaml"))
+    users, test_pos = split.targets("test")
+    before = _histories_before(data, users, test_pos, rec)
+    compared = 0
+    for u in users:
+        uid, stored = data.user_ids[u], rec.histories[data.user_ids[u]]
+        if len(stored) >= rec.max_len:  # the bundle keeps the last max_len events only
+            continue
+        got = before[uid]
+        assert len(got) == len(stored) - 1  # every event but the test target
+        for name in ("rows", "events", "gaps", "queries", "context"):
+            np.testing.assert_array_equal(getattr(got, name), getattr(stored, name)[:-1], err_msg=name)
+        compared += 1
+    assert compared > 50
+    result = audience_quality(run, bundle=bundle, ns=(5, 50))
+    assert result["users"] == len(users) and 0 <= result["results"]["model"]["recall@50"] <= 1

@@ -63,17 +63,21 @@ def save_data_artifacts(data: EncodedLog, split: Split, out: Path, max_len: int)
     # The last max_len events of every user (all of them: serving knows the whole log).
     position = np.arange(data.n_interactions) - data.user_offsets[data.users]
     length = np.diff(data.user_offsets)[data.users]
-    recent = position >= length - max_len
-    gaps = event_gaps(data)
-    histories = pd.DataFrame(
+    history_frame(data, position >= length - max_len).to_parquet(out / "histories.parquet", index=False)
+
+
+def history_frame(data: EncodedLog, rows: np.ndarray) -> pd.DataFrame:
+    """The events ``rows`` (an (E,) bool mask) as a stored-histories table (histories.parquet's columns, the
+    searches and context included), which :func:`serving.core.history.histories_from_frame` reads."""
+    gaps = event_gaps(data)  # from the whole log: an event's gap is to the user's previous event
+    return pd.DataFrame(
         {
-            "user_id": np.asarray(data.user_ids, dtype=object)[data.users[recent]],
-            "item_id": np.asarray(data.item_ids, dtype=object)[data.items[recent] - 1],
-            "event": np.asarray(data.event_names, dtype=object)[data.events[recent]],
-            "dwell_s": data.dwell[recent],
-            "ts": data.ts[recent],
-            "gap_s": gaps[recent],
-            **history_signal_columns(data, recent),
+            "user_id": np.asarray(data.user_ids, dtype=object)[data.users[rows]],
+            "item_id": np.asarray(data.item_ids, dtype=object)[data.items[rows] - 1],
+            "event": np.asarray(data.event_names, dtype=object)[data.events[rows]],
+            "dwell_s": data.dwell[rows],
+            "ts": data.ts[rows],
+            "gap_s": gaps[rows],
+            **history_signal_columns(data, rows),
         }
     )
-    histories.to_parquet(out / "histories.parquet", index=False)

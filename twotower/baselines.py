@@ -1,4 +1,5 @@
-"""Non-neural baselines scored by the same evaluation code: popularity, item-kNN (cosine), EASE.
+"""Non-neural baselines scored by the same evaluation code: popularity, item-kNN (cosine), EASE, and
+popularity by user profile (for the cold-start protocol).
 
 Each is fitted on the training events only and scores a query from the user's history before the target.
 Hyper-parameters are picked on the validation queries (never on test).
@@ -53,6 +54,46 @@ class Popularity:
 
     def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
         return np.broadcast_to(self.counts, (len(batch["targets"]), len(self.counts)))
+
+
+class ProfilePopularity:
+    """Popularity among the users who share each of the user's static features (one segment per feature),
+    averaged over the features: the classic demographic recommender for a user known only by a profile.
+
+    Each feature value's item distribution is shrunk toward the global one by ``shrink`` pseudo-events, so a
+    rare value (or the unknown index 0) falls back to plain popularity. A feature whose (values x items) table
+    would pass ``max_cells`` is left out (logged). Reads ``user_features`` (B, F) from the batch."""
+
+    name = "profile_popularity"
+
+    def __init__(
+        self, train: sp.csr_matrix, user_features: np.ndarray, shrink: float = 1000.0, max_cells: int = 2**26
+    ) -> None:
+        self.params = {"shrink": shrink}
+        counts = np.asarray(train.sum(axis=0)).ravel()  # (N,)
+        overall = counts / max(counts.sum(), 1.0)  # (N,)
+        self.tables: list[tuple[int, np.ndarray]] = []  # (feature column, (V, N) shrunk distributions)
+        n_users = user_features.shape[0]
+        for f in range(user_features.shape[1]):
+            values = user_features[:, f]  # (U,)
+            n_values = int(values.max()) + 1 if n_users else 1
+            if n_values * train.shape[1] > max_cells:
+                log.info("profile popularity: feature %d left out (%d values x %d items)", f, n_values,
+                         train.shape[1])  # fmt: skip
+                continue
+            members = sp.csr_matrix((np.ones(n_users, np.float32), (values, np.arange(n_users))),
+                                    shape=(n_values, n_users))  # fmt: skip
+            segment = np.asarray((members @ train).todense(), np.float64)  # (V, N) events per value
+            table = (segment + shrink * overall) / (segment.sum(1, keepdims=True) + shrink)  # (V, N)
+            self.tables.append((f, table.astype(np.float32)))
+        self.overall = overall.astype(np.float32)
+
+    def __call__(self, batch: dict[str, torch.Tensor]) -> np.ndarray:
+        n = len(batch["targets"])
+        if not self.tables or "user_features" not in batch:
+            return np.broadcast_to(self.overall, (n, len(self.overall)))
+        features = batch["user_features"].numpy()  # (B, F)
+        return sum(table[features[:, f]] for f, table in self.tables) / len(self.tables)  # (B, N)
 
 
 class ItemKNN:

@@ -32,6 +32,7 @@ class TwoTowerDataModule(pl.LightningDataModule):
         shuffle_ties: bool = True,
         seed: int = 0,
         pin_memory: bool = False,
+        start_targets: int = 1,
     ) -> None:
         super().__init__()
         self.data, self.split, self.max_len = data, split, max_len
@@ -42,7 +43,15 @@ class TwoTowerDataModule(pl.LightningDataModule):
         self._train_batches: LengthGroupedBatches | None = None
         self._train_sampler: DistributedSampler | None = None
         self.arrays = SequenceArrays.from_log(data, dict(event_weights) if event_weights else None)
-        self.train_set = TrainWindows(data, split, self.arrays, max_len, shuffle_ties=shuffle_ties, seed=seed)
+        self.train_set = TrainWindows(
+            data,
+            split,
+            self.arrays,
+            max_len,
+            shuffle_ties=shuffle_ties,
+            seed=seed,
+            start_targets=start_targets,
+        )
         self.val_set = self.queries("val", max_users=val_max_users)
         if len(self.train_set) == 0:
             raise ValueError("no training windows: every user needs at least 2 training events")

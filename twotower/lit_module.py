@@ -101,13 +101,18 @@ class TwoTowerModule(pl.LightningModule):
     def _shared_step(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         states = self.net.user_states(**model_inputs(batch))  # (B, L', D)
         targets, weights = batch["targets"], batch["weights"]  # (B, L)
-        shift = states.shape[1] - targets.shape[1]  # 1: a start token (user features) opens each row
-        if shift:  # the start state predicts the window's first item from the features alone
-            targets = torch.cat([batch["start_targets"].unsqueeze(1), targets], 1)  # (B, 1 + L)
-            weights = torch.cat([batch["start_weights"].unsqueeze(1), weights], 1)
+        shift = 0
+        if states.shape[1] > targets.shape[1]:  # a start token (user features) opens each row
+            # the start state predicts S items of the user from the features alone: it is repeated per target
+            start_targets = batch["start_targets"].reshape(len(targets), -1)  # (B, S)
+            shift = start_targets.shape[1]
+            states = torch.cat([states[:, :1].expand(-1, shift, -1), states[:, 1:]], 1)  # (B, S + L, D)
+            targets = torch.cat([start_targets, targets], 1)  # (B, S + L)
+            weights = torch.cat([batch["start_weights"].reshape(len(targets), -1), weights], 1)
         mask = targets > 0  # (B, L')
         rows, positions = mask.nonzero(as_tuple=True)  # (M,), (M,)
-        history = WindowHistory(batch["items"], rows, positions - shift)  # the start state has seen nothing
+        seen = (positions - shift).clamp(min=-1)  # the start state's rows (-1) have seen nothing
+        history = WindowHistory(batch["items"], rows, seen)
         return self.loss(self.net, states[mask], targets[mask], weights[mask], history)
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:

@@ -21,7 +21,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from omegaconf import OmegaConf
 
 from serving.audience import UserIndex
@@ -95,19 +94,13 @@ def audience_quality(
 
 def _histories_before(data, users: np.ndarray, test_pos: np.ndarray, rec: Recommender) -> dict[str, History]:
     """Each user's events before their test target as a stored-histories table, read as serving reads one."""
+    from twotower.artifacts import history_frame
+
     before = np.zeros(data.n_interactions, bool)
     for u, pos in zip(users, test_pos, strict=True):
         before[data.user_offsets[u] : pos] = True
-    frame = pd.DataFrame(
-        {
-            "user_id": np.asarray(data.user_ids, dtype=object)[data.users[before]],
-            "item_id": np.asarray(data.item_ids, dtype=object)[data.items[before] - 1],
-            "event": np.asarray(data.event_names, dtype=object)[data.events[before]],
-            "dwell_s": data.dwell[before],
-            "ts": data.ts[before],
-        }
-    )
-    return histories_from_frame(frame, rec.catalog.row_of, rec.event_of)
+    frame = history_frame(data, before)  # searches and context included: read as the bundle's histories are
+    return histories_from_frame(frame, rec.catalog.row_of, rec.event_of, rec.signals.stored_arrays(frame))
 
 
 def _recalls(audiences: dict[str, list[int]], targets: dict[str, list[int]], ns: Sequence[int]) -> dict:

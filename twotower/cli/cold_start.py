@@ -1,7 +1,8 @@
 """The cold-start table: `twotower-cold-start features=RUN_A plain=RUN_B [--out F.json]`.
 
 Runs of the same data and split (e.g. experiment=ml100k_features with and without its features): every test
-user cut to their first 0, 1 and 3 events, Recall@10 for each run and popularity (twotower/cold_start.py)."""
+user cut to their first 0, 1 and 3 events, Recall@10 for each run, popularity and (when the log has user features)
+popularity by profile (twotower/cold_start.py)."""
 
 from __future__ import annotations
 

@@ -76,6 +76,9 @@ def pad_rows(rows: list[np.ndarray], dtype, fill=0) -> np.ndarray:
 class TrainWindows(Dataset):
     """Windows over training prefixes; an item is (start, end) absolute event indices."""
 
+    start_targets = 1  # a shard's windows (no user features) keep the one-target rule
+    train_range: np.ndarray | None = None
+
     def __init__(
         self,
         data: EncodedLog,
@@ -84,14 +87,20 @@ class TrainWindows(Dataset):
         max_len: int,
         shuffle_ties: bool = False,
         seed: int = 0,
+        start_targets: int = 1,
     ) -> None:
+        if start_targets < 1:
+            raise ValueError(f"start_targets must be >= 1, got {start_targets}")
         self.arrays = arrays
+        self.start_targets = start_targets
         # Events with the same timestamp have no true order (file order breaks the tie); reshuffling them
         # in every batch is an augmentation that stops the model from learning that arbitrary order.
         self.ts = data.ts if shuffle_ties and data.has_time else None
         self.rng = np.random.default_rng(seed)
         windows = []
         starts = data.user_offsets[:-1]
+        # each user's training events [first, train_end): where a start token's extra targets are drawn
+        self.train_range = np.stack([starts, split.train_end], 1).astype(np.int64)  # (U, 2)
         for u in range(data.n_users):
             first, end = int(starts[u]), int(split.train_end[u])
             while end - first >= 2:  # at least one (history, target) pair
@@ -144,16 +153,26 @@ class TrainWindows(Dataset):
         }
 
     def signals_of(self, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
-        """Optional inputs of the windows; with user features also ``start_targets`` / ``start_weights`` (B,):
-        the window's first item, which the start token (the features alone) is trained to predict."""
+        """Optional inputs of the windows; with user features also ``start_targets`` / ``start_weights``
+        (B, S): what the start token (the features alone) is trained to predict. Column 0 is the window's first
+        item; the other ``S - 1`` are drawn uniformly from the user's training events, so that the features
+        learn the user's whole taste, not only where a window happens to begin (a window's first item is one
+        target per window: a few thousand on a small log, too few for a profile to beat popularity)."""
         a = self.arrays
         if a.users is None:
             return {}
         firsts = np.array([s[0] for s in inputs], dtype=np.int64)  # (B,)
-        out = a.signals(inputs, a.users[firsts].tolist())
+        users = a.users[firsts]  # (B,)
+        out = a.signals(inputs, users.tolist())
         if a.user_features is not None:
-            out["start_targets"] = torch.from_numpy(a.items[firsts])
-            out["start_weights"] = torch.from_numpy(a.weights[firsts])
+            picks = firsts[:, None]  # (B, 1)
+            if self.start_targets > 1 and self.train_range is not None:
+                low, high = self.train_range[users, 0], self.train_range[users, 1]  # (B,), (B,)
+                draws = self.rng.random((len(users), self.start_targets - 1))  # (B, S - 1)
+                extra = low[:, None] + (draws * (high - low)[:, None]).astype(np.int64)  # (B, S - 1)
+                picks = np.concatenate([picks, extra], 1)  # (B, S)
+            out["start_targets"] = torch.from_numpy(a.items[picks])  # (B, S)
+            out["start_weights"] = torch.from_numpy(a.weights[picks])
         return out
 
 

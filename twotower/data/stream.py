@@ -176,6 +176,7 @@ class StreamDataModule(pl.LightningDataModule):
         shuffle_ties: bool = True,
         seed: int = 0,
         pin_memory: bool = False,
+        start_targets: int = 1,  # the same arguments; unused: the shards carry no user features
     ) -> None:
         super().__init__()
         if data.index["settings"]["max_len"] != max_len:
