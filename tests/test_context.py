@@ -328,3 +328,35 @@ def test_audience_quality_reads_the_histories_before_the_target_with_their_searc
     assert compared > 50
     result = audience_quality(run, bundle=bundle, ns=(5, 50))
     assert result["users"] == len(users) and 0 <= result["results"]["model"]["recall@50"] <= 1
+
+
+def test_gpu_batch_predict_feeds_searches_context_and_features_as_the_cpu_batch_path(signal_bundle):
+    """The Lightning batch path (twotower.batch_predict) reads the run's histories with their searches and
+    context and each user's features: its user vectors equal the ONNX batch path's, and its top-k is exact."""
+    import torch
+
+    from serving.batch import BatchScorer
+    from twotower.batch_predict import TopKPredictor, history_loader, run_features, run_histories, run_signals
+    from twotower.model import model_inputs
+
+    run = signal_bundle[0]
+    rec, net = Recommender.load(signal_bundle[1]), load_model(run / "model.pt")
+    signals = run_signals(run, net)
+    assert signals.inputs == ("queries", "context", "user_features")
+    users, _, histories = run_histories(run, signals)
+    features = run_features(run, users, signals)
+    assert sum(not f.any() for f in features) >= 10  # 10 users had no row in the users table: unknown
+    batch = next(iter(history_loader(histories, rec.max_len, batch_size=len(users), signals=signals,
+                                     features=features)))  # fmt: skip
+    with torch.no_grad():
+        vectors = net.eval().encode_user(**model_inputs(batch)).numpy()  # (U, D)
+    want = BatchScorer(rec).encode([rec.histories[u] for u in users], features=features)
+    np.testing.assert_allclose(vectors, want, atol=1e-5)
+    predictor = TopKPredictor(net, k=5)
+    predictor.on_predict_start()  # the item vectors, as Lightning's predict loop calls it
+    with torch.no_grad():
+        top = predictor.predict_step(batch)
+    scores = vectors @ net.encode_items().detach().numpy().T  # (U, N)
+    for b, h in enumerate(histories):
+        scores[b, h.rows] = -np.inf
+    np.testing.assert_array_equal(top["rows"].numpy(), np.argsort(-scores, 1, kind="stable")[:, :5])

@@ -1,10 +1,13 @@
 """Batch top-k on GPUs with Lightning's ``predict`` (DDP across devices): exact scores by matrix product.
 
-    users, item_ids, histories = run_histories(run_dir)  # or serving.History objects from anywhere
+    signals = run_signals(run_dir, net)  # searches, context, user features: what the model reads
+    users, item_ids, histories = run_histories(run_dir, signals)  # or serving.History objects from anywhere
+    features = run_features(run_dir, users, signals)  # (F,) per user, or None
     trainer = pl.Trainer(accelerator="gpu", devices=4, strategy="ddp",
                          callbacks=[ParquetPartWriter(out, users, item_ids)])
     predictor = TopKPredictor(net, k=100, intent=run_intent(run_dir))  # intent: the served re-rank
-    trainer.predict(predictor, dataloaders=history_loader(histories, max_len, batch_size=4096))
+    loader = history_loader(histories, max_len, batch_size=4096, signals=signals, features=features)
+    trainer.predict(predictor, dataloaders=loader)
 
 Each rank scores its share of the batches (Lightning's distributed sampler) and writes
 ``out/rank-R-batch-B.parquet`` (``user_id, rank, item_id, score``). Exact: every item is scored
@@ -31,43 +34,60 @@ from torch.utils.data import DataLoader, Dataset
 
 from serving.core.history import History, histories_from_frame, padded_feeds
 from serving.core.intent import CategoryIntent, IntentSettings
+from serving.core.signals import Signals
 from twotower.model import TwoTower, model_inputs
 
 INPUTS = ("items", "events", "dwell", "gaps")
 
 
 class HistoryDataset(Dataset):
-    """(user index, History) pairs; batches are right-padded by :func:`serving.core.history.padded_feeds`."""
+    """(user index, History, (F,) user features or None) rows; batched by :class:`PaddedBatch`."""
 
-    def __init__(self, histories: Sequence[History]) -> None:
-        self.histories = histories
+    def __init__(
+        self, histories: Sequence[History], features: Sequence[np.ndarray | None] | None = None
+    ) -> None:
+        if features is not None and len(features) != len(histories):
+            raise ValueError(f"{len(features)} feature rows for {len(histories)} histories")
+        self.histories, self.features = histories, features
 
     def __len__(self) -> int:
         return len(self.histories)
 
-    def __getitem__(self, i: int) -> tuple[int, History]:
-        return i, self.histories[i]
+    def __getitem__(self, i: int) -> tuple[int, History, np.ndarray | None]:
+        return i, self.histories[i], None if self.features is None else self.features[i]
 
 
 class PaddedBatch:
-    """Collate: the same (B, L) inputs the ONNX batch path builds, as tensors, plus the user indices."""
+    """Collate: the same (B, L) inputs the ONNX batch path builds (:meth:`Signals.batch_feeds` when the model
+    reads searches, context or user features: the same neutral fills), as tensors, plus the user indices."""
 
-    def __init__(self, max_len: int) -> None:
-        self.max_len = max_len
+    def __init__(self, max_len: int, signals: Signals | None = None) -> None:
+        self.max_len, self.signals = max_len, signals
 
-    def __call__(self, rows: list[tuple[int, History]]) -> dict[str, torch.Tensor]:
-        feeds = padded_feeds([h for _, h in rows], self.max_len)
+    def __call__(self, rows: list[tuple[int, History, np.ndarray | None]]) -> dict[str, torch.Tensor]:
+        histories = [h for _, h, _ in rows]
+        if self.signals is not None and self.signals.inputs:
+            feeds = self.signals.batch_feeds(histories, self.max_len, [f for _, _, f in rows])
+        else:
+            feeds = padded_feeds(histories, self.max_len)
         return {
-            "index": torch.tensor([i for i, _ in rows]),
+            "index": torch.tensor([i for i, _, _ in rows]),
             **{k: torch.from_numpy(v) for k, v in feeds.items()},
         }
 
 
 def history_loader(
-    histories: Sequence[History], max_len: int, batch_size: int = 4096, num_workers: int = 0
+    histories: Sequence[History],
+    max_len: int,
+    batch_size: int = 4096,
+    num_workers: int = 0,
+    signals: Signals | None = None,
+    features: Sequence[np.ndarray | None] | None = None,
 ) -> DataLoader:
-    return DataLoader(HistoryDataset(histories), batch_size=batch_size, collate_fn=PaddedBatch(max_len),
-                      num_workers=num_workers, pin_memory=torch.cuda.is_available())  # fmt: skip
+    """Batches of histories (with each user's features, for a model that reads them: :func:`run_features`)."""
+    return DataLoader(HistoryDataset(histories, features), batch_size=batch_size,
+                      collate_fn=PaddedBatch(max_len, signals), num_workers=num_workers,
+                      pin_memory=torch.cuda.is_available())  # fmt: skip
 
 
 class TopKPredictor(pl.LightningModule):
@@ -192,16 +212,37 @@ class ParquetPartWriter(BasePredictionWriter):
             self._thread = self._queue = None
 
 
-def run_histories(run_dir: Path) -> tuple[list[str], list[str], list[History]]:
-    """(user ids, item ids, per-user histories) from a training run's ``data/`` artifacts."""
+def run_signals(run_dir: Path, net: TwoTower) -> Signals:
+    """What ``net`` reads beyond the four inputs, with the run's vocabularies (as a bundle's manifest gives)."""
+    vocab = json.loads((Path(run_dir) / "data" / "vocab.json").read_text())
+    return Signals.from_manifest({"model": net.config.to_dict(), "signals": vocab.get("signals") or {}})
+
+
+def run_histories(
+    run_dir: Path, signals: Signals | None = None
+) -> tuple[list[str], list[str], list[History]]:
+    """(user ids, item ids, per-user histories) from a training run's ``data/`` artifacts; with ``signals``
+    the histories carry the searches and context the model reads."""
     vocab = json.loads((run_dir / "data" / "vocab.json").read_text())
+    frame = pd.read_parquet(run_dir / "data" / "histories.parquet")
     table = histories_from_frame(
-        pd.read_parquet(run_dir / "data" / "histories.parquet"),
+        frame,
         {item: i for i, item in enumerate(vocab["items"])},
         {name: i for i, name in enumerate(vocab["events"])},
+        signals.stored_arrays(frame) if signals is not None else None,
     )
     users = sorted(table)
     return users, vocab["items"], [table[u] for u in users]
+
+
+def run_features(run_dir: Path, users: Sequence[str], signals: Signals) -> list[np.ndarray | None] | None:
+    """Each user's (F,) feature indices from the run's ``users.parquet`` (None: a user without a row), or
+    None when the model reads no user feature."""
+    path = Path(run_dir) / "data" / "users.parquet"
+    if not signals.features or not path.exists():
+        return None
+    table = signals.stored_features(pd.read_parquet(path))
+    return [table.get(str(u)) for u in users]
 
 
 def run_intent(run_dir: Path, rerank: dict | None = None) -> CategoryIntent | None:
