@@ -283,3 +283,33 @@ def test_stream_datamodule_takes_every_argument_of_the_in_memory_one():
         return set(inspect.signature(cls.__init__).parameters) - {"self"}
 
     assert keywords(TwoTowerDataModule) <= keywords(StreamDataModule)
+
+
+def test_searches_context_and_user_features_read_as_the_csv_loader_reads_them(tmp_path):
+    """The in-memory Parquet path gives the CSV loader's encoded log, signals included; the streamed path
+    refuses the signal options, naming them, instead of training without them."""
+    from twotower.data.loaders import load_csv_log
+
+    raw = generate(n_users=60, n_items=40, n_categories=4, mean_events=10, search_prob=0.3, seed=2)
+    events = raw.events.rename(columns={"user": "user_id", "item": "item_id", "ts": "timestamp"})
+    events["device"] = np.random.default_rng(0).choice(["mobile", "desktop", " ", None], len(events))
+    assert events["item_id"].isna().any()  # search rows without an item
+    events.to_csv(tmp_path / "events.csv", index=False)
+    root = write_dataset(tmp_path / "log", events, files=3)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(50)], "segment": ["a", "b"] * 25})
+    users.to_csv(tmp_path / "users.csv", index=False)
+    signals = {"query_col": "query", "context_cols": ["device"], "hour_of_week": True,
+               "users_path": tmp_path / "users.csv"}  # fmt: skip
+    cols = {"user_col": "user_id", "item_col": "item_id", "time_col": "timestamp", "event_col": "event",
+            "dwell_col": "dwell_s"}  # fmt: skip
+    from_csv = encode_log(load_csv_log(tmp_path / "events.csv", **cols, **signals), min_events=3)
+    from_parquet = encode_log(load_parquet_log(root, stream=False, **cols, **signals), min_events=3)
+    assert from_parquet.report.searches == from_csv.report.searches > 0
+    for name in ("users", "items", "events", "ts", "queries", "context", "user_features"):
+        np.testing.assert_array_equal(getattr(from_parquet, name), getattr(from_csv, name), err_msg=name)
+    assert from_parquet.context_vocab == from_csv.context_vocab
+    assert from_parquet.user_feature_vocab == from_csv.user_feature_vocab
+    with pytest.raises(
+        DataError, match=r"data\.query_col, data\.context_cols, data\.users_path.*stream=false"
+    ):
+        load_parquet_log(root, stream=True, cache_dir=tmp_path / "cache", **cols, **signals)

@@ -8,13 +8,13 @@ import logging
 import os
 import shutil
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 
-from twotower.data.loaders import load_items
+from twotower.data.loaders import load_items, load_users
 from twotower.data.parquet.build import build, fingerprint, settings_dict
 from twotower.data.parquet.scan import (
     Columns,
@@ -25,7 +25,8 @@ from twotower.data.parquet.scan import (
     to_frame,
 )
 from twotower.data.parquet.store import StreamLog, load_entry
-from twotower.data.schema import LoadReport, RawLog
+from twotower.data.schema import DataError, LoadReport, RawLog
+from twotower.data.signals import add_hour_of_week
 
 log = logging.getLogger(__name__)
 
@@ -45,11 +46,21 @@ def load_parquet_log(
     name: str | None = None,
     stream: bool | str = "auto",
     stream_min_rows: int = 5_000_000,
+    query_col: str | None = None,
+    context_cols: Sequence[str] | None = None,
+    users_path: str | Path | None = None,
+    users: Mapping | None = None,
+    hour_of_week: bool = False,
     **stream_settings: Any,
 ) -> RawLog | StreamLog:
     """Hydra loader of ``data=parquet``: in memory below ``stream_min_rows`` rows (``stream=auto``), streamed
-    into shards above (or always with ``stream=true``). ``stream_settings``: see :func:`stream_log`."""
-    columns = Columns(user_col, item_col, time_col, event_col, dwell_col, time_format)
+    into shards above (or always with ``stream=true``). ``stream_settings``: see :func:`stream_log`.
+
+    Searches (``query_col``), context (``context_cols``, ``hour_of_week``) and user features (``users_path``)
+    are read as ``data=csv`` reads them, on the in-memory path; the streamed shards carry items, events, dwell
+    and time only, so a streamed log with any of them set is refused (naming them) rather than read without."""
+    columns = Columns(user_col, item_col, time_col, event_col, dwell_col, time_format, query_col,
+                      tuple(context_cols or ()))  # fmt: skip
     dataset = open_dataset(path)
     check_columns(dataset, path, columns)
     rows = count_rows(dataset)
@@ -57,13 +68,25 @@ def load_parquet_log(
     if stream == "auto":
         stream = rows >= stream_min_rows
     if str(stream).lower() in ("true", "1"):
+        signals = columns.signals + [
+            n for n, on in (("users_path", users_path), ("hour_of_week", hour_of_week)) if on
+        ]
+        if signals:
+            raise DataError(
+                f"{path}: {rows} rows are streamed into shards, which carry items, events, dwell and time only: "
+                f"data.{', data.'.join(signals)} cannot be read there (set data.stream=false to read the log in "
+                f"memory, or leave them unset)"
+            )
         return stream_log(path, columns, items_path=items_path, items=items, name=name, **stream_settings)
     log.info("%s: %d rows, read in memory (data.stream_min_rows=%d)", path, rows, stream_min_rows)
     batches = list(iter_batches(dataset, columns, int(stream_settings.get("batch_rows", 262_144))))
     events = to_frame(pa.concat_tables(batches))
+    if hour_of_week and time_col is not None:
+        events = add_hour_of_week(events)
     item_frame = load_items(items_path, **dict(items or {})) if items_path else None
+    user_frame = load_users(users_path, **dict(users or {})) if users_path else None
     return RawLog(events=events, items=item_frame, name=name, report=LoadReport(rows_read=len(events)),
-                  has_time=time_col is not None)  # fmt: skip
+                  has_time=time_col is not None, users=user_frame)  # fmt: skip
 
 
 def stream_log(

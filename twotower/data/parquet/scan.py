@@ -20,7 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from twotower.data.loaders import parse_dwell, parse_time
-from twotower.data.schema import DWELL, EVENT, ITEM, TIME, USER, DataError
+from twotower.data.schema import CONTEXT_PREFIX, DWELL, EVENT, ITEM, QUERY, TIME, USER, DataError
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +37,24 @@ class Columns:
     event_col: str | None = None
     dwell_col: str | None = None
     time_format: str | None = None
+    query_col: str | None = None  # search text (in memory only: the streamed shards carry no signal)
+    context_cols: tuple[str, ...] = ()  # per-event context columns (likewise)
 
     def mapping(self) -> dict[str, str | None]:
-        return {"user_col": self.user_col, "item_col": self.item_col, "time_col": self.time_col,
-                "event_col": self.event_col, "dwell_col": self.dwell_col}  # fmt: skip
+        """Option -> source column; the signal options only when set (a streamed log's fingerprint stays)."""
+        out = {"user_col": self.user_col, "item_col": self.item_col, "time_col": self.time_col,
+               "event_col": self.event_col, "dwell_col": self.dwell_col}  # fmt: skip
+        if self.query_col is not None:
+            out["query_col"] = self.query_col
+        out.update({f"context_cols[{i}]": c for i, c in enumerate(self.context_cols)})
+        return out
+
+    @property
+    def signals(self) -> list[str]:
+        """The signal options set (``data.query_col``, ``data.context_cols``)."""
+        return [
+            name for name, on in (("query_col", self.query_col), ("context_cols", self.context_cols)) if on
+        ]
 
 
 def open_dataset(path: str | Path) -> ds.Dataset:
@@ -101,17 +115,22 @@ def iter_batches(dataset: ds.Dataset, columns: Columns, batch_rows: int = 262_14
 def canonical(batch: pa.RecordBatch, columns: Columns, file: str, offset: int, row: int) -> pa.Table:
     """One record batch -> canonical columns; ``offset`` is the batch's first row in ``file``."""
     n = batch.num_rows
+    query = None if columns.query_col is None else _text(batch.column(columns.query_col))
+    searches = None if query is None else pc.is_valid(query)  # a search row may leave the item empty
     out: dict[str, pa.Array] = {
         USER: ids(batch.column(columns.user_col), file, columns.user_col, offset),
-        ITEM: ids(batch.column(columns.item_col), file, columns.item_col, offset),
+        ITEM: ids(batch.column(columns.item_col), file, columns.item_col, offset, searches),
     }
+    if query is not None:
+        out[QUERY] = query
+    for col in columns.context_cols:
+        out[CONTEXT_PREFIX + col] = _text(batch.column(col))
     if columns.time_col is None:
         out[TIME] = pa.array(np.arange(row, row + n, dtype=np.float64))
     else:
         out[TIME] = pa.array(times(batch.column(columns.time_col), file, columns, offset))
     if columns.event_col is not None:
-        events = pc.utf8_trim_whitespace(pc.cast(batch.column(columns.event_col), pa.string()))
-        out[EVENT] = pc.if_else(pc.equal(events, ""), pa.scalar(None, pa.string()), events)
+        out[EVENT] = _text(batch.column(columns.event_col))
     if columns.dwell_col is not None:
         values = batch.column(columns.dwell_col).to_pandas()
         out[DWELL] = pa.array(_shifted(parse_dwell, offset, values, Path(file), columns.dwell_col, True))
@@ -119,8 +138,17 @@ def canonical(batch: pa.RecordBatch, columns: Columns, file: str, offset: int, r
     return pa.table(out)
 
 
-def ids(values: pa.Array, file: str, column: str, offset: int) -> pa.Array:
-    """External ids as strings (integral floats lose their '.0', text is stripped); an empty id is an error."""
+def _text(values: pa.Array) -> pa.Array:
+    """Strings, stripped; empty -> null (the CSV loader's rule for events, queries and context)."""
+    if pa.types.is_dictionary(values.type):
+        values = values.dictionary_decode()
+    text = pc.utf8_trim_whitespace(pc.cast(values, pa.string()))
+    return pc.if_else(pc.equal(text, ""), pa.scalar(None, pa.string()), text)
+
+
+def ids(values: pa.Array, file: str, column: str, offset: int, optional: pa.Array | None = None) -> pa.Array:
+    """External ids as strings (integral floats lose their '.0', text is stripped); an empty id is an error,
+    except on rows where ``optional`` (bool) is true (a search event's item), which are left null."""
     if pa.types.is_floating(values.type):
         finite = pc.drop_null(values)
         if len(finite) and pc.all(pc.equal(pc.floor(finite), finite)).as_py():
@@ -131,6 +159,10 @@ def ids(values: pa.Array, file: str, column: str, offset: int) -> pa.Array:
     if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
         text = pc.utf8_trim_whitespace(text)
     empty = pc.or_kleene(pc.is_null(text), pc.equal(text, "")).fill_null(True)
+    if optional is not None:
+        allowed = pc.and_(empty, optional)
+        text = pc.if_else(allowed, pa.scalar(None, pa.string()), text)
+        empty = pc.and_(empty, pc.invert(optional))
     if pc.any(empty).as_py():
         bad = int(np.flatnonzero(empty.to_numpy(zero_copy_only=False))[0])
         raise DataError(f"{file}: empty id in column {column!r} at row {offset + bad + 1}")
@@ -167,6 +199,7 @@ def _shifted(check, offset: int, *args) -> np.ndarray:
 def to_frame(table: pa.Table) -> pd.DataFrame:
     """Canonical table -> the events frame of a :class:`RawLog` (event names as objects, None where missing)."""
     frame = table.drop_columns([ROW]).to_pandas()
-    if EVENT in frame.columns:
-        frame[EVENT] = frame[EVENT].astype(object).where(frame[EVENT].notna(), None)
+    for name in frame.columns:
+        if name in (EVENT, QUERY) or str(name).startswith(CONTEXT_PREFIX):
+            frame[name] = frame[name].astype(object).where(frame[name].notna(), None)
     return frame
