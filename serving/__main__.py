@@ -74,6 +74,7 @@ STATE_MODULES = (
     "serving.sqlitedb",
     "serving.privacy",
     "serving.redisstore",
+    "serving.redisdb",
 )  # what reads the state dir
 
 

@@ -18,8 +18,9 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool
 from serving.audience import UnknownItems
 from serving.audience_live import LiveAudiences
 from serving.deps import GateDep, LiveDep, require
+from serving.fields import Id, JsonInt
 from serving.privacy import RAW_SCHEME
-from serving.schemas import Id, JsonInt, error_responses
+from serving.schemas import error_responses
 from serving.settings import READ
 
 router = APIRouter()

@@ -1,6 +1,6 @@
 """The real-time loop: events in, the next answer adapts; durable histories, erasure, hot reload.
 
-:class:`LiveService` puts a :class:`~serving.store.HistoryStore` in front of a
+:class:`LiveService` puts a :class:`~serving.historystore.HistoryStore` in front of a
 :class:`~serving.recommender.Recommender`. A recommendation for a ``user_id`` encodes the user's *current*
 stored history on every call (a per-process cache is keyed by the store's version marker, so a write from
 any process or thread is seen by the next read). The recommender can be swapped for a new bundle while
@@ -21,9 +21,9 @@ from pathlib import Path
 from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
 from serving.core.texthash import QueryError, check_query
+from serving.historystore import HistoryStore, StoredEvent
 from serving.privacy import has_lone_surrogate, key_scheme, user_key
 from serving.recommender import Recommender
-from serving.store import HistoryStore, StoredEvent
 
 log = logging.getLogger(__name__)
 

@@ -20,9 +20,9 @@ from fastapi import APIRouter, HTTPException, Path
 import serving.paths  # noqa: F401 - registers the {name:id} path convertor
 from serving.catalog import ItemExists
 from serving.deps import GateDep, LiveDep, SettingsDep, invalid, require
+from serving.fields import ID_MAX_LENGTH
 from serving.live import EventsRejected, LiveService
-from serving.schemas import (
-    ID_MAX_LENGTH,
+from serving.live_schemas import (
     ErasedResponse,
     EventsRequest,
     EventsResponse,
@@ -31,8 +31,8 @@ from serving.schemas import (
     ReloadRequest,
     ReloadResponse,
     UserHistoryResponse,
-    error_responses,
 )
+from serving.schemas import error_responses
 from serving.settings import ADMIN, READ, WRITE, Settings
 from serving.store import StoreUnavailable
 

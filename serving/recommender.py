@@ -24,12 +24,13 @@ from serving.core.diversify import (
     request_seed,
 )
 from serving.core.history import History, histories_from_frame
-from serving.core.index import IndexSpec, Selector
+from serving.core.index import IndexSpec
 from serving.core.intent import CategoryIntent, IntentSettings, item_members
 from serving.core.request import RecommendationRequest
 from serving.core.resolve import resolve_entries
 from serving.core.results import Recommendation, ResolvedHistory, merge_top
 from serving.core.search import filtered_search
+from serving.core.selector import Selector
 from serving.core.signals import Signals
 from serving.shaping import ListShaper, Ranking
 

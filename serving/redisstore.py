@@ -1,5 +1,6 @@
-"""A Redis-backed :class:`~serving.store.HistoryStore`: several replicas on several hosts share one set of
-live histories (``TWOTOWER_STORE=redis://host:port/db``). Same semantics as the SQLite store.
+"""A Redis-backed :class:`~serving.historystore.HistoryStore`: several replicas on several hosts share one
+set of live histories (``TWOTOWER_STORE=redis://host:port/db``). Same semantics as the SQLite store. The
+connection, its errors, the persistence check and AOF rewrites: :mod:`serving.redisdb`.
 
 Layout (every key under ``prefix``): ``e:<user>`` a sorted set of the user's events (score ``ts``, member a
 16-hex-digit arrival number + JSON ``[item, event, dwell, stored_at]``, so ties in ``ts`` keep arrival order);
@@ -20,24 +21,21 @@ import json
 import logging
 import math
 import os
-import re
 import secrets
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from urllib.parse import urlsplit
+from collections.abc import Callable, Iterable, Sequence
 
-import redis
 from redis import exceptions as rex
 
+from serving.historystore import Appended, StoredEvent, columns_of
 from serving.privacy import RAW_SCHEME, erasure_key
+from serving.redisdb import RedisDatabase
 from serving.redislua import APPEND, SWEEP
-from serving.store import Appended, StoredEvent, StoreUnavailable, columns_of
+from serving.sqlitedb import StoreUnavailable
 
 log = logging.getLogger(__name__)
 
 SCHEMES = ("redis://", "rediss://", "unix://")
-# errors that mean "the store cannot take this write now", not a bug: answered 503, reads may still work
-REFUSALS = ("OOM", "MISCONF", "READONLY", "NOREPLICAS", "LOADING", "BUSY", "MASTERDOWN", "NOAUTH", "NOPERM")
 
 
 def is_redis_url(value: str) -> bool:
@@ -59,16 +57,8 @@ def open_store(settings, max_events: int, retention_s: float | None = None, **sq
     return RedisHistoryStore(url, max_events, retention_s)
 
 
-def redact(url: str) -> str:
-    """The URL without its password (for messages and logs)."""
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return url.replace(f":{parts.password}@", ":***@", 1)
-
-
-class RedisHistoryStore:
-    """:class:`~serving.store.HistoryStore` on one Redis database; thread-safe (a connection pool)."""
+class RedisHistoryStore(RedisDatabase):
+    """:class:`~serving.historystore.HistoryStore` on one Redis database; thread-safe (a connection pool)."""
 
     def __init__(
         self,
@@ -79,63 +69,14 @@ class RedisHistoryStore:
         timeout_s: float = 10.0,
         rewrite_on_erase: bool = True,
     ) -> None:
-        self.where = redact(url)
-        self.path = self.where  # messages name it as the SQLite store names its file
+        super().__init__(url, prefix, timeout_s)
         self.max_events = int(max_events)
         self.retention_s = retention_s if retention_s and retention_s > 0 else None
-        self.prefix = prefix
         self.rewrite_on_erase = rewrite_on_erase
-        self.writable = True
-        parts = urlsplit(url)
-        if parts.scheme != "unix" and not re.fullmatch(r"/?\d*", parts.path):
-            raise ValueError(
-                f"TWOTOWER_STORE={self.where!r}: the path must be a database number (redis://host:port/0)"
-            )
-        try:
-            self.r = redis.Redis.from_url(url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s,
-                                          health_check_interval=5, decode_responses=True)  # fmt: skip
-        except ValueError as exc:
-            raise ValueError(f"TWOTOWER_STORE={self.where!r}: {exc}") from exc
         self._append = self.r.register_script(APPEND)
         self._sweep = self.r.register_script(SWEEP)
         with self._guard("opened"):
-            self.r.ping()
             self.key_scheme = self.r.get(self._k("keys"))
-        self.persistence = self._persistence()
-
-    def _k(self, name: str) -> str:
-        return self.prefix + name
-
-    @contextlib.contextmanager
-    def _guard(self, doing: str = "written", write: bool = False) -> Iterator[None]:
-        """Redis unreachable or refusing writes -> :class:`StoreUnavailable` naming the server."""
-        try:
-            yield
-        except (rex.ConnectionError, rex.TimeoutError, rex.ReadOnlyError, rex.ResponseError) as exc:
-            if isinstance(exc, rex.ResponseError) and not str(exc).upper().startswith(REFUSALS):
-                raise
-            if write:
-                self.writable = False
-            raise StoreUnavailable(f"history store {self.where} cannot be {doing}: {exc}") from exc
-        if write:
-            self.writable = True
-
-    def _persistence(self) -> str:
-        """``appendonly``/``appendfsync`` as the server reports them; a warning when acknowledged events can be
-        lost on a crash (CONFIG may be disabled on a managed Redis: then it is only logged as unknown)."""
-        try:
-            got = self.r.config_get("append*")
-            aof, fsync = got.get("appendonly"), got.get("appendfsync")
-        except rex.RedisError as exc:
-            log.warning(
-                "%s: persistence settings unreadable (%s); durability is the server's", self.where, exc
-            )
-            return "unknown"
-        state = f"appendonly={aof} appendfsync={fsync}"
-        if (aof, fsync) != ("yes", "always"):
-            log.warning("%s: %s; a Redis or host crash can lose acknowledged events (appendonly yes, "
-                        "appendfsync always loses none)", self.where, state)  # fmt: skip
-        return state
 
     # ---- histories ----------------------------------------------------------------------------------
     def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int:
@@ -204,28 +145,6 @@ class RedisHistoryStore:
         if self.rewrite_on_erase:
             self.rewrite_files()
         return int(count)
-
-    def rewrite_files(self, wait_s: float = 60.0) -> None:
-        """Start an AOF rewrite that begins after now (one already running forked before this erasure, so it
-        is waited out first): the rewritten files hold the current data only."""
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                self.r.bgrewriteaof()
-                return
-            except rex.ResponseError as exc:
-                if "already in progress" not in str(exc) or time.monotonic() > deadline:
-                    log.warning("%s: AOF rewrite after an erasure not started (%s)", self.where, exc)
-                    return
-            except rex.RedisError as exc:
-                log.warning("%s: AOF rewrite after an erasure not started (%s)", self.where, exc)
-                return
-            time.sleep(0.05)
-
-    def rewrite_done(self) -> bool:
-        """No AOF rewrite running or scheduled (tests wait for this before reading the files)."""
-        info = self.r.info("persistence")
-        return not info.get("aof_rewrite_in_progress") and not info.get("aof_rewrite_scheduled")
 
     def erased_since(self, since: float = 0.0) -> list[str]:
         """Erased users (hashes of their stored keys) since ``since``, for the retraining pipeline."""

@@ -16,16 +16,15 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import serving.paths  # noqa: F401 - registers the {name:id} path convertor
 from serving import itemtext
 from serving.deps import CallerDep, GateDep, LiveDep, RecommenderDep, SettingsDep, too_large
+from serving.fields import ID_MAX_LENGTH, Text
 from serving.live import LiveService
 from serving.schemas import (
-    ID_MAX_LENGTH,
     Health,
     ItemInfo,
     ItemSearchResponse,
     RecommendRequest,
     RecommendResponse,
     SimilarResponse,
-    Text,
     error_responses,
 )
 from serving.settings import READ

@@ -1,77 +1,19 @@
-"""Typed, documented request/response models (they make the OpenAPI page).
+"""Request/response models of the read API (recommend, similar items, item search, health) and the error
+responses every router documents: typed and documented, they make the OpenAPI page.
 
-Every string a client sends must be valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused with
-422 naming the field: it could be neither stored nor written back as JSON), and every number finite.
+Field types (valid Unicode, finite numbers, ids) come from :mod:`serving.fields`; the write and admin API's
+models are in :mod:`serving.live_schemas`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, WithJsonSchema
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from serving.core.request import RecommendationRequest
 from serving.core.texthash import MAX_QUERY_CHARS
-from serving.live import EventLimits
-
-ID_MAX_LENGTH = 256
-# integer ids: those a JSON number carries exactly everywhere (I-JSON, RFC 7493); larger ones go as strings
-INT_ID_MIN, INT_ID_MAX = -(2**53 - 1), 2**53 - 1
-MAX_DWELL_S = EventLimits().max_dwell_s
-
-
-def _id_to_str(value: object) -> object:
-    """Ids may be JSON strings or integers up to 2**53 - 1 (``7.0`` is the integer 7, as JSON Schema has it); booleans
-    and fractional numbers are refused."""
-    if isinstance(value, bool):
-        raise ValueError("an id must be a string or an integer, not a boolean")
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int):
-        if not INT_ID_MIN <= value <= INT_ID_MAX:
-            raise ValueError(f"an integer id must be within +-{INT_ID_MAX} (send larger ids as strings)")
-        return str(value)
-    return value
-
-
-def _unicode(value: str) -> str:
-    """Refuse text that is not valid Unicode (lone surrogates): it cannot be stored or encoded as UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates such as \\ud800)") from None
-    return value
-
-
-ID_SCHEMA = {
-    "anyOf": [
-        {"type": "string", "minLength": 1, "maxLength": ID_MAX_LENGTH},
-        {"type": "integer", "minimum": INT_ID_MIN, "maximum": INT_ID_MAX},
-    ]
-}
-Text = Annotated[str, AfterValidator(_unicode)]
-Id = Annotated[
-    str,
-    BeforeValidator(_id_to_str),
-    Field(min_length=1, max_length=ID_MAX_LENGTH),
-    AfterValidator(_unicode),
-    WithJsonSchema(ID_SCHEMA),
-]
-Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a JSON number: not a boolean, not text
-
-
-def _json_integer(value: object) -> object:
-    """A JSON integer (``5`` or ``5.0``), not a boolean or a numeric string (pydantic's lax mode takes both)."""
-    if isinstance(value, bool | str):
-        raise ValueError("must be a JSON integer")
-    return value
-
-
-JsonInt = Annotated[int, BeforeValidator(_json_integer)]
-Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]  # a JSON number in [0, 1]
-
-
-SignalText = Annotated[Text, Field(min_length=1, max_length=128)]  # a context or feature value
+from serving.fields import Id, JsonInt, Share, SignalText, Text
 
 
 class SearchEntry(BaseModel):
@@ -237,102 +179,6 @@ class ItemSearchResponse(BaseModel):
 class Health(BaseModel):
     status: str
     model_version: str | None = None
-
-
-class EventIn(BaseModel):
-    """One interaction."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    user_id: Id = Field(description="Who interacted (stored as a keyed hash when pseudonymisation is on).")
-    item_id: Id | None = Field(
-        None, description="With what: an item of the catalog (bundle or added since). Omitted for a search."
-    )
-    query: Annotated[Text, Field(min_length=1, max_length=MAX_QUERY_CHARS)] | None = Field(
-        None, description="A search: what the user searched for (give it instead of `item_id`)."
-    )
-    event: Text | None = Field(
-        None,
-        max_length=64,
-        description="Event type from the bundle's vocabulary (`GET /events/types`), or '<other>'. Default '<other>'.",
-    )
-    dwell_s: Finite | None = Field(
-        None, ge=0, le=MAX_DWELL_S, description="Seconds spent, 0 .. 86400; bucketed as in training."
-    )
-    ts: Finite | None = Field(
-        None,
-        description="Unix seconds; default: arrival time. At most 300 s in the future, at most 10 years old.",
-    )
-
-
-class EventsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    events: list[EventIn] = Field(
-        min_length=1,
-        description="One or many events; the batch is stored all or none (TWOTOWER_MAX_BATCH_EVENTS).",
-    )
-
-
-class EventsResponse(BaseModel):
-    accepted: int = Field(description="Events stored durably (the commit happened before this answer).")
-    trimmed: int = Field(
-        0,
-        description="Valid events not kept: older than the newest TWOTOWER_MAX_EVENTS_PER_USER events the "
-        "store keeps for their user. accepted + trimmed = the batch.",
-    )
-
-
-class StoredEventOut(BaseModel):
-    item_id: str = Field(description="The item; empty for a search.")
-    event: str
-    dwell_s: float | None
-    ts: float
-    query: str | None = Field(None, description="A search's text (absent for an item event).")
-
-
-class UserHistoryResponse(BaseModel):
-    user_id: str
-    events: list[StoredEventOut] = Field(description="Everything stored about the user, oldest first.")
-
-
-class ErasedResponse(BaseModel):
-    user_id: str
-    deleted: int = Field(description="How many stored events were deleted.")
-
-
-class NewItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    item_id: Id
-    categories: list[Annotated[Text, Field(max_length=256)]] = Field(
-        min_length=1, max_length=64, description="Category names of the bundle."
-    )
-
-
-class ItemsRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    items: list[NewItem] = Field(min_length=1, max_length=10_000)
-
-
-class ItemsResponse(BaseModel):
-    items: list[str] = Field(description="Ids added, restored or removed.")
-
-
-class ReloadRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    bundle: Annotated[Text, Field(min_length=1, max_length=4096)] | None = Field(
-        None,
-        description="Bundle directory (relative paths are taken under TWOTOWER_BUNDLE_ROOT when it is set, "
-        "and a path outside that root is refused); default: the bundle now in use.",
-    )
-
-
-class ReloadResponse(BaseModel):
-    model_version: str
-    bundle: str
 
 
 ERRORS = {

@@ -1,4 +1,4 @@
-"""Where live user histories are kept: a small interface and its embedded default, SQLite in WAL mode.
+"""The embedded default :class:`~serving.historystore.HistoryStore` of live user histories: SQLite in WAL mode.
 
 An event is acknowledged only after its transaction committed (``synchronous=FULL`` by default, checked
 on every connection: it survives a killed process and a power cut). Each write is one transaction, so a
@@ -8,7 +8,7 @@ processes. An erasure overwrites the rows and truncates the WAL: the bytes leave
 answers (see :mod:`serving.sqlitedb` for the file, its settings and :class:`StoreUnavailable`).
 
 Sharing between replicas: every replica opening one SQLite file works on one host only. Several hosts share a
-Redis behind the same :class:`HistoryStore` interface (``TWOTOWER_STORE=redis://...``:
+Redis behind the same :class:`~serving.historystore.HistoryStore` interface (``TWOTOWER_STORE=redis://...``:
 :mod:`serving.redisstore`).
 """
 
@@ -21,71 +21,19 @@ import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
 
+from serving.historystore import Appended, StoredEvent, columns_of
 from serving.privacy import RAW_SCHEME, erasure_key
 from serving.sqlitedb import SQLiteFile, StoreUnavailable
 
-__all__ = ["HistoryStore", "SQLiteHistoryStore", "StoreUnavailable", "StoredEvent", "Appended"]
+__all__ = ["SQLiteHistoryStore", "StoreUnavailable"]
 
 log = logging.getLogger(__name__)
 
 DB_FILE = "history.sqlite3"
 LEGACY_PSEUDONYMS = "hmac-sha256:unrecorded"  # pseudonyms written before the store recorded its key
 _HEX64 = re.compile(r"[0-9a-f]{64}")
-
-
-@dataclass(frozen=True)
-class StoredEvent:
-    """One interaction as stored (ids external, seconds since the epoch)."""
-
-    item_id: str  # "" for a search
-    event: str
-    dwell_s: float | None
-    ts: float
-    query: str | None = None  # a search's text (with or without an item)
-
-
-def history_entry(item_id: str, query: str | None) -> object:
-    """The ``history_columns`` item of a stored event: the item id, or ``{"query": text}`` for a search (the
-    history entry :meth:`serving.recommender.Recommender.resolve` reads)."""
-    return {"query": query} if query is not None and not item_id else item_id
-
-
-def columns_of(rows: list[tuple]) -> tuple[tuple, tuple, tuple, tuple]:
-    """(item_id, event, dwell_s, ts, query) rows -> the four ``history_columns``; searches as history entries."""
-    if not rows:
-        return (), (), (), ()
-    items = tuple(history_entry(r[0], r[4]) for r in rows)
-    return items, *(tuple(r[k] for r in rows) for k in (1, 2, 3))  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class Appended:
-    """What one write did: each user's version just before and just after it, and how many of its events
-    were older than the ``max_events`` newest their user keeps, so were not kept."""
-
-    versions: dict[str, tuple[int | None, int]]
-    trimmed: int = 0
-
-
-class HistoryStore(Protocol):
-    max_events: int
-    writable: bool
-
-    def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int: ...
-    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended: ...
-    def history(self, user_key: str) -> list[StoredEvent]: ...
-    def version(self, user_key: str) -> int | None: ...
-    def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]: ...
-    def erase(self, user_key: str) -> int: ...
-    def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int: ...
-    def sweep(self, now: float | None = None) -> int: ...
-    def probe(self) -> bool: ...
-    def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None: ...
-    def catalog_changes(self) -> list[tuple[str, str, list[str]]]: ...
 
 
 SCHEMA = """
@@ -115,7 +63,7 @@ CREATE TABLE IF NOT EXISTS catalog_changes (
 
 
 class SQLiteHistoryStore(SQLiteFile):
-    """The embedded default :class:`HistoryStore` (one file in ``state_dir``)."""
+    """The embedded default :class:`~serving.historystore.HistoryStore` (one file in ``state_dir``)."""
 
     def __init__(
         self,
@@ -181,7 +129,7 @@ class SQLiteHistoryStore(SQLiteFile):
 
     def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]:
         """The same events as four columns (item_id, event, dwell_s, ts): the fast path for encoding. A search's
-        item is ``{"query": text}`` (:func:`history_entry`)."""
+        item is ``{"query": text}`` (:func:`~serving.historystore.history_entry`)."""
         return columns_of(self._rows(user_key))
 
     def _rows(self, user_key: str) -> list[tuple]:

@@ -268,7 +268,7 @@ def test_the_live_index_over_a_redis_store(rec, tmp_path):
     pytest.importorskip("redis")
     from serving.live import LiveService, seed_rows
     from serving.redisstore import RedisHistoryStore
-    from twotower.benchmarks.service import RedisServer
+    from twotower.benchmarks.servers import RedisServer
 
     with RedisServer(tmp_path / "redis") as server:
         store = RedisHistoryStore(server.url, max_events=rec.max_len + 1, rewrite_on_erase=False)

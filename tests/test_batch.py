@@ -7,7 +7,8 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from serving.batch import BatchScorer, load_users, score_to_parquet
+from serving.batch import BatchScorer
+from serving.batch_job import load_users, score_to_parquet
 from serving.recommender import Recommender
 
 

@@ -45,7 +45,7 @@ def serve(bundle: str | Path, **settings) -> Iterator[str]:
 
     from serving.app import create_app
     from serving.settings import Settings
-    from twotower.benchmarks.service import free_port
+    from twotower.benchmarks.servers import free_port
 
     with tempfile.TemporaryDirectory() as state:
         app = create_app(Settings(bundle=str(bundle), state_dir=state, **settings))

@@ -17,7 +17,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from twotower.benchmarks.service import free_port
+from twotower.benchmarks.servers import free_port
 from twotower.config import PROJECT_ROOT
 
 SERVING = PROJECT_ROOT / "serving"

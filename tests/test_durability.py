@@ -10,7 +10,7 @@ import time
 
 import httpx
 
-from twotower.benchmarks.service import free_port
+from twotower.benchmarks.servers import free_port
 
 
 def start(bundle, state, port) -> subprocess.Popen:

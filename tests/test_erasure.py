@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from serving.app import open_live_service
-from serving.batch import load_users
+from serving.batch_job import load_users
+from serving.historystore import StoredEvent
 from serving.live import LiveService
 from serving.privacy import KEY_FILE, erasure_key, key_scheme, pseudonym_key
 from serving.recommender import Recommender
 from serving.settings import Settings
-from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+from serving.store import SQLiteHistoryStore, StoreUnavailable
 
 USER = "erase-me-7f3a9c@example.org"
 DWELL, AGO = 1234.5678, 12345.678  # distinctive floats: SQLite stores a REAL as 8 big-endian bytes

@@ -19,7 +19,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from twotower.benchmarks.service import free_port
+from twotower.benchmarks.servers import free_port
 
 pytestmark = pytest.mark.fuzz
 TOKEN = "fuzz-token-0123456789"

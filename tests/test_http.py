@@ -45,7 +45,7 @@ def server(run_and_bundle, tmp_path_factory):
     """A real uvicorn on loopback (in a thread): ids in paths as a real server hands them over."""
     import uvicorn
 
-    from twotower.benchmarks.service import free_port
+    from twotower.benchmarks.servers import free_port
 
     settings = Settings(bundle=str(run_and_bundle[1]), state_dir=str(tmp_path_factory.mktemp("served")))
     port = free_port()

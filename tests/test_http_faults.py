@@ -140,7 +140,7 @@ def test_reload_stays_under_the_bundle_root(client, bundles, run_and_bundle, tmp
 
 
 def test_sighup_reloads_the_bundle_now_in_use(run_and_bundle, tmp_path):
-    from twotower.benchmarks.service import free_port
+    from twotower.benchmarks.servers import free_port
 
     first = renamed_copy(run_and_bundle[1], tmp_path / "first", "v-first")
     second = renamed_copy(run_and_bundle[1], tmp_path / "second", "v-second")

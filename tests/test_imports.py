@@ -32,7 +32,8 @@ def test_core_imports_no_runtime_torch_or_web_stack():
     code = (
         f"import sys; sys.modules.update(dict.fromkeys({blocked!r})); "
         "import serving.core.bundle, serving.core.history, serving.core.resolve, serving.core.index, "
-        "serving.core.search, serving.core.intent, serving.core.results, serving.core.request; print('ok')"
+        "serving.core.selector, serving.core.search, serving.core.intent, serving.core.results, "
+        "serving.core.request; print('ok')"
     )
     done = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True)
     assert done.returncode == 0 and done.stdout.strip() == "ok", done.stderr[-2000:]

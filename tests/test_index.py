@@ -6,8 +6,9 @@ import faiss
 import numpy as np
 import pytest
 
-from serving.core.index import IndexSpec, Selector, build_index, search_parameters
+from serving.core.index import IndexSpec, build_index, search_parameters
 from serving.core.search import exact_search
+from serving.core.selector import Selector
 
 
 @pytest.mark.parametrize(

@@ -26,7 +26,8 @@ from serving.core.texthash import (
     merge_tokens,
     tokens,
 )
-from serving.store import SQLiteHistoryStore, StoredEvent
+from serving.historystore import StoredEvent
+from serving.store import SQLiteHistoryStore
 from twotower.config import PROJECT_ROOT
 from twotower.data.encode import encode_log
 from twotower.data.schema import ITEM, QUERY, TIME, USER, LoadReport, RawLog

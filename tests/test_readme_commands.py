@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from twotower.benchmarks.service import free_port
+from twotower.benchmarks.servers import free_port
 from twotower.config import PROJECT_ROOT
 
 README = (PROJECT_ROOT / "README.md").read_text()

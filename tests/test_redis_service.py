@@ -15,7 +15,7 @@ import httpx
 import pytest
 
 from serving.recommender import Recommender
-from twotower.benchmarks.service import RedisServer, free_port, wait_ready
+from twotower.benchmarks.servers import RedisServer, free_port, wait_ready
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,

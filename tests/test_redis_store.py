@@ -12,7 +12,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+from serving.historystore import StoredEvent
+from serving.store import SQLiteHistoryStore, StoreUnavailable
 
 pytestmark = pytest.mark.skipif(
     shutil.which("redis-server") is None,
@@ -21,7 +22,7 @@ pytestmark = pytest.mark.skipif(
 redis = pytest.importorskip("redis", reason="the redis client is not installed (pip install -e '.[serve]')")
 
 from serving.redisstore import RedisHistoryStore, open_store  # noqa: E402
-from twotower.benchmarks.service import RedisServer, free_port  # noqa: E402
+from twotower.benchmarks.servers import RedisServer, free_port  # noqa: E402
 
 
 @pytest.fixture

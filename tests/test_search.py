@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from serving.core.index import IndexSpec, Selector, build_index
+from serving.core.index import IndexSpec, build_index
+from serving.core.selector import Selector
 
 
 @pytest.mark.parametrize("n_items", [50, 3000])

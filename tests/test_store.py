@@ -9,9 +9,10 @@ import threading
 
 import pytest
 
+from serving.historystore import StoredEvent
 from serving.live import LiveService
 from serving.recommender import Recommender
-from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+from serving.store import SQLiteHistoryStore, StoreUnavailable
 
 
 def click(item: str, ts: float) -> StoredEvent:

@@ -12,10 +12,11 @@ import time
 import numpy as np
 import pytest
 
+from serving.historystore import StoredEvent
 from serving.live import LiveService, seed_rows
 from serving.privacy import erasure_key, user_key
 from serving.recommender import Recommender
-from serving.store import SQLiteHistoryStore, StoredEvent, StoreUnavailable
+from serving.store import SQLiteHistoryStore, StoreUnavailable
 
 NO_REDIS = "redis-server not on PATH (apt-get install -y redis-server; .ci/run installs it)"
 
@@ -26,7 +27,7 @@ def redis_server(tmp_path_factory):
     if shutil.which("redis-server") is None:
         pytest.skip(NO_REDIS)
     pytest.importorskip("redis", reason="the redis client is not installed (pip install -e '.[serve]')")
-    from twotower.benchmarks.service import RedisServer
+    from twotower.benchmarks.servers import RedisServer
 
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server

@@ -1,8 +1,9 @@
 """Search with filters over a FAISS index, and the exact twins every index is checked against (no torch).
 
-:func:`filtered_search` answers one query among the rows a :class:`~serving.core.index.Selector` lets through,
-exactly ``min(k, available)`` results; :func:`exact_search` is brute-force inner product for many queries
-(the reference of every recall figure); :func:`masked_top_k` is the one-query exact path of flat indexes.
+:func:`filtered_search` answers one query among the rows a :class:`~serving.core.selector.Selector` lets
+through, exactly ``min(k, available)`` results; :func:`exact_search` is brute-force inner product for many
+queries (the reference of every recall figure); :func:`masked_top_k` is the one-query exact path of flat
+indexes.
 """
 
 from __future__ import annotations
@@ -12,7 +13,8 @@ from collections.abc import Sequence
 import faiss
 import numpy as np
 
-from serving.core.index import IVF_KINDS, IndexSpec, Selector, search_parameters
+from serving.core.index import IVF_KINDS, IndexSpec, search_parameters
+from serving.core.selector import Selector
 
 
 def exact_search(

@@ -40,8 +40,9 @@ import torch
 from tqdm import tqdm
 
 from serving.core.history import History
-from serving.core.index import IndexSpec, Selector, build_index
+from serving.core.index import IndexSpec, build_index
 from serving.core.search import exact_search
+from serving.core.selector import Selector
 from serving.recommender import Recommender
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.benchmarks.catalog import clustered_catalog, taste_queries

@@ -30,7 +30,8 @@ import pandas as pd
 
 from serving.core.bundle import HISTORIES, ITEM_IDS
 from twotower.benchmarks import wrk
-from twotower.benchmarks.service import free_port, machine, wait_ready
+from twotower.benchmarks.servers import free_port, wait_ready
+from twotower.benchmarks.service import machine
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """Campaign audiences into Parquet: `twotower-audience bundle=BUNDLE items=[50,181] k=100 out=FILE.parquet`.
 
 Serving side: imports no torch (the bundle's ONNX user tower encodes the users, FAISS ranks them).
-Users and their histories come from where batch scoring takes them (`serving.batch.load_users`): the
+Users and their histories come from where batch scoring takes them (`serving.batch_job.load_users`): the
 bundle's stored histories by default, a log file (`histories=`) or a serving history store (`state_dir=`).
 """
 
@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from serving.audience import UserIndex, without_erased, write_audiences
-from serving.batch import load_users
+from serving.batch_job import load_users
 from serving.recommender import Recommender
 from serving.settings import Settings
 from twotower.cli._hydra import hydra_app

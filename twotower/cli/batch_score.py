@@ -10,7 +10,8 @@ import os
 
 from omegaconf import DictConfig, OmegaConf
 
-from serving.batch import BatchScorer, load_users, score_to_parquet
+from serving.batch import BatchScorer
+from serving.batch_job import load_users, score_to_parquet
 from serving.recommender import Recommender
 from twotower.cli._hydra import hydra_app
 

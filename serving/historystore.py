@@ -1,0 +1,62 @@
+"""The :class:`HistoryStore` interface every live-history store implements (:mod:`serving.store`: SQLite,
+:mod:`serving.redisstore`: Redis), and the values it takes and returns: :class:`StoredEvent`,
+:class:`Appended`, and the ``history_columns`` layout (:func:`columns_of`)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+__all__ = ["Appended", "HistoryStore", "StoredEvent", "columns_of", "history_entry"]
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    """One interaction as stored (ids external, seconds since the epoch)."""
+
+    item_id: str  # "" for a search
+    event: str
+    dwell_s: float | None
+    ts: float
+    query: str | None = None  # a search's text (with or without an item)
+
+
+def history_entry(item_id: str, query: str | None) -> object:
+    """The ``history_columns`` item of a stored event: the item id, or ``{"query": text}`` for a search (the
+    history entry :meth:`serving.recommender.Recommender.resolve` reads)."""
+    return {"query": query} if query is not None and not item_id else item_id
+
+
+def columns_of(rows: list[tuple]) -> tuple[tuple, tuple, tuple, tuple]:
+    """(item_id, event, dwell_s, ts, query) rows -> the four ``history_columns``; searches as history entries."""
+    if not rows:
+        return (), (), (), ()
+    items = tuple(history_entry(r[0], r[4]) for r in rows)
+    return items, *(tuple(r[k] for r in rows) for k in (1, 2, 3))  # type: ignore[return-value]
+
+
+@dataclass(frozen=True)
+class Appended:
+    """What one write did: each user's version just before and just after it, and how many of its events
+    were older than the ``max_events`` newest their user keeps, so were not kept."""
+
+    versions: dict[str, tuple[int | None, int]]
+    trimmed: int = 0
+
+
+class HistoryStore(Protocol):
+    max_events: int
+    writable: bool
+
+    def append(self, events: Sequence[tuple[str, StoredEvent]]) -> int: ...
+    def append_tracked(self, events: Sequence[tuple[str, StoredEvent]]) -> Appended: ...
+    def history(self, user_key: str) -> list[StoredEvent]: ...
+    def version(self, user_key: str) -> int | None: ...
+    def history_columns(self, user_key: str) -> tuple[tuple, tuple, tuple, tuple]: ...
+    def erase(self, user_key: str) -> int: ...
+    def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int: ...
+    def sweep(self, now: float | None = None) -> int: ...
+    def probe(self) -> bool: ...
+    def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None: ...
+    def catalog_changes(self) -> list[tuple[str, str, list[str]]]: ...
