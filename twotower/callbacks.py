@@ -112,8 +112,8 @@ class RanksAgree(pl.Callback):
 
 class ResumableRandomness(pl.Callback):
     """Saves the random state a checkpoint needs to continue exactly: the global torch (CPU and CUDA), numpy
-    and Python generators, the training set's own generator (``dataset.rng``: same-timestamp shuffling) and
-    the epoch a length-grouped batch sampler draws from.
+    and Python generators, the training set's own generator (``dataset.rng``: same-timestamp shuffling and the
+    profile's start-target draws) and the epoch a length-grouped batch sampler draws from.
 
     Lightning restores weights, optimizer and loop counters but not these; without them a resumed run draws
     other dropout masks and batches than the run it continues: close in quality, but not the same run.
