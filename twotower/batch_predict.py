@@ -214,8 +214,9 @@ class ParquetPartWriter(BasePredictionWriter):
 
 def run_signals(run_dir: Path, net: TwoTower) -> Signals:
     """What ``net`` reads beyond the four inputs, with the run's vocabularies (as a bundle's manifest gives)."""
-    vocab = json.loads((Path(run_dir) / "data" / "vocab.json").read_text())
-    return Signals.from_manifest({"model": net.config.to_dict(), "signals": vocab.get("signals") or {}})
+    from twotower.export import model_signals
+
+    return model_signals(net, json.loads((Path(run_dir) / "data" / "vocab.json").read_text()))
 
 
 def run_histories(

@@ -20,7 +20,7 @@ from omegaconf import OmegaConf
 from twotower.artifacts import MODEL_FILE, load_model
 from twotower.baselines import Popularity, ProfilePopularity, interaction_matrix
 from twotower.data.sequences import EvalQueries, SequenceArrays
-from twotower.evaluate import ModelScorer, evaluate_scorer
+from twotower.evaluate import ModelScorer, best_on_validation, evaluate_scorer
 from twotower.train import eval_context, load_data
 
 log = logging.getLogger(__name__)
@@ -62,13 +62,8 @@ def cold_start(runs: dict[str, str | Path], cuts: tuple[int, ...] = CUTS) -> dic
 def _pick_profile_popularity(train, data, split, arrays, max_len: int, common: dict) -> ProfilePopularity:
     """Profile popularity with the shrinkage that ranks the validation targets best from the profile alone."""
     queries = EvalQueries(data, split, "val", arrays, max_len, first_events=0)
-    best, best_ndcg = None, -1.0
-    for shrink in SHRINKS:
-        scorer = ProfilePopularity(train, data.user_features, shrink=shrink)
-        ndcg = float(evaluate_scorer(scorer, queries, desc=f"profile pop {shrink:g}", **common)["ndcg@10"])
-        log.info("profile popularity shrink %g: val ndcg@10 %.4f (0 events)", shrink, ndcg)
-        if ndcg > best_ndcg:
-            best, best_ndcg = scorer, ndcg
+    grid = (ProfilePopularity(train, data.user_features, shrink=shrink) for shrink in SHRINKS)
+    best, _ = best_on_validation(ProfilePopularity.name, grid, queries, **common)
     assert best is not None
     return best
 

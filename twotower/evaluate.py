@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Protocol, TypeVar
 
 import numpy as np
@@ -30,7 +30,15 @@ from twotower.data.sequences import EvalQueries
 from twotower.ranking import ScoreChunk, rank_top
 from twotower.scorers import IntentScorer, ModelScorer, ScaledScorer, Scorer
 
-__all__ = ["IntentScorer", "ModelScorer", "ScaledScorer", "Scorer", "evaluate_scorer", "mask_history"]
+__all__ = [
+    "IntentScorer",
+    "ModelScorer",
+    "ScaledScorer",
+    "Scorer",
+    "best_on_validation",
+    "evaluate_scorer",
+    "mask_history",
+]
 
 log = logging.getLogger(__name__)
 
@@ -255,6 +263,20 @@ def evaluate_scorer(
                                        miscalibrations=np.concatenate(kls) if kls else None))  # fmt: skip
     out["queries"] = len(all_ranks)
     return out
+
+
+def best_on_validation(
+    name: str, candidates: Iterable[Scorer], queries: Any, **common: Any
+) -> tuple[Scorer | None, dict[str, Any] | None]:
+    """The candidate (a baseline with ``params``) with the best validation NDCG@10, the first on a tie, and its
+    validation metrics; (None, None) without candidates. ``common``: :func:`evaluate_scorer`'s settings."""
+    best, best_val = None, None
+    for candidate in candidates:
+        val = evaluate_scorer(candidate, queries, desc=f"{name} val", **common)
+        log.info("baseline %s %s: val ndcg@10 %.4f", name, candidate.params, val["ndcg@10"])
+        if best_val is None or val["ndcg@10"] > best_val["ndcg@10"]:
+            best, best_val = candidate, val
+    return best, best_val
 
 
 def auto_chunk(n_items: int, batch_size: int, max_batch_scores: int = MAX_BATCH_SCORES) -> int:

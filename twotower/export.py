@@ -122,6 +122,12 @@ def onnx_parity(net: TwoTower, path: Path, real: list[tuple[np.ndarray, ...]], p
     return worst
 
 
+def model_signals(net: TwoTower, vocab: dict[str, Any]) -> Signals:
+    """What ``net`` reads beyond the four inputs, with a run's vocabularies (``vocab.json``), as the bundle's
+    manifest gives them to serving."""
+    return Signals.from_manifest({"model": net.config.to_dict(), "signals": vocab.get("signals") or {}})
+
+
 def real_batches(
     histories: pd.DataFrame,
     item_row: dict[str, int],
@@ -202,7 +208,7 @@ def export_bundle(
         users = pd.read_parquet(out / bundle_files.USERS)
     row = {item: i for i, item in enumerate(item_ids)}
     vocab_signals = vocab.get("signals") or {}
-    signals = Signals.from_manifest({"model": net.config.to_dict(), "signals": vocab_signals})
+    signals = model_signals(net, vocab)
     real = real_batches(histories, row, vocab["events"], net.config.max_len, signals=signals, users=users)
     parity = 0.0
     for name, padded in ((bundle_files.USER_TOWER, True), (bundle_files.USER_TOWER_UNPADDED, False)):

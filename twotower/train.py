@@ -33,7 +33,7 @@ from twotower.data.stats import log_stats
 from twotower.datamodule import TwoTowerDataModule
 from twotower.ddp import build_trainer, distributed_summary, settings_fingerprint
 from twotower.distributed import launched_as_rank_zero
-from twotower.evaluate import MAX_BATCH_SCORES, ModelScorer, auto_chunk, evaluate_scorer
+from twotower.evaluate import MAX_BATCH_SCORES, ModelScorer, auto_chunk, best_on_validation, evaluate_scorer
 from twotower.malloc import keep_freed_memory, return_freed_memory
 from twotower.metrics import exposure_by_decile, user_popularity
 from twotower.model import ModelConfig, TwoTower
@@ -159,19 +159,9 @@ def evaluate_all(
             log.info("baseline %s skipped: %s", name, reason)
             results["baselines_skipped"][name] = reason
             continue
-        best, best_val = None, None
-        for candidate in candidate_grid(
-            name,
-            train_matrix,
-            cfg.eval.knn_neighbors,
-            cfg.eval.ease_l2,
-            cfg.eval.ease_max_items,
-            cfg.eval.ease_grid_max_items,
-        ):
-            val = evaluate_scorer(candidate, val_q, desc=f"{name} val", **common)
-            log.info("baseline %s %s: val ndcg@10 %.4f", name, candidate.params, val["ndcg@10"])
-            if best_val is None or val["ndcg@10"] > best_val["ndcg@10"]:
-                best, best_val = candidate, val
+        grid = candidate_grid(name, train_matrix, cfg.eval.knn_neighbors, cfg.eval.ease_l2,
+                              cfg.eval.ease_max_items, cfg.eval.ease_grid_max_items)  # fmt: skip
+        best, best_val = best_on_validation(name, grid, val_q, **common)
         if best is None:
             continue
         results["baselines"][name] = evaluate_scorer(best, test_q, desc=f"{name} test", **common)
