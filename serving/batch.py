@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pyarrow as pa
 
-from serving.core.diversify import ListSettings, request_seed
+from serving.core.diversify import request_seed
 from serving.core.history import History
 from serving.core.index import search_parameters
+from serving.core.listsettings import ListSettings
 from serving.core.search import exact_search
 from serving.core.selector import Selector
 from serving.recommender import Recommender

@@ -19,13 +19,11 @@ import onnxruntime as ort
 
 from serving.catalog import Catalog
 from serving.core.bundle import Bundle
-from serving.core.diversify import (
-    ListSettings,
-    request_seed,
-)
+from serving.core.diversify import request_seed
 from serving.core.history import History, histories_from_frame
 from serving.core.index import IndexSpec
 from serving.core.intent import CategoryIntent, IntentSettings, item_members
+from serving.core.listsettings import ListSettings
 from serving.core.request import RecommendationRequest
 from serving.core.resolve import resolve_entries
 from serving.core.results import Recommendation, ResolvedHistory, merge_top

@@ -14,8 +14,9 @@ import numpy as np
 
 from serving.catalog import CatalogChanges
 from serving.core.chooser import Features, ListChooser
-from serving.core.diversify import ListSettings, similarity_vectors
+from serving.core.diversify import similarity_vectors
 from serving.core.explain import WINDOW, because_similar
+from serving.core.listsettings import ListSettings
 
 
 @dataclass(frozen=True)

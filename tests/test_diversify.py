@@ -10,7 +10,6 @@ import pytest
 from serving.core.diversify import (
     CALIBRATION_ALPHA,
     Candidates,
-    ListSettings,
     explore_slots,
     head_mask,
     history_mix,
@@ -18,6 +17,7 @@ from serving.core.diversify import (
     rerank_list,
     similarity_vectors,
 )
+from serving.core.listsettings import ListSettings
 from twotower import metrics
 
 

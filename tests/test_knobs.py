@@ -8,9 +8,9 @@ from fastapi.testclient import TestClient
 
 from serving.app import create_app
 from serving.batch import BatchScorer
-from serving.core.diversify import ListSettings
 from serving.core.explain import WINDOW, because_similar, leave_one_out_drops
 from serving.core.history import History
+from serving.core.listsettings import ListSettings
 from serving.core.request import RecommendationRequest
 from serving.recommender import Recommender
 from serving.settings import Settings

@@ -11,7 +11,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from serving.core.diversify import ListSettings
+from serving.core.listsettings import ListSettings
 from twotower import metrics
 from twotower.data.sequences import EvalQueries, SequenceArrays
 from twotower.evaluate import ModelScorer, evaluate_scorer, mask_history

@@ -7,8 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from serving.core.diversify import ListSettings, request_seed
+from serving.core.diversify import request_seed
 from serving.core.index import IndexSpec
+from serving.core.listsettings import ListSettings
 from serving.recommender import Recommender
 from twotower import metrics
 from twotower.evaluate import reranked_ranks

@@ -24,10 +24,10 @@ import torch
 from omegaconf import OmegaConf
 
 from serving.core import bundle as bundle_files
-from serving.core.diversify import ListSettings
 from serving.core.history import histories_from_frame
 from serving.core.index import IndexSpec, build_index, search_parameters
 from serving.core.intent import IntentSettings
+from serving.core.listsettings import ListSettings
 from serving.core.search import exact_search
 from serving.core.signals import Signals
 from twotower.artifacts import MODEL_FILE, load_model

@@ -24,8 +24,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from serving.core.chooser import ListChooser
-from serving.core.diversify import ListSettings, request_seed
+from serving.core.diversify import request_seed
 from serving.core.intent import CategoryIntent, IntentSettings, membership
+from serving.core.listsettings import ListSettings
 from twotower import metrics
 from twotower.data.schema import EncodedLog
 from twotower.evaluate import IntentScorer, ModelScorer, ScaledScorer, evaluate_scorer

@@ -12,12 +12,12 @@ import numpy as np
 
 from serving.core.diversify import (
     Candidates,
-    ListSettings,
     head_mask,
     history_mix,
     rerank_list,
     similarity_vectors,
 )
+from serving.core.listsettings import ListSettings
 
 Features = tuple[
     np.ndarray, np.ndarray | None, np.ndarray

@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from serving.core.diversify import KNOBS, check_knob
+from serving.core.listsettings import KNOBS, check_knob
 from serving.core.texthash import check_query
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from serving.core.diversify import ListSettings
+from serving.core.listsettings import ListSettings
 from twotower.artifacts import MODEL_FILE, load_model, train_counts
 from twotower.data.sequences import EvalQueries
 from twotower.datamodule import TwoTowerDataModule
