@@ -67,8 +67,7 @@ class BatchScorer:
         def run(start: int) -> None:  # ONNX Runtime releases the GIL: runs overlap
             rows = order[start : start + batch]
             feats = None if features is None else [features[j] for j in rows]
-            feeds = rec.signals.batch_feeds([histories[j] for j in rows], rec.max_len, feats)
-            out[rows] = rec.session.run(None, feeds)[0]
+            out[rows] = rec.encoder.encode_batch([histories[j] for j in rows], feats)
 
         starts = range(0, len(order), batch)
         if rec.threads <= 1 or len(starts) == 1:

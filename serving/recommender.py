@@ -15,7 +15,6 @@ from pathlib import Path
 
 import faiss
 import numpy as np
-import onnxruntime as ort
 
 from serving.catalog import Catalog
 from serving.core.bundle import Bundle
@@ -30,6 +29,7 @@ from serving.core.results import Recommendation, ResolvedHistory, merge_top
 from serving.core.search import filtered_search
 from serving.core.selector import Selector
 from serving.core.signals import Signals
+from serving.encoder import UserEncoder
 from serving.shaping import ListShaper, Ranking
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,6 @@ class Recommender:
         self.index = bundle.index
         self.spec = IndexSpec.from_dict(self.manifest["index"], strict=False).with_search(**(search or {}))
         self.threads = threads
-        # batches of right-padded rows, one thread per run: serving.batch runs ``threads`` of them at a time
-        self.session = _session(bundle.onnx_path, 1)
-        unpadded = bundle.unpadded_onnx_path  # one history, no padding: fewer nodes, same vector
-        self.single_session = _session(unpadded, threads) if unpadded is not None else self.session
-        self._output = [self.session.get_outputs()[0].name]
-        self._run_options = ort.RunOptions()  # reused: run() without one builds a new one per call
         faiss.omp_set_num_threads(threads)
         counts = (
             bundle.items["train_count"].to_numpy()
@@ -92,6 +86,7 @@ class Recommender:
         self._extended: np.ndarray | None = None
         # the bundle's stored histories (gaps computed over the whole log at training time)
         self.signals = Signals.from_manifest(self.manifest)  # queries, context, user features (if read)
+        self.encoder = UserEncoder(bundle, self.signals, threads)
         self.user_features = self.signals.stored_features(bundle.users)  # user id -> (F,) indices
         self.histories = histories_from_frame(bundle.histories, self.catalog.row_of, self.event_of,
                                               self.signals.stored_arrays(bundle.histories))  # fmt: skip
@@ -146,19 +141,8 @@ class Recommender:
         features: np.ndarray | None = None,
         context: Mapping[str, str] | None = None,
     ) -> np.ndarray:
-        """(D,) float32 user vector from the last ``max_len`` events of a history.
-
-        Runs the bundle's unpadded graph when it has one; ``padded_graph=True`` runs the batch graph instead
-        (its exact twin, for checking). A model that reads signals also takes the user's ``features`` (F,)
-        and the request's ``context``; an empty history with features is the start token's vector."""
-        session = self.session if padded_graph else self.single_session
-        if not self.signals.inputs:  # the four inputs alone: the graph every bundle without signals has
-            return session.run(self._output, history.feeds(self.max_len), self._run_options)[0][0]
-        if not len(history):  # features alone: one padding position, read by the start token
-            feeds = self.signals.features_only_feeds(features)
-            return self.session.run(self._output, feeds, self._run_options)[0][0]
-        feeds = self.signals.feeds(self.signals.with_inputs(history, context), self.max_len, features)
-        return session.run(self._output, feeds, self._run_options)[0][0]
+        """(D,) float32 user vector (:meth:`serving.encoder.UserEncoder.encode`; ``padded_graph``: the twin)."""
+        return self.encoder.encode(history, padded_graph, features, context)
 
     def encode_ids(
         self,
@@ -318,13 +302,3 @@ class Recommender:
             for r, s in zip(found.tolist(), scores.tolist(), strict=True)
         ]
         return merge_top(items, changes.top(vector, k, {item_id}, None), k)
-
-
-def _session(path: Path, threads: int) -> ort.InferenceSession:
-    """An ONNX Runtime CPU session running each call on ``threads`` intra-op threads."""
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

@@ -14,7 +14,7 @@ from serving.recommender import Recommender
 
 def test_unpadded_graph_matches_batch_graph(rec):
     """Single requests run the unpadded graph; the padded batch graph is its exact twin."""
-    assert rec.single_session is not rec.session
+    assert rec.encoder.single_session is not rec.encoder.session
     worst = max(
         np.abs(rec.encode(h) - rec.encode(h, padded_graph=True)).max() for h in rec.histories.values()
     )
@@ -31,7 +31,7 @@ def test_bundle_without_unpadded_graph_still_serves(run_and_bundle, tmp_path):
     del manifest["files"]["user_tower_unpadded.onnx"]
     (bundle / "manifest.json").write_text(json.dumps(manifest))
     old = Recommender.load(bundle)
-    assert old.single_session is old.session
+    assert old.encoder.single_session is old.encoder.session
     user = next(iter(old.histories))
     assert (
         old.recommend(user_id=user, k=5).items
