@@ -42,6 +42,7 @@ class LiveAudiences:
     def __init__(self, refresh_s: float = 60.0) -> None:
         self.refresh_s = refresh_s
         self._index: UserIndex | None = None
+        self._keyed = KeyedFeatures()  # kept across rebuilds: keyed once per bundle
         self._lock = threading.Lock()  # one build at a time
         self._rebuilding = False
 
@@ -52,7 +53,7 @@ class LiveAudiences:
             with self._lock:
                 index = self._index
                 if index is None or index.rec is not live.recommender:
-                    index = self._index = build_from_store(live)
+                    index = self._index = build_from_store(live, self._keyed)
             return index
         if index.age_s > self.refresh_s and not self._rebuilding and store_clock(live.store) != index.clock:
             self._rebuilding = True
@@ -62,7 +63,7 @@ class LiveAudiences:
     def _rebuild(self, live: LiveService) -> None:
         try:
             with self._lock:
-                self._index = build_from_store(live)
+                self._index = build_from_store(live, self._keyed)
         except Exception:  # noqa: BLE001 - the previous index keeps serving; the next request retries
             log.exception("audience index rebuild failed")
         finally:
@@ -137,9 +138,10 @@ def _resolve(live: LiveService, rec: Recommender, user_key: str) -> ResolvedHist
 
 
 # ---- what the store holds (SQLite and Redis read in bulk; any other store through its interface) --------
-def build_from_store(live: LiveService) -> UserIndex:
+def build_from_store(live: LiveService, keyed: KeyedFeatures | None = None) -> UserIndex:
     """Every stored user's current history, encoded and indexed (versions read before histories: a racing
-    write can only make a history newer than its recorded version, which the check then re-scores)."""
+    write can only make a history newer than its recorded version, which the check then re-scores).
+    ``keyed``: a feature table kept from earlier builds (default: keyed anew)."""
     store, rec = live.store, live.recommender
     clock = store_clock(store)
     versions = all_versions(store)
@@ -147,14 +149,24 @@ def build_from_store(live: LiveService) -> UserIndex:
     columns = _bulk_columns(store, set(users))
     histories = [rec.resolve(*columns[u]) if u in columns else _resolve(live, rec, u) for u in users]
     return UserIndex.build(rec, users, histories, versions=[versions[u] for u in users], clock=clock,
-                           features=stored_features(live))  # fmt: skip
+                           features=(keyed or KeyedFeatures()).table(live, rec))  # fmt: skip
 
 
-def stored_features(live: LiveService) -> dict[str, np.ndarray]:
+class KeyedFeatures:
     """The bundle's user features by store key (keyed ids when pseudonymisation is on, as the store names
-    users), for a model that reads them; empty otherwise."""
-    table = live.recommender.user_features
-    return {live.user_key(u): f for u, f in table.items()} if table else {}
+    users), for a model that reads them; empty otherwise. Made once per recommender: under
+    pseudonymisation that is one HMAC a user, which rebuilds of the index for the same bundle skip."""
+
+    def __init__(self) -> None:
+        self._rec: Recommender | None = None
+        self._table: dict[str, np.ndarray] = {}
+
+    def table(self, live: LiveService, rec: Recommender) -> dict[str, np.ndarray]:
+        if self._rec is not rec:
+            features = rec.user_features
+            self._table = {live.user_key(u): f for u, f in features.items()} if features else {}
+            self._rec = rec
+        return self._table
 
 
 def store_clock(store) -> int | None:

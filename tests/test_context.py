@@ -279,7 +279,7 @@ def test_audiences_read_each_users_features_by_raw_or_keyed_id(signal_bundle, tm
     """Users are encoded for audiences as batch scoring encodes them: with their stored features (a model
     that reads them), looked up by raw id offline and by keyed id over a pseudonymised store."""
     from serving.audience import UserIndex
-    from serving.audience_live import build_from_store
+    from serving.audience_live import KeyedFeatures, build_from_store
     from serving.batch import BatchScorer
 
     rec = Recommender.load(signal_bundle[1])
@@ -296,12 +296,22 @@ def test_audiences_read_each_users_features_by_raw_or_keyed_id(signal_bundle, tm
     live.ingest(
         [{"user_id": u, "item_id": rec.item_ids[i % 5], "ts": now - 60 + i} for i, u in enumerate(users)]
     )
-    keyed = build_from_store(live)
+    kept = KeyedFeatures()
+    keyed = build_from_store(live, kept)
     assert set(keyed.user_ids) == {live.user_key(u) for u in users}  # the store names keyed ids only
     fresh = [live.stored_history(u).history for u in users]
     want = BatchScorer(rec).encode(fresh, features=[rec.user_features.get(u) for u in users])
     got = keyed.vectors[[keyed.position[live.user_key(u)] for u in users]]
     np.testing.assert_allclose(got, want, atol=1e-6)
+    keyings = []
+    live.user_key = lambda u: keyings.append(u) or LiveService.user_key(live, u)  # counts the HMACs
+    rebuilt = build_from_store(live, kept)  # a rebuild for the same bundle keys no feature again
+    assert keyings == [] and rebuilt.features is keyed.features
+    np.testing.assert_allclose(rebuilt.vectors, keyed.vectors, atol=1e-6)
+    live.reload(signal_bundle[1])  # another recommender: the table is keyed anew
+    reloaded = build_from_store(live, kept)
+    assert len(keyings) == len(rec.user_features) and reloaded.features is not keyed.features
+    assert reloaded.features.keys() == keyed.features.keys()  # the same bundle: the same keys, keyed again
 
 
 def test_audience_quality_reads_the_histories_before_the_target_with_their_searches(signal_bundle):
