@@ -137,3 +137,78 @@ def test_ml100k_loader():
     assert {data.category_names[c] for c in data.item_categories[toy_story] if c} == {
         "Animation", "Children's", "Comedy"
     }  # fmt: skip
+
+
+def test_ids_are_stripped_alike_in_csv_and_parquet(tmp_path):
+    """pandas 3 reads text as StringDtype, not object: ids with spaces (", "-separated exports) are stripped."""
+    from twotower.data.parquet import load_parquet_log
+
+    text = "user_id, item_id, timestamp, d\n" + "".join(
+        f" u{u} , i{i}, {10 * u + i},  \n" for u in range(2) for i in range(3)
+    )
+    path = write(tmp_path / "events.csv", text)
+    pd.read_csv(path, dtype=str).rename(columns=str.strip).to_parquet(tmp_path / "events.parquet")
+    items = write(tmp_path / "items.csv", "item_id,category\n i0 ,a\ni1,b\ni2,a\n")
+    cols = {"time_col": "timestamp", "dwell_col": "d"}
+    from_csv = encode_log(load_csv_log(path, items_path=items, **cols))
+    from_parquet = encode_log(load_parquet_log(tmp_path / "events.parquet", items_path=items, **cols))
+    assert from_csv.user_ids == from_parquet.user_ids == ["u0", "u1"]
+    assert from_csv.item_ids == from_parquet.item_ids == ["i0", "i1", "i2"]
+    assert from_csv.report.unknown_item_features == from_parquet.report.unknown_item_features == 0
+    assert (from_csv.dwell == -1).all()  # a blank dwell is unknown, not an error
+
+
+def test_duplicates_are_identical_events_only(tmp_path):
+    rows = "user_id,item_id,date,event,secs\n" + "a,1,2024-01-01,view,5\na,1,2024-01-01,purchase,5\n"
+    rows += "a,1,2024-01-01,view,9\na,1,2024-01-01,view,5\na,2,2024-01-02,view,1\na,3,2024-01-03,view,1\n"
+    raw = load_csv_log(
+        write(tmp_path / "log.csv", rows), time_col="date", event_col="event", dwell_col="secs"
+    )
+    data = encode_log(raw)
+    assert data.report.duplicates_dropped == 1  # only the repeated (view, 5 s) row
+    assert data.event_names == ["<other>", "purchase", "view"]
+    assert [data.event_names[e] for e in data.events] == ["view", "purchase", "view", "view", "view"]
+
+
+def test_without_time_identical_rows_are_dropped(tmp_path):
+    rows = "user_id,item_id,event\na,1,view\na,2,view\na,3,view\na,3,view\na,3,buy\nb,1,view\nb,2,view\nb,2,view\n"
+    raw = load_csv_log(write(tmp_path / "log.csv", rows), time_col=None, event_col="event")
+    data = encode_log(raw, min_events=2)
+    assert data.report.duplicates_dropped == 2
+    a = data.user_slice(data.user_ids.index("a"))
+    assert [(data.item_ids[i - 1], data.event_names[e]) for i, e in zip(data.items[a], data.events[a], strict=True)] == [
+        ("1", "view"), ("2", "view"), ("3", "view"), ("3", "buy")
+    ]  # fmt: skip
+
+
+def test_hour_of_week_without_a_time_column_is_refused(tmp_path):
+    from twotower.data.parquet import load_parquet_log
+
+    path = write(tmp_path / "log.csv", "user_id,item_id\na,1\na,2\na,3\n")
+    with pytest.raises(
+        DataError, match=r"data\.hour_of_week=true needs a time column.*data\.time_col is null"
+    ):
+        load_csv_log(path, time_col=None, hour_of_week=True)
+    pd.read_csv(path, dtype=str).to_parquet(tmp_path / "log.parquet")
+    with pytest.raises(DataError, match=r"data\.hour_of_week=true needs a time column"):
+        load_parquet_log(tmp_path / "log.parquet", time_col=None, hour_of_week=True, stream=False)
+
+
+def test_a_log_sorted_by_item_without_time_is_warned_about(tmp_path, caplog):
+    """Without time, file order is the event order: a log sorted by (user, item id), as Last.fm's
+    user_artists.dat, would make every user's largest id the test target."""
+    rows = [(u, i) for u in range(20) for i in sorted(np.random.default_rng(u).choice(500, 6, replace=False))]
+    text = "userID\tartistID\n" + "".join(f"{u}\t{i}\n" for u, i in rows)
+    sorted_log = load_csv_log(write(tmp_path / "sorted.tsv", text), sep="\t", user_col="userID",
+                              item_col="artistID", time_col=None)  # fmt: skip
+    with caplog.at_level("WARNING", logger="twotower.data.encode"):
+        encode_log(sorted_log)
+    assert "hold out each user's largest item id" in caplog.text and "data.time_col" in caplog.text
+    caplog.clear()
+    shuffled = np.random.default_rng(0).permutation(len(rows))
+    text = "userID\tartistID\n" + "".join(f"{rows[k][0]}\t{rows[k][1]}\n" for k in shuffled)
+    shuffled_log = load_csv_log(write(tmp_path / "shuffled.tsv", text), sep="\t", user_col="userID",
+                                item_col="artistID", time_col=None)  # fmt: skip
+    with caplog.at_level("WARNING", logger="twotower.data.encode"):
+        encode_log(shuffled_log)
+    assert "sorted by item" not in caplog.text

@@ -313,3 +313,31 @@ def test_searches_context_and_user_features_read_as_the_csv_loader_reads_them(tm
         DataError, match=r"data\.query_col, data\.context_cols, data\.users_path.*stream=false"
     ):
         load_parquet_log(root, stream=True, cache_dir=tmp_path / "cache", **cols, **signals)
+
+
+@pytest.mark.parametrize("time_col", ["timestamp", None])
+def test_streamed_duplicates_are_identical_events_as_in_memory(tmp_path, time_col):
+    """A view and a purchase of one item at one time are two events on both paths; identical rows are one,
+    with or without a time column (without one, ``ts`` is the row number and is left out of the key)."""
+    rows = [("a", "1", 10, "view", 5.0), ("a", "1", 10, "purchase", 5.0), ("a", "1", 10, "view", 9.0),
+            ("a", "1", 10, "view", 5.0), ("a", "2", 11, "view", 1.0), ("b", "1", 10, "view", 1.0),
+            ("b", "2", 12, "view", 1.0), ("b", "2", 12, "view", 1.0), ("b", "3", 13, "view", 1.0)]  # fmt: skip
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id", "timestamp", "event", "dwell"])
+    root = write_dataset(tmp_path / "log", frame, files=2)
+    cols = {**COLS, "time_col": time_col}
+    memory = encode_log(load_parquet_log(root, stream=False, **cols), min_events=2)
+    streamed = load_parquet_log(root, stream=True, cache_dir=tmp_path / "cache", max_len=6, eval_max_users=None,
+                                min_partitions=2, min_events=2, **cols)  # fmt: skip
+    assert memory.report.duplicates_dropped == streamed.report.duplicates_dropped == 2
+    assert memory.event_names == streamed.event_names == ["<other>", "purchase", "view"]
+    for name in ("users", "items", "events", "dwell"):
+        np.testing.assert_array_equal(getattr(streamed, name), getattr(memory, name), err_msg=name)
+
+
+def test_streamed_log_sorted_by_item_without_time_is_warned_about(tmp_path, caplog):
+    rng = np.random.default_rng(0)
+    rows = [(f"u{u}", str(i)) for u in range(12) for i in sorted(rng.choice(300, 5, replace=False))]
+    root = write_dataset(tmp_path / "log", pd.DataFrame(rows, columns=["user_id", "item_id"]), files=2)
+    with caplog.at_level("WARNING", logger="twotower.data.encode"):
+        load_parquet_log(root, time_col=None, stream=True, cache_dir=tmp_path / "cache", min_partitions=3)
+    assert "hold out each user's largest item id" in caplog.text

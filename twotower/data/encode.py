@@ -34,13 +34,21 @@ def encode_log(
     events, searches = split_searches(raw.events.reset_index(drop=True))
     report.rows_read = report.rows_read or len(events)
     if drop_duplicates:
-        dup = events.duplicated(subset=[USER, ITEM, TIME], keep="first")
+        # only identical events go: every column the event carries (a purchase and a view at the same time are
+        # two events); without a time column ``ts`` is the row number, so it is left out of the key
+        key = [c for c in events.columns if c != TIME or raw.has_time]
+        dup = events.duplicated(subset=key, keep="first")
         report.duplicates_dropped = int(dup.sum())
         if report.duplicates_dropped:
             log.warning(
-                "%s: dropped %d duplicate (user, item, time) rows", raw.name, report.duplicates_dropped
+                "%s: dropped %d duplicate rows (equal in %s)",
+                raw.name,
+                report.duplicates_dropped,
+                ", ".join(key),
             )
             events = events.loc[~dup].reset_index(drop=True)
+    if not raw.has_time:
+        warn_if_sorted_by_item(raw.name, item_runs(pd.factorize(events[USER])[0], events[ITEM]))
     counts = events.groupby(USER, sort=False)[ITEM].transform("size")
     short = counts < min_events
     report.short_users_dropped = int(events.loc[short, USER].nunique())
@@ -97,6 +105,40 @@ def encode_log(
         report=report,
     )
     return attach_signals(encoded, events, order, searches, query_hashing, raw.users)
+
+
+def item_runs(users: np.ndarray, items: pd.Series) -> np.ndarray:
+    """(3,) int64: users whose item ids change at least twice between consecutive rows, and of them those
+    whose ids only rise and those whose ids only fall. ``users`` (E,) codes and ``items`` (E,) ids in file
+    order; ids compare as numbers when all are numbers, else as strings."""
+    text = items.astype(str)
+    numbers = pd.to_numeric(text, errors="coerce")
+    rank = pd.factorize(numbers if numbers.notna().all() else text, sort=True)[0]  # (E,) item order
+    order = np.argsort(users, kind="stable")  # each user's rows, in file order
+    u, step = users[order][1:], np.diff(rank[order])  # (E - 1,)
+    same = u == users[order][:-1]
+    n_users = int(users.max()) + 1 if len(users) else 0
+    up = np.bincount(u[same], weights=step[same] > 0, minlength=n_users)  # (U,)
+    down = np.bincount(u[same], weights=step[same] < 0, minlength=n_users)  # (U,)
+    moving = (up + down) >= 2
+    return np.array([moving.sum(), (moving & (down == 0)).sum(), (moving & (up == 0)).sum()], np.int64)
+
+
+def warn_if_sorted_by_item(name: str, runs: np.ndarray) -> bool:
+    """Without a time column file order is the event order: when every user's item ids run in one direction
+    (a log sorted by item, as Last.fm's user_artists.dat), leave-last-out would hold out each user's largest
+    (or smallest) id. ``runs``: :func:`item_runs` (summed over partitions). Warns; returns whether it did."""
+    moving, rising, falling = (int(v) for v in runs)
+    if moving == 0 or rising + falling < moving:
+        return False
+    held_out = "largest" if falling == 0 else "smallest" if rising == 0 else "largest or smallest"
+    log.warning(
+        "%s: no time column and every user's item ids run in one direction in file order (the log looks sorted "
+        "by item): leave-last-out will hold out each user's %s item id, not their latest event, and measure the "
+        "sort order. Shuffle the rows (seeded) or give a time column (data.time_col); see docs/training.md, "
+        "logs without time", name, held_out,
+    )  # fmt: skip
+    return True
 
 
 def _item_features(

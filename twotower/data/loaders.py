@@ -29,6 +29,8 @@ from twotower.data.schema import (
     as_str_ids,
 )
 from twotower.data.signals import add_hour_of_week
+from twotower.data.timeparse import parse_time
+from twotower.data.timeparse import row_label as _row_label
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +82,6 @@ def read_table(
     return frame
 
 
-def _row_label(path: Path, index: int, header: bool) -> str:
-    """Human row reference: the line number in a text file, the 1-based row in Parquet."""
-    if path.suffix.lower() in {".parquet", ".pq"}:
-        return f"row {index + 1}"
-    return f"line {index + 1 + int(header)}"
-
-
 def require_columns(frame: pd.DataFrame, path: Path, columns: dict[str, str | None]) -> None:
     """Fail naming the option and the column when a mapped column is absent."""
     for option, column in columns.items():
@@ -110,44 +105,15 @@ def _ids(
     if missing.any():
         row = int(np.flatnonzero(missing.to_numpy())[0])
         raise DataError(f"{path}: empty id in column {column!r} at {_row_label(path, row, header)}")
-    return as_str_ids(values).str.strip() if values.dtype == object else as_str_ids(values)
-
-
-def parse_time(
-    values: pd.Series, path: Path, column: str, header: bool, time_format: str | None
-) -> np.ndarray:
-    """Unix seconds (int/float) or date-time strings -> float64 seconds; the first bad row is named."""
-    as_number = pd.to_numeric(values, errors="coerce")
-    if as_number.notna().all():
-        seconds = as_number.to_numpy(dtype=np.float64)
-    else:
-        numeric_share = as_number.notna().mean()
-        if numeric_share > 0.5:  # mostly numbers: the non-numbers are errors, not dates
-            bad = int(np.flatnonzero(as_number.isna().to_numpy())[0])
-            raise DataError(
-                f"{path}: unparsable timestamp {values.iloc[bad]!r} in column {column!r} at "
-                f"{_row_label(path, bad, header)}"
-            )
-        parsed = pd.to_datetime(values, errors="coerce", format=time_format or "mixed", utc=True)
-        if parsed.isna().any():
-            bad = int(np.flatnonzero(parsed.isna().to_numpy())[0])
-            raise DataError(
-                f"{path}: unparsable timestamp {values.iloc[bad]!r} in column {column!r} at "
-                f"{_row_label(path, bad, header)}"
-            )
-        seconds = (parsed - pd.Timestamp(0, tz="UTC")).dt.total_seconds().to_numpy(dtype=np.float64)
-    if not np.isfinite(seconds).all():
-        bad = int(np.flatnonzero(~np.isfinite(seconds))[0])
-        raise DataError(
-            f"{path}: non-finite timestamp in column {column!r} at {_row_label(path, bad, header)}"
-        )
-    return seconds
+    ids = as_str_ids(values)
+    return ids if pd.api.types.is_numeric_dtype(values) else ids.str.strip()  # object or StringDtype text
 
 
 def parse_dwell(values: pd.Series, path: Path, column: str, header: bool) -> np.ndarray:
     """Dwell seconds: empty means unknown (-1); text or negative values are errors."""
-    raw = values.astype(str).str.strip() if values.dtype == object else values
-    empty = values.isna() | (raw.eq("") if values.dtype == object else False)
+    text = not pd.api.types.is_numeric_dtype(values)  # object or StringDtype (pandas 3 reads text as str)
+    blank = values.astype("string").str.strip().eq("").fillna(False).astype(bool) if text else False
+    empty = values.isna() | blank
     numbers = pd.to_numeric(values.where(~empty), errors="coerce")
     bad_mask = (numbers.isna() & ~empty) | (numbers < 0) | ~np.isfinite(numbers.fillna(0))
     if bad_mask.any():
@@ -171,11 +137,13 @@ def load_events(
     names: Sequence[str] | None = None,
     time_format: str | None = None,
     encoding: str = "utf-8",
+    time_unit: str = "s",
     query_col: str | None = None,
     context_cols: Sequence[str] | None = None,
 ) -> pd.DataFrame:
     """Read an interaction log and map its columns to the canonical ones (ids kept as strings).
 
+    ``time_format`` / ``time_unit``: how the time column is read (:mod:`twotower.data.timeparse`).
     ``query_col``: search text; a row with a query may leave the item empty (a search event).
     ``context_cols``: per-event categorical context (device, country, ...), kept as ``context:<name>`` strings."""
     path = Path(path)
@@ -210,7 +178,7 @@ def load_events(
         log.warning("%s: no time column; file order is used as the event order", path)
         out[TIME] = np.arange(len(frame), dtype=np.float64)
     else:
-        out[TIME] = parse_time(frame[time_col], path, time_col, header, time_format)
+        out[TIME] = parse_time(frame[time_col], path, time_col, header, time_format, time_unit)
     if event_col is not None:
         events = frame[event_col].astype("string").str.strip()
         out[EVENT] = events.where(events.notna() & events.ne(""), None).astype(object)
@@ -300,12 +268,22 @@ def load_csv_log(
 ) -> RawLog:
     """Hydra-facing loader for ``data=csv``: events file plus optional item and user-feature tables.
     ``hour_of_week``: add the hour of the week (UTC) of each event as a context column (needs a time column)."""
+    check_hour_of_week(path, hour_of_week, columns.get("time_col", "timestamp") is not None)
     events = load_events(path, **columns)
     item_frame = load_items(items_path, **(items or {})) if items_path else None
     user_frame = load_users(users_path, **(users or {})) if users_path else None
     report = LoadReport(rows_read=len(events))
     has_time = columns.get("time_col", "timestamp") is not None
-    if hour_of_week and has_time:
+    if hour_of_week:
         events = add_hour_of_week(events)
     return RawLog(events=events, items=item_frame, name=name or Path(path).stem, report=report,
                   has_time=has_time, users=user_frame)  # fmt: skip
+
+
+def check_hour_of_week(path: str | Path, hour_of_week: bool, has_time: bool) -> None:
+    """``data.hour_of_week`` is read from the time column: refuse it on a log without one."""
+    if hour_of_week and not has_time:
+        raise DataError(
+            f"{path}: data.hour_of_week=true needs a time column, but data.time_col is null; set data.time_col "
+            f"to the log's time column or data.hour_of_week=false"
+        )

@@ -14,7 +14,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from twotower.data.loaders import load_items, load_users
+from twotower.data.loaders import check_hour_of_week, load_items, load_users
 from twotower.data.parquet.build import build, fingerprint, settings_dict
 from twotower.data.parquet.scan import (
     Columns,
@@ -51,6 +51,7 @@ def load_parquet_log(
     users_path: str | Path | None = None,
     users: Mapping | None = None,
     hour_of_week: bool = False,
+    time_unit: str = "s",
     **stream_settings: Any,
 ) -> RawLog | StreamLog:
     """Hydra loader of ``data=parquet``: in memory below ``stream_min_rows`` rows (``stream=auto``), streamed
@@ -60,7 +61,8 @@ def load_parquet_log(
     are read as ``data=csv`` reads them, on the in-memory path; the streamed shards carry items, events, dwell
     and time only, so a streamed log with any of them set is refused (naming them) rather than read without."""
     columns = Columns(user_col, item_col, time_col, event_col, dwell_col, time_format, query_col,
-                      tuple(context_cols or ()))  # fmt: skip
+                      tuple(context_cols or ()), time_unit)  # fmt: skip
+    check_hour_of_week(path, hour_of_week, time_col is not None)
     dataset = open_dataset(path)
     check_columns(dataset, path, columns)
     rows = count_rows(dataset)
@@ -81,7 +83,7 @@ def load_parquet_log(
     log.info("%s: %d rows, read in memory (data.stream_min_rows=%d)", path, rows, stream_min_rows)
     batches = list(iter_batches(dataset, columns, int(stream_settings.get("batch_rows", 262_144))))
     events = to_frame(pa.concat_tables(batches))
-    if hour_of_week and time_col is not None:
+    if hour_of_week:
         events = add_hour_of_week(events)
     item_frame = load_items(items_path, **dict(items or {})) if items_path else None
     user_frame = load_users(users_path, **dict(users or {})) if users_path else None
@@ -114,8 +116,8 @@ def stream_log(
     if split.get("kind", "leave_last_out") != "leave_last_out":
         raise ValueError(f"data=parquet streams leave-last-out splits only, not {split.get('kind')!r}")
     settings = settings_dict(
-        columns=columns.mapping(), time_format=columns.time_format, min_events=int(min_events),
-        drop_duplicates=bool(drop_duplicates), split=split, max_len=int(max_len),
+        columns=columns.mapping(), time_format=columns.time_format, time_unit=columns.time_unit,
+        min_events=int(min_events), drop_duplicates=bool(drop_duplicates), split=split, max_len=int(max_len),
         max_categories=int(max_categories), memory_mb=float(memory_mb), min_partitions=int(min_partitions),
         batch_rows=int(batch_rows), eval_max_users=eval_max_users, seed=int(seed), items=dict(items or {}),
     )  # fmt: skip

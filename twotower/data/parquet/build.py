@@ -27,7 +27,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from twotower.data.encode import OTHER_EVENT, PAD, _item_features
+from twotower.data.encode import OTHER_EVENT, PAD, _item_features, item_runs, warn_if_sorted_by_item
 from twotower.data.loaders import load_items
 from twotower.data.parquet.partition import (
     Spill,
@@ -44,7 +44,7 @@ from twotower.data.splits import make_split
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # shard layout and cleaning rules, part of the cache key (2: duplicates keyed on every column)
 BYTES_PER_EVENT = 400  # what cleaning + encoding one partition holds per event (Arrow, numpy, windows)
 SHARD_ARRAYS = ("items", "events", "dwell", "gaps", "ts", "windows")
 
@@ -97,14 +97,21 @@ def build(
 
     report = LoadReport(rows_read=rows_read)
     user_first, item_first, names = [], [], set()
+    runs = np.zeros(3, np.int64)  # item_runs summed over partitions (a user is in one partition)
     for p, raw_path in enumerate(spill.paths):
         clean, dropped = clean_partition(
-            read_ipc(raw_path), settings["min_events"], settings["drop_duplicates"]
+            read_ipc(raw_path),
+            settings["min_events"],
+            settings["drop_duplicates"],
+            columns.time_col is not None,
         )
         raw_path.unlink()
         for key, value in dropped.items():
             setattr(report, key, getattr(report, key) + value)
         _write_ipc(clean, tmp / f"clean-{p:04d}.arrow")
+        if columns.time_col is None:  # rows sorted by (user, file order)
+            codes = pc.dictionary_encode(clean[USER]).combine_chunks().indices.to_numpy(zero_copy_only=False)
+            runs += item_runs(codes.astype(np.int64), clean[ITEM].to_pandas())
         user_first.append(first_rows(clean, USER))
         item_first.append(first_rows(clean, ITEM))
         names |= event_names(clean)
@@ -115,6 +122,8 @@ def build(
         raise ValueError(f"{name}: no user has at least {settings['min_events']} events after validation")
     events_vocab = [OTHER_EVENT, *sorted(names)]
     _log_dropped(name, report, settings["min_events"])
+    if columns.time_col is None:
+        warn_if_sorted_by_item(name, runs)
 
     n_items = len(items_vocab)
     counts = {k: np.zeros(n_items + 1, dtype=np.int64) for k in ("target", "item", "item_user")}
@@ -276,7 +285,7 @@ def _write_ipc(table: pa.Table, path: Path) -> None:
 
 def _log_dropped(name: str, report: LoadReport, min_events: int) -> None:
     if report.duplicates_dropped:
-        log.warning("%s: dropped %d duplicate (user, item, time) rows", name, report.duplicates_dropped)
+        log.warning("%s: dropped %d duplicate rows (equal in every column)", name, report.duplicates_dropped)
     if report.short_users_dropped:
         log.warning("%s: dropped %d users with fewer than %d events (%d events)", name,
                     report.short_users_dropped, min_events, report.short_user_events_dropped)  # fmt: skip

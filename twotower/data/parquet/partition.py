@@ -15,7 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from twotower.data.parquet.scan import ROW
-from twotower.data.schema import EVENT, ITEM, TIME, USER
+from twotower.data.schema import DWELL, EVENT, ITEM, TIME, USER
 
 
 def user_partitions(users: pa.Array, n_partitions: int) -> np.ndarray:
@@ -61,24 +61,28 @@ def read_ipc(path: Path) -> pa.Table:
 
 
 def clean_partition(
-    table: pa.Table, min_events: int, drop_duplicates: bool
+    table: pa.Table, min_events: int, drop_duplicates: bool, has_time: bool = True
 ) -> tuple[pa.Table, dict[str, int]]:
-    """Drop exact duplicate (user, item, time) rows (the first in file order stays) and users with fewer than
-    ``min_events`` events; sort by (user, time, file order). Returns the rows and what was dropped."""
+    """Drop identical events (the first in file order stays; the in-memory path's key: user, item, event, dwell
+    and time, the time left out when the log has none) and users with fewer than ``min_events`` events; sort by
+    (user, time, file order). Returns the rows and what was dropped."""
     users = pc.dictionary_encode(table[USER]).combine_chunks()
-    items = pc.dictionary_encode(table[ITEM]).combine_chunks()
     u = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
-    i = items.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ts = table[TIME].to_numpy()
     row = table[ROW].to_numpy()
     keep = np.ones(len(u), dtype=bool)
     if drop_duplicates and len(u):
-        order = np.lexsort((row, ts, i, u))
-        same = (
-            (u[order][1:] == u[order][:-1])
-            & (i[order][1:] == i[order][:-1])
-            & (ts[order][1:] == ts[order][:-1])
-        )
+        keys = [u, _codes(table[ITEM])]  # (n,) each
+        if EVENT in table.column_names:
+            keys.append(_codes(table[EVENT]))
+        if DWELL in table.column_names:
+            keys.append(table[DWELL].to_numpy())
+        if has_time:
+            keys.append(ts)
+        order = np.lexsort((row, *reversed(keys)))
+        same = np.ones(len(u) - 1, dtype=bool)
+        for key in keys:
+            same &= key[order][1:] == key[order][:-1]
         keep[order[1:][same]] = False
     duplicates = int((~keep).sum())
     counts = np.bincount(u[keep], minlength=len(users.dictionary))
@@ -93,6 +97,12 @@ def clean_partition(
     index = np.flatnonzero(keep)
     index = index[np.lexsort((row[index], ts[index], u[index]))]
     return table.take(pa.array(index)), report
+
+
+def _codes(values: pa.ChunkedArray) -> np.ndarray:
+    """(n,) int64 code of each value (equal values, equal codes; null -> -1)."""
+    encoded = pc.dictionary_encode(values).combine_chunks()
+    return encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def first_rows(table: pa.Table, column: str) -> pa.Table:

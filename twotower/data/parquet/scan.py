@@ -19,8 +19,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
-from twotower.data.loaders import parse_dwell, parse_time
+from twotower.data.loaders import parse_dwell
 from twotower.data.schema import CONTEXT_PREFIX, DWELL, EVENT, ITEM, QUERY, TIME, USER, DataError
+from twotower.data.timeparse import parse_time
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class Columns:
     time_format: str | None = None
     query_col: str | None = None  # search text (in memory only: the streamed shards carry no signal)
     context_cols: tuple[str, ...] = ()  # per-event context columns (likewise)
+    time_unit: str = "s"  # unit of numeric epochs: s, ms, us, ns
 
     def mapping(self) -> dict[str, str | None]:
         """Option -> source column; the signal options only when set (a streamed log's fingerprint stays)."""
@@ -170,18 +172,14 @@ def ids(values: pa.Array, file: str, column: str, offset: int, optional: pa.Arra
 
 
 def times(values: pa.Array, file: str, columns: Columns, offset: int) -> np.ndarray:
-    """(n,) float64 seconds: numbers as they are, Arrow timestamps and dates converted, text parsed like CSV."""
-    if pa.types.is_timestamp(values.type) or pa.types.is_date(values.type):
-        seconds = pc.cast(pc.cast(values, pa.timestamp("us", tz="UTC")), pa.int64())
-        nulls = pc.is_null(seconds).to_numpy(zero_copy_only=False)
-        if nulls.any():
-            bad = int(np.flatnonzero(nulls)[0])
-            raise DataError(
-                f"{file}: unparsable timestamp None in column {columns.time_col!r} at row {offset + bad + 1}"
-            )
-        return seconds.to_numpy(zero_copy_only=False).astype(np.float64) / 1e6
+    """(n,) float64 seconds: Arrow timestamps and dates as datetimes, numbers and text parsed like CSV (one
+    shared parser, so ``data=csv`` and ``data=parquet`` read a file's time column alike)."""
+    if pa.types.is_date(values.type):
+        values = pc.cast(values, pa.timestamp("s"))  # to_pandas: datetime64 (timestamps already are)
     series = values.to_pandas()
-    return _shifted(parse_time, offset, series, Path(file), columns.time_col, True, columns.time_format)
+    return _shifted(
+        parse_time, offset, series, Path(file), columns.time_col, True, columns.time_format, columns.time_unit
+    )
 
 
 _ROW = re.compile(r" at row (\d+)")
