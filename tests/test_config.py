@@ -6,9 +6,11 @@ import hydra
 import pytest
 import torch
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from tests.conftest import ML100K, TINY_DATA, compose_config
 from twotower.config import CONFIG_DIR
+from twotower.config_check import ConfigError, check_config, type_errors
 from twotower.data.schema import RawLog
 from twotower.train import build_net, load_raw
 
@@ -93,6 +95,139 @@ def test_experiments_compose(name, tmp_path):
     cfg = compose_config([f"experiment={name}"], tmp_path)
     assert cfg.task_name == name
     assert hydra.utils.get_class(cfg.model._target_) is not None
+    check_config(cfg)  # every value of the right type
+
+
+@pytest.mark.parametrize("group", ["data", "datamodule", "model", "trainer", "eval"])
+def test_every_preset_passes_the_type_check(group, tmp_path):
+    for name in options(group):
+        check_config(compose_config([f"{group}={name}"], tmp_path))
+
+
+def test_the_type_table_covers_every_numeric_and_boolean_key():
+    """Every int, float or bool setting of trainer, data, datamodule, model and eval in every preset and
+    experiment is checked (a new key needs its line in config_check.EXPECTED)."""
+    from omegaconf import DictConfig
+
+    from twotower.config_check import EXPECTED
+
+    def leaves(node: DictConfig, prefix: str):
+        for key in node:
+            child, path = node._get_node(key), f"{prefix}.{key}"
+            if isinstance(child, DictConfig):
+                yield from leaves(child, path)
+            elif key != "_partial_" and isinstance(child._value(), (bool, int, float)):
+                yield path
+
+    overrides = [f"experiment={name}" for name in options("experiment")]
+    overrides += [f"{g}={n}" for g in ("data", "datamodule", "model", "trainer", "eval") for n in options(g)]
+    unchecked = set()
+    for override in overrides:
+        cfg = compose_config([override])
+        for section in ("trainer", "data", "datamodule", "model", "eval"):
+            unchecked |= {path for path in leaves(cfg[section], section) if path not in EXPECTED}
+    assert not unchecked
+
+
+@pytest.mark.parametrize(
+    ("overrides", "key", "value"),
+    [
+        (["eval.val_max_users=2000"], "eval.val_max_users", 2000),
+        (["trainer.val_check_interval=0.5"], "trainer.val_check_interval", 0.5),
+        (["data=parquet", "data.path=x", "data.loader.wait_s=60"], "data.loader.wait_s", 60),
+    ],
+)
+def test_documented_overrides_compose_without_plus(overrides, key, value, tmp_path):
+    """Keys docs/training.md gives as plain `key=value` overrides exist in the config (Hydra refuses a plain
+    override of a key the config lacks); their defaults are the code's."""
+    cfg = compose_config(overrides, tmp_path)
+    assert OmegaConf.select(cfg, key) == value
+    check_config(cfg)
+
+
+def test_defaults_of_the_documented_keys_are_the_codes(tmp_path):
+    import inspect
+
+    import pytorch_lightning as pl
+
+    from twotower.data.parquet import stream_log
+
+    cfg = compose_config(["data=parquet", "data.path=x"], tmp_path)
+    assert cfg.data.loader.wait_s == inspect.signature(stream_log).parameters["wait_s"].default
+    assert (
+        cfg.trainer.val_check_interval
+        == inspect.signature(pl.Trainer).parameters["val_check_interval"].default
+    )
+    assert compose_config([], tmp_path).eval.val_max_users is None  # every validation user, as before
+
+
+BAD_TYPES = ["trainer.max_epochs=abc", "data.min_events=three", "datamodule.batch_size=big"]
+
+
+def test_wrong_types_are_named_before_any_data_is_read(tmp_path):
+    """The review's three overrides: one error naming every key, its value and the type it needs, raised by
+    train() before the (missing) data file is opened or the output directory is made."""
+    from twotower.train import train
+
+    out = tmp_path / "out"
+    cfg = compose_config(["data=csv", f"data.path={tmp_path / 'missing.csv'}", *BAD_TYPES], out)
+    with pytest.raises(ConfigError) as error:
+        train(cfg)
+    message = str(error.value)
+    for line in ("trainer.max_epochs='abc': expected an integer", "data.min_events='three': expected an integer",
+                 "datamodule.batch_size='big': expected an integer"):  # fmt: skip
+        assert line in message, message
+    assert message.startswith("3 config value(s)") and not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("override", "bad"),
+    [
+        ("model.optimizer.lr=1e-3", False),
+        ("model.optimizer.lr=fast", True),
+        ("trainer.max_epochs=5.0", True),
+        ("trainer.gradient_clip_val=null", False),
+        ("trainer.val_check_interval=100", False),
+        ("data.drop_duplicates=maybe", True),
+        ("data.loader.n_users=1e3", True),
+        ("eval.ks=[10,20]", False),
+        ("eval.ks=[10,x]", True),
+        ("eval.ks=[]", True),
+        ("eval.ease_l2=[10,20.5]", False),
+        ("eval.val_max_users=all", True),
+        ("datamodule.event_weights={purchase: 3, view: 0.5}", False),
+        ("datamodule.event_weights={purchase: lots}", True),
+        ("datamodule.event_weights=3", True),
+        ("model.net.use_events=1", True),
+        ("trainer.devices=auto", False),
+        ("trainer.devices=[0,1]", False),
+        ("trainer.devices=1.5", True),
+        ("trainer.deterministic=warn", False),
+        ("+data.split.val_quantile=x", True),
+    ],
+)
+def test_type_check_cases(override, bad, tmp_path):
+    errors = type_errors(compose_config([override], tmp_path))
+    assert bool(errors) == bad, errors
+    if bad:
+        assert len(errors) == 1 and errors[0].startswith(override.lstrip("+").split("=")[0] + "="), errors
+
+
+def test_the_train_command_prints_one_line_naming_the_keys(tmp_path):
+    """scripts/train.py: the error line alone (no traceback), exit status 1."""
+    import subprocess
+    import sys
+
+    from twotower.config import PROJECT_ROOT
+
+    argv = [sys.executable, "scripts/train.py", "data=csv", f"data.path={tmp_path / 'missing.csv'}",
+            f"paths.output_dir={tmp_path / 'out'}", *BAD_TYPES]  # fmt: skip
+    done = subprocess.run(argv, cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert "error: 3 config value(s) of the wrong type" in done.stderr
+    for override in BAD_TYPES:
+        assert override.split("=")[0] in done.stderr
 
 
 @pytest.mark.parametrize(

@@ -40,3 +40,17 @@ def test_random_histories_shapes(run_and_bundle):
     net = load_model(run_and_bundle[0] / "model.pt")
     items, events, dwell, gaps = random_histories(net, 2, 3)
     assert items.shape == events.shape == dwell.shape == gaps.shape == (2, 3)
+
+
+def test_manifest_records_the_onnx_version_and_opset(run_and_bundle):
+    """DESIGN.md: the bundle records the torch, onnx and faiss versions it was made with (and the opset)."""
+    import onnx
+
+    bundle, manifest = run_and_bundle[1], run_and_bundle[2]
+    versions = manifest["versions"]
+    assert {"torch", "onnx", "onnx_opset", "faiss", "onnxruntime", "python"} <= set(versions)
+    assert versions["onnx"] == onnx.__version__
+    for name in ("user_tower.onnx", "user_tower_unpadded.onnx"):
+        graph = onnx.load(str(bundle / name), load_external_data=False)
+        opsets = {o.domain or "ai.onnx": o.version for o in graph.opset_import}
+        assert opsets["ai.onnx"] == versions["onnx_opset"]

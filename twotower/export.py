@@ -18,6 +18,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pandas as pd
 import torch
@@ -237,6 +238,8 @@ def export_bundle(
     reranking = rerank_settings(run, rerank)
     served = run_metrics.get("served", {})  # measured at training with these settings, or not quoted
     served_test = served.get("test", {}) if served.get("rerank") == reranking else {}
+    graph = onnx.load(str(out / bundle_files.USER_TOWER), load_external_data=False)
+    opset = next(int(o.version) for o in graph.opset_import if o.domain in ("", "ai.onnx"))  # as exported
     manifest = {
         "format_version": bundle_files.FORMAT_VERSION,
         "created_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -283,6 +286,8 @@ def export_bundle(
         "onnx_parity_max_abs": parity,
         "versions": {
             "torch": torch.__version__,
+            "onnx": onnx.__version__,  # the exporter's graph library, and the graphs' default-domain opset
+            "onnx_opset": opset,
             "faiss": faiss.__version__,
             "onnxruntime": ort.__version__,
             "python": platform.python_version(),

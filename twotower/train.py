@@ -24,6 +24,7 @@ from twotower import config as _config  # noqa: F401  (registers resolvers)
 from twotower.artifacts import MODEL_FILE, save_data_artifacts, save_model, train_counts
 from twotower.baselines import candidate_grid, interaction_matrix, skip_reason
 from twotower.callbacks import FiniteLossCheck, RanksAgree, ResumableRandomness, resolve_ckpt_path
+from twotower.config_check import check_config
 from twotower.data.encode import encode_log
 from twotower.data.parquet import StreamLog
 from twotower.data.schema import EncodedLog, RawLog
@@ -173,6 +174,7 @@ def evaluate_all(
 def train(cfg: DictConfig, extra_callbacks: list[pl.Callback] | None = None) -> dict[str, Any]:
     """Train and evaluate; returns the metrics dict and the paths written. ``extra_callbacks``: added to the
     configured ones (a benchmark's timers)."""
+    check_config(cfg)  # wrong-typed settings fail here, every one named, before any data is read
     out = Path(cfg.paths.output_dir)
     # a missing checkpoint fails before any work
     resume = resolve_ckpt_path(cfg.get("ckpt_path"), checkpoint_dir(cfg))

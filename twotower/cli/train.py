@@ -9,10 +9,11 @@ from omegaconf import DictConfig
 
 from twotower.callbacks import CheckpointNotFoundError, NonFiniteLossError
 from twotower.cli._hydra import hydra_app
+from twotower.config_check import ConfigError
 from twotower.distributed import RankMismatchError
 from twotower.train import format_summary, train
 
-EXPECTED_ERRORS = (CheckpointNotFoundError, NonFiniteLossError, RankMismatchError)
+EXPECTED_ERRORS = (CheckpointNotFoundError, ConfigError, NonFiniteLossError, RankMismatchError)
 
 
 def share_rank_zero_output_dir(cfg: DictConfig) -> None:

@@ -8,6 +8,8 @@ and every earlier item of the user is excluded from the ranking.
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -15,6 +17,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from serving.core.history import sequence_starts, time_gaps
+from twotower.config_check import ConfigError
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split
 
@@ -24,6 +27,32 @@ def event_gaps(data: EncodedLog) -> np.ndarray:
     if not data.has_time:
         return np.full(data.n_interactions, -1.0, dtype=np.float32)
     return time_gaps(data.ts, sequence_starts(data.users))  # the rule serving uses
+
+
+def event_weight_table(
+    event_weights: Mapping[str, float] | None, event_names: list[str]
+) -> np.ndarray | None:
+    """(n_events,) target weight per event index from ``datamodule.event_weights`` (unnamed types weigh 1);
+    None without weights. A name that is no event type of the log, or a weight that is not a finite number
+    >= 0, is refused, naming the key and the known event names."""
+    if not event_weights:
+        return None
+    unknown = sorted(str(name) for name in event_weights if name not in event_names)
+    if unknown:
+        raise ConfigError(
+            f"datamodule.event_weights: {unknown} name no event type of the log; its event types are {event_names}"
+        )
+    bad = {}
+    for name, weight in event_weights.items():
+        try:
+            ok = math.isfinite(float(weight)) and float(weight) >= 0
+        except (TypeError, ValueError):
+            ok = False
+        if not ok or isinstance(weight, bool):
+            bad[name] = weight
+    if bad:
+        raise ConfigError(f"datamodule.event_weights: {bad}: each weight must be a finite number >= 0")
+    return np.array([float(event_weights.get(name, 1.0)) for name in event_names], dtype=np.float32)
 
 
 @dataclass
@@ -42,12 +71,8 @@ class SequenceArrays:
 
     @classmethod
     def from_log(cls, data: EncodedLog, event_weights: dict[str, float] | None = None) -> SequenceArrays:
-        weights = np.ones(data.n_interactions, dtype=np.float32)
-        if event_weights:
-            table = np.array(
-                [float(event_weights.get(name, 1.0)) for name in data.event_names], dtype=np.float32
-            )
-            weights = table[data.events]
+        table = event_weight_table(event_weights, data.event_names)
+        weights = table[data.events] if table is not None else np.ones(data.n_interactions, dtype=np.float32)
         return cls(data.items, data.events, data.dwell, event_gaps(data), weights, data.users,
                    data.queries, data.context, data.user_features)  # fmt: skip
 

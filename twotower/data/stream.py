@@ -21,7 +21,13 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from twotower import distributed
 from twotower.data.parquet.store import StreamLog
-from twotower.data.sequences import EvalQueries, LengthGroupedBatches, SequenceArrays, TrainWindows
+from twotower.data.sequences import (
+    EvalQueries,
+    LengthGroupedBatches,
+    SequenceArrays,
+    TrainWindows,
+    event_weight_table,
+)
 from twotower.data.splits import Split
 
 log = logging.getLogger(__name__)
@@ -81,9 +87,7 @@ class ShardStream(IterableDataset):
         self.entry, self.shards = data.entry, data.index["shards"]
         self.batch_size, self.group_by_length, self.seed = batch_size, group_by_length, seed
         self.shuffle_ties = shuffle_ties and data.has_time
-        self.weights = None
-        if event_weights:
-            self.weights = np.array([float(event_weights.get(n, 1.0)) for n in data.event_names], np.float32)
+        self.weights = event_weight_table(event_weights, data.event_names)
         found_rank, found_world = distributed.rank_and_world()
         self.rank = found_rank if rank is None else rank
         self.world_size = found_world if world_size is None else world_size
