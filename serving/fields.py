@@ -2,13 +2,17 @@
 
 Every string a client sends must be valid Unicode (a lone surrogate such as ``"\\ud800"`` is refused with
 422 naming the field: it could be neither stored nor written back as JSON), and every number finite.
+
+A length limit on text goes *before* the Unicode check (``Annotated[str, Field(max_length=...), UNICODE]``):
+pydantic checks it on the string itself then, and its error counts characters. After a validator it falls
+back to a generic check whose error counts "items".
 """
 
 from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import AfterValidator, BeforeValidator, Field, WithJsonSchema
+from pydantic import BeforeValidator, Field, WithJsonSchema
 
 ID_MAX_LENGTH = 256
 # integer ids: those a JSON number carries exactly everywhere (I-JSON, RFC 7493); larger ones go as strings
@@ -29,12 +33,14 @@ def _id_to_str(value: object) -> object:
     return value
 
 
-def _unicode(value: str) -> str:
-    """Refuse text that is not valid Unicode (lone surrogates): it cannot be stored or encoded as UTF-8."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("text must be valid Unicode (no lone surrogates such as \\ud800)") from None
+def _unicode(value: object) -> object:
+    """Refuse text that is not valid Unicode (lone surrogates): it cannot be stored or encoded as UTF-8.
+    Runs before the string schema (whose own error for it, "unable to parse raw data", names no cause)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError("text must be valid Unicode (no lone surrogates such as \\ud800)") from None
     return value
 
 
@@ -44,12 +50,13 @@ ID_SCHEMA = {
         {"type": "integer", "minimum": INT_ID_MIN, "maximum": INT_ID_MAX},
     ]
 }
-Text = Annotated[str, AfterValidator(_unicode)]
+UNICODE = BeforeValidator(_unicode)
+Text = Annotated[str, UNICODE]  # no length limit; a limited one: Annotated[str, Field(...), UNICODE]
 Id = Annotated[
     str,
+    Field(min_length=1, max_length=ID_MAX_LENGTH),  # first, so its errors count characters (see above)
     BeforeValidator(_id_to_str),
-    Field(min_length=1, max_length=ID_MAX_LENGTH),
-    AfterValidator(_unicode),
+    UNICODE,  # runs first: before validators run last-declared first
     WithJsonSchema(ID_SCHEMA),
 ]
 Finite = Annotated[float, Field(strict=True, allow_inf_nan=False)]  # a JSON number: not a boolean, not text
@@ -66,4 +73,4 @@ JsonInt = Annotated[int, BeforeValidator(_json_integer)]
 Share = Annotated[float, Field(strict=True, ge=0.0, le=1.0, allow_inf_nan=False)]  # a JSON number in [0, 1]
 
 
-SignalText = Annotated[Text, Field(min_length=1, max_length=128)]  # a context or feature value
+SignalText = Annotated[str, Field(min_length=1, max_length=128), UNICODE]  # a context or feature value

@@ -1,7 +1,7 @@
 """What the page shows about an item: its title and category names, and a title search over the catalog.
 
 Built once per recommender (a reload brings a new one, so a new table) from the bundle's ``items.parquet``;
-items added since the bundle have their categories and no title. Nothing here is personal data, so the
+items added since the bundle have their categories and no title (search finds them by id). Nothing here is personal data, so the
 endpoints over it are open.
 """
 
@@ -44,6 +44,9 @@ class ItemTable:
         counts = items["train_count"].to_numpy() if "train_count" in items else np.zeros(n, np.int64)
         self.popularity = [int(c) for c in counts]
         self.order = np.argsort(-counts, kind="stable")  # search answers the most-watched matches first
+        self.rows_by_folded_id: dict[str, list[int]] = {}  # rows in self.order's order
+        for row in self.order:
+            self.rows_by_folded_id.setdefault(rec.item_ids[row].casefold(), []).append(int(row))
 
 
 _tables: weakref.WeakKeyDictionary[Recommender, ItemTable] = weakref.WeakKeyDictionary()
@@ -77,14 +80,24 @@ def describe(rec: Recommender, item_id: str) -> ItemText | None:
 
 
 def search(rec: Recommender, query: str, limit: int) -> list[ItemText]:
-    """Items now in the catalog whose title (or id) holds ``query`` (case-insensitive), most popular first."""
+    """Items now in the catalog whose id is ``query`` or whose title holds it (case-insensitive): those by id
+    first (a bundle item or one added since, which has no title to match), then those by title, most
+    popular first. Items taken down are not found."""
     needle = query.casefold()
     t = table(rec)
-    out: list[ItemText] = []
+    out = [found for found in (describe(rec, i) for i in _ids_matching(rec, t, needle)) if found is not None]
+    seen = {x.item_id for x in out}
     for row in t.order:
+        if len(out) >= limit:
+            break
         item_id = rec.item_ids[row]
-        if (needle in t.lowered[row] or needle == item_id.casefold()) and item_id in rec.catalog:
+        if needle in t.lowered[row] and item_id not in seen and item_id in rec.catalog:
             out.append(ItemText(item_id, t.titles[row], t.categories[row], t.popularity[row]))
-            if len(out) >= limit:
-                break
-    return out
+    return out[:limit]
+
+
+def _ids_matching(rec: Recommender, t: ItemTable, needle: str) -> list[str]:
+    """Ids equal to ``needle`` case-folded: the bundle's (most popular first), then those added since."""
+    bundle = t.rows_by_folded_id.get(needle, [])
+    added = [i for i in rec.catalog.changes.ids if i.casefold() == needle and i not in rec.catalog.row_of]
+    return [rec.item_ids[row] for row in bundle] + added

@@ -65,7 +65,9 @@ class RedisDatabase:
                 raise
             if write:
                 self.writable = False
-            raise StoreUnavailable(f"history store {self.where} cannot be {doing}: {exc}") from exc
+            operation = {"read": "read", "opened": "open"}.get(doing, "write")
+            message = f"history store {self.where} cannot be {doing}: {exc}"
+            raise StoreUnavailable(message, operation) from exc
         if write:
             self.writable = True
 

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 import serving.paths  # noqa: F401 - registers the {name:id} path convertor
 from serving import itemtext
 from serving.deps import CallerDep, GateDep, LiveDep, RecommenderDep, SettingsDep, too_large
-from serving.fields import ID_MAX_LENGTH, Text
+from serving.fields import ID_MAX_LENGTH, UNICODE
 from serving.live import LiveService
 from serving.schemas import (
     Health,
@@ -117,7 +117,7 @@ def item_info(item_id: PathId, rec: RecommenderDep) -> ItemInfo:
 def search_items(
     rec: RecommenderDep,
     gate: GateDep,
-    q: Annotated[Text, Query(min_length=1, max_length=200, description="Text the title holds.")],
+    q: Annotated[str, Query(min_length=1, max_length=200, description="Text the title holds."), UNICODE],
     limit: Annotated[int, Query(ge=1, le=MAX_SEARCH, description="At most this many items.")] = 10,
 ) -> ItemSearchResponse:
     with gate.read():

@@ -7,13 +7,13 @@ models are in :mod:`serving.live_schemas`.
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, GetJsonSchemaHandler, StrictBool, Tag
 
 from serving.core.request import RecommendationRequest
 from serving.core.texthash import MAX_QUERY_CHARS
-from serving.fields import Id, JsonInt, Share, SignalText, Text
+from serving.fields import UNICODE, Id, JsonInt, Share, SignalText
 
 
 class SearchEntry(BaseModel):
@@ -21,10 +21,47 @@ class SearchEntry(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    query: Annotated[Text, Field(min_length=1, max_length=MAX_QUERY_CHARS)] = Field(
+    query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS), UNICODE] = Field(
         description="What the user searched for (at least one word). Read by the position of the last known "
         "item before it; a search before any known item is not read."
     )
+
+
+ENTRY_IS = 'an item id (a string or an integer) or a search ({"query": text})'
+# the union members' tags: pydantic puts them in an error's loc, where serving.errors drops them
+ENTRY_TAGS = ("id", "search")
+
+
+def _entry_kind(value: object) -> str | None:
+    """Which member of the union a history entry is; None (one error saying what an entry may be) for
+    anything else, such as a boolean, a list, null or a fractional number."""
+    if isinstance(value, dict | SearchEntry):
+        return "search"
+    if isinstance(value, str) or (isinstance(value, int) and not isinstance(value, bool)):
+        return "id"
+    if isinstance(value, float) and value.is_integer():  # 7.0 is the integer 7, as for any id
+        return "id"
+    return None
+
+
+class _PlainUnionSchema:
+    """The JSON schema of a history entry as before it was tagged: ``anyOf`` [string, integer, SearchEntry]
+    (pydantic writes a tagged union as ``oneOf`` of the members; the tags only change the errors)."""
+
+    def __get_pydantic_json_schema__(self, core_schema: Any, handler: GetJsonSchemaHandler) -> dict:
+        schema = handler(core_schema)
+        members = schema.pop("oneOf", None)
+        if members is None:
+            return schema
+        return {**schema, "anyOf": [alt for member in members for alt in member.get("anyOf", [member])]}
+
+
+HistoryEntry = Annotated[
+    Annotated[Id, Tag("id")] | Annotated[SearchEntry, Tag("search")],
+    Discriminator(_entry_kind, custom_error_type="history_entry",
+                  custom_error_message=f"a history entry is {ENTRY_IS}"),
+    _PlainUnionSchema(),
+]  # fmt: skip
 
 
 class ErrorResponse(BaseModel):
@@ -44,7 +81,7 @@ class RecommendRequest(BaseModel):
         "A user with nothing stored gets the popularity fallback. Reading a stored history needs a token with "
         "the read scope when tokens are configured; a request that carries its own `history` needs none.",
     )
-    history: list[Id | SearchEntry] | None = Field(
+    history: list[HistoryEntry] | None = Field(
         None,
         description='Item ids the user interacted with, oldest first, and searches (`{"query": "..."}`). '
         "Used instead of the stored history. "
@@ -187,7 +224,7 @@ ERRORS = {
     404: "Unknown item.",
     409: "The item is already in the catalog.",
     413: "The request body (or the batch) is larger than the server allows.",
-    503: "Not ready: the bundle is loading, or the history store cannot take writes now (retry later).",
+    503: "Not ready: the bundle is loading, or the history store cannot be read or written (retry later).",
 }
 
 

@@ -24,10 +24,22 @@ LATENCY = Histogram(
 )
 
 
+# Every label value comes from a fixed set, never from the client's text: each distinct value is a new series
+# that every scrape carries from then on, so a client could grow memory and /metrics without bound.
+METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
 def endpoint_of(scope: Scope) -> str:
-    """The route's template without convertors (``/items/{item_id}/similar``), or "unmatched"."""
+    """The route's template without convertors (``/items/{item_id}/similar``), or "unmatched" (any path no
+    route matched, so unknown paths share one series)."""
     route = scope.get("route")
     return getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched"
+
+
+def method_of(scope: Scope) -> str:
+    """The request's method when it is a standard one, else "other" (a client may send any token)."""
+    method = scope.get("method", "")
+    return method if method in METHODS else "other"
 
 
 class TelemetryMiddleware:
@@ -52,7 +64,7 @@ class TelemetryMiddleware:
             await self.app(scope, receive, send_wrapper)
         finally:
             endpoint = endpoint_of(scope)
-            REQUESTS.labels(endpoint, scope["method"], str(status["code"])).inc()
+            REQUESTS.labels(endpoint, method_of(scope), str(status["code"])).inc()
             LATENCY.labels(endpoint).observe(time.perf_counter() - start)
             if status["code"] >= 400:
                 ERRORS.labels(endpoint, str(status["code"])).inc()

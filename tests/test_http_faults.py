@@ -60,6 +60,19 @@ class Unwritable:
         return False
 
 
+class Unreachable(Unwritable):
+    """The store while its server is unreachable (a Redis outage): reads raise too."""
+
+    def _refuse(self, *args, **kwargs):
+        raise StoreUnavailable("history store redis://db:6379/0 cannot be written: Connection refused")
+
+    def _refuse_read(self, *args, **kwargs):
+        raise StoreUnavailable("history store redis://db:6379/0 cannot be read: Connection refused", "read")
+
+    append_tracked = record_items = erase = _refuse
+    version = history = history_columns = is_erased = _refuse_read
+
+
 @pytest.fixture
 def bundles(run_and_bundle, tmp_path):
     root = tmp_path / "bundles"
@@ -86,6 +99,9 @@ def test_an_unwritable_store_is_503_and_not_ready_while_reads_go_on(client, monk
         response = client.request(method, path, json=body)
         assert response.status_code == 503, path
         assert "readonly database" in response.json()["detail"] and response.headers["retry-after"]
+        assert response.json()["detail"].startswith(
+            "history store cannot take writes now, nothing was stored"
+        )
     assert "new" not in rec.catalog  # durable first, then visible: nothing changed
     ready = client.get("/readyz")
     assert ready.status_code == 503 and ready.json()["status"] == "store not writable"
@@ -93,6 +109,37 @@ def test_an_unwritable_store_is_503_and_not_ready_while_reads_go_on(client, monk
     assert client.get(f"/users/{user}/history").status_code == 200
     monkeypatch.undo()
     assert client.get("/readyz").status_code == 200
+
+
+def test_a_503_says_whether_a_read_or_a_write_failed(client, monkeypatch):
+    live = client.app.state.live
+    user, item = next(iter(live.recommender.histories)), live.recommender.item_ids[0]
+    monkeypatch.setattr(live, "store", Unreachable(live.store))
+    for method, path, body in (("GET", f"/users/{user}/history", None),
+                               ("POST", "/recommend", {"user_id": user, "k": 3})):  # fmt: skip
+        response = client.request(method, path, json=body)
+        assert response.status_code == 503 and response.headers["retry-after"], path
+        detail = response.json()["detail"]
+        assert detail.startswith("history store cannot be read now") and "stored" not in detail, detail
+    write = client.post("/events", json={"events": [{"user_id": user, "item_id": item}]})
+    assert write.status_code == 503 and "cannot take writes now, nothing was stored" in write.json()["detail"]
+    assert client.post("/recommend", json={"history": [item], "k": 3}).status_code == 200  # reads no store
+
+
+@pytest.mark.parametrize(
+    ("doing", "write", "operation"),
+    [("read", False, "read"), ("written", True, "write"), ("opened", False, "open")],
+)
+def test_a_redis_outage_says_what_failed(doing, write, operation):
+    from redis import exceptions as rex
+
+    from serving.redisdb import RedisDatabase
+
+    db = object.__new__(RedisDatabase)  # no server: only the mapping of its errors is under test
+    db.where, db.writable = "redis://db:6379/0", True
+    with pytest.raises(StoreUnavailable, match=f"cannot be {doing}") as caught, db._guard(doing, write=write):
+        raise rex.ConnectionError("Connection refused")
+    assert caught.value.operation == operation and db.writable is not write
 
 
 def test_readyz_is_503_loading_before_the_bundle_is_loaded(run_and_bundle, tmp_path):
