@@ -46,7 +46,7 @@ def open_live_service(settings: Settings) -> LiveService:
         seeded = store.seed(((live.user_key(u), e) for u, e in seed_rows(rec)), source=rec.model_version)
         if seeded:
             log.info("seeded the history store with %d events from the bundle", seeded)
-    apply_catalog_changes(rec, store)
+    live.replayed = apply_catalog_changes(rec, store)  # added items this bundle cannot take are skipped
     store.sweep()
     return live
 

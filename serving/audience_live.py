@@ -12,24 +12,30 @@ Between rebuilds each answer is checked against the store before it leaves: the 
 are read in one query; a user the store no longer holds (erased, or expired by retention) is dropped, so an
 erased user never appears; a user whose history changed since the build is re-encoded from their current
 history and re-scored (and dropped if they have now seen the item). Users who were not candidates at build time
-enter the ranking at the next rebuild. The store holds keyed ids when pseudonymisation is on, and those are
+enter the ranking at the next rebuild. A user is encoded as ``/recommend`` encodes them: their stored searches
+included, and without the bundle's stored profile once the erasure log names them. A store that cannot be read
+raises StoreUnavailable (a 503). The store holds keyed ids when pseudonymisation is on, and those are
 what an audience names: raw ids never enter this module.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 
 import numpy as np
 
 from serving.audience import Audience, ItemQuery, UserIndex
 from serving.batch import BatchScorer
 from serving.core.results import ResolvedHistory
+from serving.historystore import columns_of
 from serving.live import LiveService
+from serving.privacy import erasure_key
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -72,9 +78,11 @@ class LiveAudiences:
     def audiences(
         self, live: LiveService, item_ids: Sequence[str], k: int, exclude_seen: bool = True
     ) -> tuple[UserIndex, list[Audience]]:
-        """Each item's top-``k`` stored users now (see the module docstring); raises UnknownItems."""
-        index = self.index(live)
-        return index, [checked_audience(live, index, q, k, exclude_seen) for q in index.queries(item_ids)]
+        """Each item's top-``k`` stored users now (see the module docstring); raises UnknownItems, and
+        StoreUnavailable when the store cannot be read (a 503, as every other store read)."""
+        with reading(live.store):
+            index = self.index(live)
+            return index, [checked_audience(live, index, q, k, exclude_seen) for q in index.queries(item_ids)]
 
 
 def checked_audience(
@@ -118,12 +126,19 @@ def _check(
         fresh = [(u, h) for u, h in zip(changed, histories, strict=True)
                  if len(h.history) and not (exclude_seen and _has_seen(h, query, rec))]  # fmt: skip
         if fresh:
-            table = index.features
-            feats = [table.get(u) for u, _ in fresh] if table else None
+            feats = _profiles(live, index.features, [u for u, _ in fresh])
             vectors = BatchScorer(rec).encode([h.history for _, h in fresh], features=feats)  # (C, D)
             keep_scores += (vectors @ query.vector).tolist()
             keep_users += [u for u, _ in fresh]
     return np.asarray(keep_scores, np.float32), keep_users
+
+
+def _profiles(live: LiveService, table: Mapping[str, np.ndarray] | None, users: list[str]) -> list | None:
+    """Each re-encoded user's features from the index's table; a user erased since the build (and back
+    since) gets none, as ``/recommend`` answers them. None: the model reads no features."""
+    if not table:
+        return None
+    return [table[u] if u in table and not live.store.is_erased(u) else None for u in users]
 
 
 def _has_seen(history: ResolvedHistory, query: ItemQuery, rec: Recommender) -> bool:
@@ -143,30 +158,56 @@ def build_from_store(live: LiveService, keyed: KeyedFeatures | None = None) -> U
     write can only make a history newer than its recorded version, which the check then re-scores).
     ``keyed``: a feature table kept from earlier builds (default: keyed anew)."""
     store, rec = live.store, live.recommender
-    clock = store_clock(store)
-    versions = all_versions(store)
-    users = sorted(versions)
-    columns = _bulk_columns(store, set(users))
-    histories = [rec.resolve(*columns[u]) if u in columns else _resolve(live, rec, u) for u in users]
+    with reading(store):
+        clock = store_clock(store)
+        versions = all_versions(store)
+        users = sorted(versions)
+        columns = _bulk_columns(store, set(users))
+        histories = [rec.resolve(*columns[u]) if u in columns else _resolve(live, rec, u) for u in users]
+        features = (keyed or KeyedFeatures()).table(live, rec, store)  # the erasure log read after histories
     return UserIndex.build(rec, users, histories, versions=[versions[u] for u in users], clock=clock,
-                           features=(keyed or KeyedFeatures()).table(live, rec))  # fmt: skip
+                           features=features)  # fmt: skip
 
 
 class KeyedFeatures:
     """The bundle's user features by store key (keyed ids when pseudonymisation is on, as the store names
     users), for a model that reads them; empty otherwise. Made once per recommender: under
-    pseudonymisation that is one HMAC a user, which rebuilds of the index for the same bundle skip."""
+    pseudonymisation that is one HMAC a user, which rebuilds of the index for the same bundle skip.
+
+    Users the store's erasure log names are left out: the bundle's users table predates their erasure, so a
+    user erased and back since is encoded without that profile, as ``/recommend`` answers them."""
 
     def __init__(self) -> None:
         self._rec: Recommender | None = None
         self._table: dict[str, np.ndarray] = {}
+        self._by_erasure: dict[str, str] | None = None  # erasure_key(store key) -> store key, made on need
 
-    def table(self, live: LiveService, rec: Recommender) -> dict[str, np.ndarray]:
+    def table(self, live: LiveService, rec: Recommender, store=None) -> Mapping[str, np.ndarray]:
+        """The table for ``rec``, less the users ``store``'s erasure log names (the same object while it
+        names none of them)."""
         if self._rec is not rec:
             features = rec.user_features
             self._table = {live.user_key(u): f for u, f in features.items()} if features else {}
-            self._rec = rec
-        return self._table
+            self._rec, self._by_erasure = rec, None
+        if store is None or not self._table:
+            return self._table
+        erased = store.erased_since(0.0)
+        if not erased:
+            return self._table
+        if self._by_erasure is None:  # one SHA-256 a user, once per bundle, and only once anyone was erased
+            self._by_erasure = {erasure_key(u): u for u in self._table}
+        gone = {self._by_erasure[e] for e in erased if e in self._by_erasure}
+        return {u: f for u, f in self._table.items() if u not in gone} if gone else self._table
+
+
+def reading(store) -> AbstractContextManager:
+    """The store's read guard: an unreachable Redis or a SQLite file that cannot be read raises
+    StoreUnavailable ("read"), which the service answers with a 503 (any other store: no guard)."""
+    if hasattr(store, "_guard"):  # Redis
+        return store._guard("read")
+    if hasattr(store, "_read"):  # SQLite
+        return store._read()
+    return contextlib.nullcontext()
 
 
 def store_clock(store) -> int | None:
@@ -211,17 +252,19 @@ def store_versions(store, users: Sequence[str]) -> dict[str, int | None]:
 
 
 def _bulk_columns(store, users: set[str]) -> dict[str, tuple[tuple, tuple, tuple, tuple]]:
-    """SQLite: every user's (item_id, event, dwell_s, ts) columns in one scan; other stores: none (read per user)."""
+    """SQLite: every user's ``history_columns`` in one scan, searches included (rows mapped by the store's
+    own :func:`~serving.historystore.columns_of`); other stores: none (read per user)."""
     if not hasattr(store, "db"):
         return {}
     retention = getattr(store, "retention_s", None)
     cutoff = time.time() - retention if retention else -math.inf
     rows = store.db.execute(
-        "SELECT user_key, item_id, event, dwell_s, ts FROM events WHERE stored_at >= ? ORDER BY user_key, ts, seq",
+        "SELECT user_key, item_id, event, dwell_s, ts, query FROM events WHERE stored_at >= ? "
+        "ORDER BY user_key, ts, seq",
         (cutoff,),
     )
     grouped: dict[str, list[tuple]] = {}
-    for user, *event in rows:
+    for user, *event in rows:  # event: (item_id, event, dwell_s, ts, query), as the store's _rows
         if user in users:
             grouped.setdefault(user, []).append(tuple(event))
-    return {u: tuple(zip(*events, strict=True)) for u, events in grouped.items()}  # type: ignore[misc]
+    return {u: columns_of(events) for u, events in grouped.items()}

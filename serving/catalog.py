@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterable, Sequence, Sized
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -47,10 +47,13 @@ class CatalogChanges:
     row_of: dict[str, int] = field(default_factory=dict)
     removed_rows: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64))  # bundle rows
     categories: tuple[tuple[int, ...], ...] = ()  # category indices of each added item
+    retired: frozenset[str] = frozenset()  # added items taken down (or not replayable): known, never answered
     removed: frozenset[int] = field(init=False, repr=False)  # removed_rows as a set, for membership tests
+    known: frozenset[str] = field(init=False, repr=False)  # ids added since the bundle, retired ones too
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "removed", frozenset(self.removed_rows.tolist()))
+        object.__setattr__(self, "known", frozenset(self.ids) | self.retired)
         if self.vectors is None:
             object.__setattr__(self, "vectors", np.zeros((0, self.dim), np.float32))
         if len(self.categories) != len(self.ids):
@@ -67,24 +70,31 @@ class CatalogChanges:
         cats = tuple(self.categories[self.row_of[i]] for i in keep)
         cats += tuple(tuple(c) for c in categories) if categories is not None else tuple(() for _ in ids)
         return CatalogChanges(self.dim, all_ids, stacked, {i: r for r, i in enumerate(all_ids)}, self.removed_rows,
-                         cats)  # fmt: skip
+                         cats, self.retired - set(ids))  # fmt: skip
 
     def with_removed(self, ids: Iterable[str], bundle_row_of: dict[str, int]) -> CatalogChanges:
-        """A snapshot without ``ids``: added ones are dropped, bundle ones are filtered from now on."""
+        """A snapshot without ``ids``: added ones are dropped (and retired), bundle ones are filtered from now on."""
         ids = set(ids)
         rows = [bundle_row_of[i] for i in ids if i in bundle_row_of]
         removed = np.union1d(self.removed_rows, np.asarray(rows, np.int64)).astype(np.int64)
         keep = [i for i in self.ids if i not in ids]
         vectors = self.vectors[[self.row_of[i] for i in keep]] if keep else None
         cats = tuple(self.categories[self.row_of[i]] for i in keep)
+        retired = self.retired | {i for i in ids if i in self.row_of}
         return CatalogChanges(
-            self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed, cats
+            self.dim, tuple(keep), vectors, {i: r for r, i in enumerate(keep)}, removed, cats, retired
         )
+
+    def with_retired(self, ids: Iterable[str]) -> CatalogChanges:
+        """A snapshot that knows ``ids`` (ids this snapshot does not hold) as taken-down added items."""
+        return replace(self, retired=self.retired | (set(ids) - set(self.row_of)))
 
     def restored(self, bundle_rows: Iterable[int]) -> CatalogChanges:
         """A snapshot where these bundle rows are no longer removed (an item re-added)."""
         removed = np.setdiff1d(self.removed_rows, np.fromiter(bundle_rows, np.int64))
-        return CatalogChanges(self.dim, self.ids, self.vectors, self.row_of, removed, self.categories)
+        return CatalogChanges(
+            self.dim, self.ids, self.vectors, self.row_of, removed, self.categories, self.retired
+        )
 
     def members(self, n_categories: int) -> np.ndarray:
         """(M, C) bool category membership of the added items."""
@@ -146,8 +156,9 @@ class Catalog:
         return item_id in changes.row_of
 
     def knows(self, item_id: str) -> bool:
-        """Whether a history may hold the item: one of the bundle's (taken down or not) or one added since."""
-        return item_id in self.row_of or item_id in self.changes.row_of
+        """Whether a history may hold the item: one of the bundle's or one added since, taken down or not (a
+        page shown before a removal still sends clicks on it; the item is never answered again)."""
+        return item_id in self.row_of or item_id in self.changes.known
 
     def rows_of(self, item_ids: Iterable[str]) -> np.ndarray:
         """int64 bundle rows of the known ids among ``item_ids`` (unknown ids are skipped)."""
@@ -195,6 +206,12 @@ class Catalog:
                 persist()
             self.changes = changes
         return new + [self.item_ids[r] for r in restored]
+
+    def retire(self, item_ids: Iterable[str]) -> None:
+        """Know ``item_ids`` as added items taken down: their events are accepted, they are never answered
+        (a replay's removals of items a new bundle lacks, and added items it cannot take)."""
+        with self._lock:
+            self.changes = self.changes.with_retired(str(i) for i in item_ids if str(i) not in self.row_of)
 
     def remove_items(self, item_ids: Sequence[str], persist: Callable[[], None] | None = None) -> list[str]:
         """Take items out of every answer from now on; raises KeyError naming unknown ids (nothing changes, nor

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from serving.catalog_replay import Replayed, apply_catalog_changes, restored_categories
 from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
 from serving.core.texthash import QueryError, check_query
@@ -85,6 +86,7 @@ class LiveService:
         self._cache: OrderedDict[str, tuple[int, ResolvedHistory, Recommender]] = OrderedDict()
         self._cache_size = cache_size
         self._reload_lock = threading.Lock()
+        self.replayed = Replayed()  # what the last reload's replay of catalog changes did (skipped items)
 
     # ---- the recommender (swappable) ----------------------------------------------------------------
     @property
@@ -98,7 +100,7 @@ class LiveService:
         """
         with self._reload_lock:
             fresh = Recommender.load(bundle_dir, **load_kwargs)
-            apply_catalog_changes(fresh, self.store)
+            self.replayed = apply_catalog_changes(fresh, self.store)
             self._recommender = fresh  # one reference assignment: atomic for every reader
             self._cache.clear()  # resolved histories hold rows of the old catalog
         log.info("reloaded bundle %s (%s)", bundle_dir, fresh.model_version)
@@ -130,6 +132,10 @@ class LiveService:
             query = raw.get("query")
             if raw.get("item_id") is None and query is None:
                 errors.append(EventError(i, "item_id", "an item id (or, for a search, a query) is needed"))
+                continue
+            if raw.get("item_id") is not None and query is not None:  # the model would read only the item
+                errors.append(EventError(i, "query", "give either item_id or query (a search), not both; "
+                                                     "send a search as its own event"))  # fmt: skip
                 continue
             if query is not None:
                 try:
@@ -226,18 +232,29 @@ class LiveService:
             return cached[1]
         items, events, dwell, ts = self.store.history_columns(key)
         resolved = rec.resolve(items, events, dwell, ts)
-        self._cache[key] = (version, resolved, rec)
-        if len(self._cache) > self._cache_size:
-            self._cache.popitem(last=False)
+        # Cached only when no write landed between the two version reads: versions are never reused and a
+        # write changes rows and version in one transaction, so the rows are then exactly those of `version`.
+        # Otherwise an ingest could extend rows that already hold its events (they would count twice).
+        if self.store.version(key) == version:
+            current = self._cache.get(key)
+            if current is None or current[2] is not rec or current[0] <= version:  # never replace a newer one
+                self._cache[key] = (version, resolved, rec)
+                if len(self._cache) > self._cache_size:
+                    self._cache.popitem(last=False)
         return resolved
 
     def recommend(self, request: RecommendationRequest | None = None, /, **fields) -> Recommendation:
-        """:meth:`Recommender.recommend`, with a ``user_id``'s history read from the store (its current one)."""
+        """:meth:`Recommender.recommend`, with a ``user_id``'s history read from the store (its current one) and
+        their profile from the bundle unless the erasure log names them."""
         request = RecommendationRequest.of(request, **fields)
         rec = self._recommender
         if request.history is not None or request.user_id is None:
             return rec.recommend(request)
-        return rec.recommend_resolved(self.stored_history(request.user_id), request)
+        user_id = str(request.user_id)
+        profile = request.features is None and user_id in rec.user_features
+        if profile:  # the bundle predates an erasure: its users table still holds the erased profile
+            profile = not self.store.is_erased(self.user_key(user_id))
+        return rec.recommend_resolved(self.stored_history(user_id), request, profile=profile)
 
     def user_events(self, user_id: str) -> list[dict]:
         """What is stored about a user, oldest first."""
@@ -255,11 +272,13 @@ class LiveService:
     def add_items(self, items: Sequence[tuple[str, Sequence[str]]]) -> list[str]:
         """Add items: durable in the store before any answer can hold them; all or nothing (see
         :meth:`Catalog.add_items`). Serialised with reloads, so a new bundle replays every change."""
-        changes = [(str(item_id), "add", list(categories)) for item_id, categories in items]
-        with self._reload_lock:
-            return self._recommender.catalog.add_items(
-                items, persist=lambda: self.store.record_items(changes)
-            )
+        with self._reload_lock:  # no other catalog change runs meanwhile: which items are restores holds
+            rec = self._recommender
+            changes = []
+            for item_id, categories in items:
+                restored = restored_categories(rec, str(item_id))  # a restore records the bundle's categories
+                changes.append((str(item_id), "add", list(categories) if restored is None else restored))
+            return rec.catalog.add_items(items, persist=lambda: self.store.record_items(changes))
 
     def remove_items(self, item_ids: Sequence[str]) -> list[str]:
         """Take items out of every answer: durable first, then visible; all or nothing."""
@@ -268,21 +287,6 @@ class LiveService:
             return self._recommender.catalog.remove_items(
                 item_ids, persist=lambda: self.store.record_items(changes)
             )
-
-
-def apply_catalog_changes(rec: Recommender, store: HistoryStore) -> None:
-    """Replay the store's item additions and removals on a freshly loaded recommender.
-
-    Items a new bundle already contains (a retrain saw them) keep their trained vectors.
-    """
-    catalog = rec.catalog
-    changes = store.catalog_changes()
-    add = [(i, cats) for i, action, cats in changes if action == "add" and i not in catalog.row_of]
-    if add:
-        catalog.add_items(add)
-    gone = [i for i, action, _ in changes if action == "remove" and i in catalog]
-    if gone:
-        catalog.remove_items(gone)
 
 
 def seed_rows(rec: Recommender):

@@ -8,7 +8,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from serving.core.texthash import MAX_QUERY_CHARS
-from serving.fields import Finite, Id, Text
+from serving.fields import UNICODE, Finite, Id
 from serving.live import EventLimits
 
 MAX_DWELL_S = EventLimits().max_dwell_s
@@ -21,14 +21,17 @@ class EventIn(BaseModel):
 
     user_id: Id = Field(description="Who interacted (stored as a keyed hash when pseudonymisation is on).")
     item_id: Id | None = Field(
-        None, description="With what: an item of the catalog (bundle or added since). Omitted for a search."
-    )
-    query: Annotated[Text, Field(min_length=1, max_length=MAX_QUERY_CHARS)] | None = Field(
-        None, description="A search: what the user searched for (give it instead of `item_id`)."
-    )
-    event: Text | None = Field(
         None,
-        max_length=64,
+        description="With what: an item of the catalog (bundle or added since, taken down or not). Omitted for "
+        "a search.",
+    )
+    query: Annotated[str, Field(min_length=1, max_length=MAX_QUERY_CHARS), UNICODE] | None = Field(
+        None,
+        description="A search: what the user searched for, given instead of `item_id` (both in one event: 422 "
+        "naming `query`; send the search as its own event).",
+    )
+    event: Annotated[str, Field(max_length=64), UNICODE] | None = Field(
+        None,
         description="Event type from the bundle's vocabulary (`GET /events/types`), or '<other>'. Default '<other>'.",
     )
     dwell_s: Finite | None = Field(
@@ -80,7 +83,7 @@ class NewItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     item_id: Id
-    categories: list[Annotated[Text, Field(max_length=256)]] = Field(
+    categories: list[Annotated[str, Field(max_length=256), UNICODE]] = Field(
         min_length=1, max_length=64, description="Category names of the bundle."
     )
 
@@ -98,7 +101,7 @@ class ItemsResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    bundle: Annotated[Text, Field(min_length=1, max_length=4096)] | None = Field(
+    bundle: Annotated[str, Field(min_length=1, max_length=4096), UNICODE] | None = Field(
         None,
         description="Bundle directory (relative paths are taken under TWOTOWER_BUNDLE_ROOT when it is set, "
         "and a path outside that root is refused); default: the bundle now in use.",

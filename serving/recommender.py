@@ -132,7 +132,7 @@ class Recommender:
         ``previous_ts``: time of the event just before these (for the first gap when extending a history)."""
         return resolve_entries(items, events, dwell, ts, previous_ts, signals=self.signals,
                                row_of=self.catalog.row_of, event_of=self.event_of,
-                               live_ids=self.catalog.changes.row_of, has_time=self.has_time)  # fmt: skip
+                               live_ids=self.catalog.changes.known, has_time=self.has_time)  # fmt: skip
 
     def encode(
         self,
@@ -195,14 +195,17 @@ class Recommender:
         else:
             stored = self.histories.get(str(request.user_id)) if request.user_id is not None else None
             resolved = ResolvedHistory(stored) if stored is not None else None
-        return self.recommend_resolved(resolved, request)
+        return self.recommend_resolved(resolved, request, profile=request.history is None)
 
     def recommend_resolved(
-        self, resolved: ResolvedHistory | None, request: RecommendationRequest
+        self, resolved: ResolvedHistory | None, request: RecommendationRequest, *, profile: bool = False
     ) -> Recommendation:
         """Top-k for a history already resolved against this catalog (None or empty: the popularity fallback);
-        the request's ``user_id`` and ``history`` are not read. The real-time loop calls this with the user's
-        stored history."""
+        the request's ``history`` is not read. The real-time loop calls this with the user's stored history.
+
+        ``profile``: a model that reads user features may take the ``user_id``'s stored ones (the bundle's
+        users table) when the request gives none. Only a request for a stored user sets it: one that brings
+        its own history reads nothing stored about anyone, and an erased user's profile is not used."""
         k, catalog = request.k, self.catalog
         settings = self.ranking.for_request(request)
         changes = catalog.changes  # one snapshot for the whole request
@@ -213,7 +216,8 @@ class Recommender:
         allow_ids = None if request.allow_items is None else {str(i) for i in request.allow_items}
         allow = None if allow_ids is None else catalog.rows_of(allow_ids)
         unknown = resolved.unknown if resolved is not None else []
-        features = self.signals.features_for(request.features, request.user_id, self.user_features)
+        stored = self.user_features if profile else {}
+        features = self.signals.features_for(request.features, request.user_id, stored)
         if resolved is None and features is not None:  # features alone: the model's start token
             resolved = ResolvedHistory(History.build(np.zeros(0, np.int64)), unknown)
         if resolved is None or (not len(resolved.history) and features is None):  # nothing known

@@ -57,10 +57,10 @@ for _, user in ipairs(users) do
     local at = cjson.decode(string.sub(m, 17))[4]
     if at < cutoff then gone[#gone + 1] = m elseif not oldest or at < oldest then oldest = at end
   end
-  if #gone > 0 then
-    redis.call('ZREM', ekey, unpack(gone))
-    removed = removed + #gone
+  for i = 1, #gone, 1000 do  -- in chunks: unpack() fails past Lua's C stack limit (about 8,000 values)
+    redis.call('ZREM', ekey, unpack(gone, i, math.min(i + 999, #gone)))
   end
+  removed = removed + #gone
   if oldest then
     redis.call('ZADD', KEYS[1], oldest, user)
     if #gone > 0 then redis.call('SET', vkey, clock, 'KEEPTTL') end

@@ -151,6 +151,11 @@ class RedisHistoryStore(RedisDatabase):
         with self._guard("read"):
             return list(self.r.zrangebyscore(self._k("erasures"), since, "+inf"))
 
+    def is_erased(self, user_key: str) -> bool:
+        """Whether the erasure log (pruned by retention) names this user (see the SQLite store)."""
+        with self._guard("read"):
+            return self.r.zscore(self._k("erasures"), erasure_key(user_key)) is not None
+
     def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int:
         """Load initial histories once per store (a later call, from any replica, is a no-op)."""
         by_user: dict[str, list[StoredEvent]] = {}

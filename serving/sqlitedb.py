@@ -18,11 +18,17 @@ SYNCHRONOUS = {"NORMAL": 1, "FULL": 2, "EXTRA": 3}  # OFF is refused: a power cu
 # open) and of one that waited past the busy timeout (the file is fine, only busy).
 UNWRITABLE = {3, 8, 10, 13, 14}
 BUSY = {5, 6}
+UNREADABLE = UNWRITABLE | BUSY | {7, 11, 26}  # a read: also out of memory, a corrupt file, not a database
 
 
 class StoreUnavailable(RuntimeError):
     """The store cannot take writes now (read-only, full or missing files); the message names the path.
-    The service answers 503 and reports not ready while reads keep working."""
+    The service answers 503 and reports not ready while reads keep working. ``operation`` says what failed
+    ("write", "read" or "open"), for the 503's message."""
+
+    def __init__(self, message: str, operation: str = "write") -> None:
+        super().__init__(message)
+        self.operation = operation
 
 
 class SQLiteFile:
@@ -53,7 +59,7 @@ class SQLiteFile:
                 for pragma in self._pragmas:
                     conn.execute(pragma)
             except sqlite3.Error as exc:
-                raise StoreUnavailable(f"history store {self.path} cannot be opened: {exc}") from exc
+                raise StoreUnavailable(f"history store {self.path} cannot be opened: {exc}", "open") from exc
             self._check_settings(conn)
             self._local.conn = conn
         return conn
@@ -92,6 +98,17 @@ class SQLiteFile:
             self.writable = self.writable and code in BUSY
             raise StoreUnavailable(f"history store {self.path} cannot take writes: {exc}") from exc
         self.writable = True
+
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """A read: an error SQLite reports about the file (unreadable, corrupt, busy past the timeout) raises
+        :class:`StoreUnavailable` ("read") naming it; any other error (a bug) propagates."""
+        try:
+            yield self.db
+        except sqlite3.DatabaseError as exc:
+            if getattr(exc, "sqlite_errorcode", 0) & 0xFF not in UNREADABLE:
+                raise
+            raise StoreUnavailable(f"history store {self.path} cannot be read: {exc}", "read") from exc
 
     def probe(self) -> bool:
         """Whether the store takes writes now (a one-row write): how an unwritable store recovers when no

@@ -53,6 +53,7 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS users (user_key TEXT PRIMARY KEY, version INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta VALUES ('clock', '0');
 CREATE TABLE IF NOT EXISTS erasures (user_key TEXT NOT NULL, erased_at REAL NOT NULL, events INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS erasures_by_key ON erasures (user_key);
 CREATE TABLE IF NOT EXISTS catalog_changes (
     item_id TEXT PRIMARY KEY,
     action TEXT NOT NULL CHECK (action IN ('add', 'remove')),
@@ -134,15 +135,17 @@ class SQLiteHistoryStore(SQLiteFile):
 
     def _rows(self, user_key: str) -> list[tuple]:
         cutoff = time.time() - self.retention_s if self.retention_s else -math.inf
-        return self.db.execute(
-            "SELECT item_id, event, dwell_s, ts, query FROM events WHERE user_key = ? AND stored_at >= ? "
-            "ORDER BY ts, seq",
-            (user_key, cutoff),
-        ).fetchall()
+        with self._read() as db:  # an unreadable file: StoreUnavailable ("read"), answered 503
+            return db.execute(
+                "SELECT item_id, event, dwell_s, ts, query FROM events WHERE user_key = ? AND stored_at >= ? "
+                "ORDER BY ts, seq",
+                (user_key, cutoff),
+            ).fetchall()
 
     def version(self, user_key: str) -> int | None:
         """A marker that changes whenever the user's history does (a store-wide write clock; never reused)."""
-        return self._version(self.db, user_key)
+        with self._read() as db:
+            return self._version(db, user_key)
 
     @staticmethod
     def _version(db: sqlite3.Connection, user_key: str) -> int | None:
@@ -163,8 +166,16 @@ class SQLiteHistoryStore(SQLiteFile):
     def erased_since(self, since: float = 0.0) -> list[str]:
         """Erased users since ``since`` as the log holds them (:func:`serving.privacy.erasure_key`), for the
         retraining pipeline to leave out; entries older than the retention window are pruned."""
-        rows = self.db.execute("SELECT DISTINCT user_key FROM erasures WHERE erased_at >= ?", (since,))
-        return [r[0] for r in rows]
+        with self._read() as db:
+            rows = db.execute("SELECT DISTINCT user_key FROM erasures WHERE erased_at >= ?", (since,))
+            return [r[0] for r in rows]
+
+    def is_erased(self, user_key: str) -> bool:
+        """Whether the erasure log (pruned by retention) names this user: what the bundle still holds about
+        them until a retrain (their profile) is then not used."""
+        with self._read() as db:
+            row = db.execute("SELECT 1 FROM erasures WHERE user_key = ? LIMIT 1", (erasure_key(user_key),))
+            return row.fetchone() is not None
 
     def seed(self, rows: Iterable[tuple[str, StoredEvent]], source: str) -> int:
         """Load initial histories once per store (a later call is a no-op); returns how many were loaded."""

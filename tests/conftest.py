@@ -74,3 +74,34 @@ def rec(run_and_bundle):
     from serving.recommender import Recommender
 
     return Recommender.load(run_and_bundle[1])
+
+
+@pytest.fixture(scope="session")
+def signal_bundle(tmp_path_factory):
+    """A tiny run on a CSV log with searches, a device column and a users table (user features), and its
+    bundle: (run_dir, bundle_dir, manifest, train result)."""
+    import numpy as np
+    import pandas as pd
+
+    from twotower.export import export_bundle
+
+    root = tmp_path_factory.mktemp("signals")
+    raw = generate(n_users=120, n_items=60, n_categories=6, mean_events=15, search_prob=0.3, seed=1)
+    events = raw.events.rename(columns={"user": "user_id", "item": "item_id", "ts": "timestamp"})
+    rng = np.random.default_rng(0)
+    events["device"] = rng.choice(["mobile", "desktop", ""], len(events))
+    events.to_csv(root / "events.csv", index=False)
+    users = pd.DataFrame({"user_id": [f"u{i}" for i in range(110)],  # 10 users without a row: unknown
+                          "segment": rng.choice(["a", "b", "c"], 110), "country": rng.choice(["fr", "de"], 110)})  # fmt: skip
+    users.to_csv(root / "users.csv", index=False)
+    raw.items.assign(category=["|".join(c) for c in raw.items["categories"]]).drop(columns="categories").rename(
+        columns={"item": "item_id"}).to_csv(root / "items.csv", index=False)  # fmt: skip
+    overrides = ["data=csv", f"data.path={root / 'events.csv'}", "data.event_col=event", "data.dwell_col=dwell_s",
+                 "data.query_col=query", "data.context_cols=[device]", "data.hour_of_week=true",
+                 f"data.users_path={root / 'users.csv'}", f"data.items_path={root / 'items.csv'}",
+                 "eval.baselines=[popularity]", "rerank.list.diversity=0.0", "rerank.list.calibrate=0.0"]  # fmt: skip
+    from twotower.train import train
+
+    result = train(compose_config(overrides + FAST_TRAIN, root / "run"))
+    manifest = export_bundle(root / "run", root / "bundle")
+    return root / "run", root / "bundle", manifest, result

@@ -150,3 +150,25 @@ def test_a_public_host_is_allowed_with_a_scoped_token_only(monkeypatch):
     with pytest.raises(SystemExit) as started:  # past the check: fails on the missing bundle instead
         main(["--bundle", "/no/such/bundle", "--host", "0.0.0.0"])
     assert "/no/such/bundle" in str(started.value.code)
+
+
+def test_a_request_with_its_own_history_reads_nothing_stored_about_its_user_id(signal_bundle, tmp_path):
+    """No token: a ``user_id`` beside a ``history`` must not bring in the user's stored profile (the bundle's
+    users table), which would tell whether they exist and, compared over answers, what it holds."""
+    settings = Settings(
+        bundle=str(signal_bundle[1]), state_dir=str(tmp_path / "state"), api_token=TOKENS["all"]
+    )
+    with TestClient(create_app(settings), raise_server_exceptions=False) as client:
+        rec = client.app.state.live.recommender
+        user = sorted(rec.user_features)[0]
+        for history in ([], list(rec.item_ids[:2])):
+            with_id = client.post("/recommend", json={"user_id": user, "history": history, "k": 5})
+            anyone = client.post("/recommend", json={"history": history, "k": 5})
+            assert with_id.status_code == anyone.status_code == 200, with_id.text
+            assert with_id.json()["source"] == anyone.json()["source"]
+            assert with_id.json()["items"] == anyone.json()["items"], history
+        from serving.core.request import RecommendationRequest
+
+        request = RecommendationRequest(user_id=user, history=list(rec.item_ids[:2]), k=5)
+        profiled = rec.recommend_resolved(rec.resolve(request.history), request, profile=True)
+        assert [i["item_id"] for i in profiled.items] != [i["item_id"] for i in anyone.json()["items"]]

@@ -26,7 +26,9 @@ def test_added_items_get_their_category_vector_and_can_be_removed(catalog):
     assert "new" in catalog and catalog.changes.categories == ((1, 2),)
     assert catalog.remove_items(["new", "i3"]) == ["new", "i3"]
     assert "new" not in catalog and "i3" not in catalog and catalog.changes.removed_rows.tolist() == [3]
-    assert catalog.knows("i3") and not catalog.knows("new")  # a taken-down bundle item may stay in histories
+    assert catalog.knows("i3") and catalog.knows(
+        "new"
+    )  # a taken-down item, bundle or added, may stay in histories
     assert catalog.add_items([("i3", ["a"])]) == ["i3"] and "i3" in catalog  # restored, its trained vector
 
 
@@ -84,3 +86,17 @@ def test_a_change_is_visible_only_after_it_is_persisted(catalog):
     assert during == [False, True]  # not yet added / still served while the write runs
     assert "late" not in catalog and "i4" in catalog
     assert catalog.add_items([("late", ["a"])], persist=lambda: None) == ["late"] and "late" in catalog
+
+
+def test_a_removed_added_item_is_retired_known_but_never_answered_until_re_added(catalog):
+    catalog.add_items([("new", ["a"]), ("other", ["b"])])
+    catalog.remove_items(["new"])
+    assert catalog.knows("new") and "new" not in catalog and catalog.changes.ids == ("other",)
+    assert catalog.changes.retired == {"new"} and "new" in catalog.changes.known
+    with pytest.raises(KeyError, match="new"):
+        catalog.remove_items(["new"])  # already taken down: unknown to a second removal (404)
+    assert catalog.add_items([("new", ["c"])]) == ["new"] and "new" in catalog  # added again, as new
+    assert catalog.changes.retired == frozenset() and catalog.changes.known == {"other", "new"}
+    catalog.retire(["gone", "i4", "new"])  # a replay's removals: bundle and live items are left as they are
+    assert catalog.changes.retired == {"gone"} and catalog.knows("gone") and "gone" not in catalog
+    assert "i4" in catalog and "new" in catalog

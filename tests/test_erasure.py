@@ -13,8 +13,9 @@ import pytest
 
 from serving.app import open_live_service
 from serving.batch_job import load_users
+from serving.core.request import RecommendationRequest
 from serving.historystore import StoredEvent
-from serving.live import LiveService
+from serving.live import LiveService, seed_rows
 from serving.privacy import KEY_FILE, erasure_key, key_scheme, pseudonym_key
 from serving.recommender import Recommender
 from serving.settings import Settings
@@ -136,3 +137,29 @@ def test_batch_scoring_finds_pseudonymised_histories_by_user_id(run_and_bundle, 
     (tmp_path / "users.txt").write_text("batch-user\nnobody\n")
     users, histories = load_users(rec, users_file=str(tmp_path / "users.txt"), state_dir=str(state))
     assert users == ["batch-user", "nobody"] and [len(h.rows) for h in histories] == [3, 0]
+
+
+def test_an_erased_users_profile_is_not_used_before_the_retrain(signal_bundle, tmp_path):
+    """The bundle's users table still holds an erased user's profile until a retrain: it is not read for
+    them, so the next answer is the anonymous fallback, and a returning user starts without it."""
+    rec = Recommender.load(signal_bundle[1])
+    live = LiveService(rec, SQLiteHistoryStore(tmp_path / "state", max_events=rec.max_len + 1), b"k" * 32)
+    live.store.seed(((live.user_key(u), e) for u, e in seed_rows(rec)), source="test")  # as the app does
+    user, other = [u for u in sorted(rec.user_features) if u in rec.histories][:2]
+
+    def with_profile(uid: str, profile: bool):
+        request = RecommendationRequest(user_id=uid, k=5)
+        return rec.recommend_resolved(live.stored_history(uid), request, profile=profile)
+
+    assert live.recommend(user_id=other, k=5).items == with_profile(other, True).items  # profiles are read
+    assert live.erase(user) > 0
+    after, anonymous = live.recommend(user_id=user, k=5), live.recommend(user_id="never-seen", k=5)
+    assert after.source == anonymous.source == "popularity" and after.items == anonymous.items
+    assert rec.recommend_resolved(None, RecommendationRequest(user_id=user, k=5), profile=True).source == (
+        "features"  # what the stored profile alone would have answered
+    )
+    live.ingest([{"user_id": user, "item_id": rec.item_ids[3]}])  # they come back
+    back = live.recommend(user_id=user, k=5)
+    assert back.source == "model" and back.items == with_profile(user, False).items
+    assert back.items != with_profile(user, True).items  # the profile would have moved the list
+    assert live.recommend(user_id=other, k=5).items == with_profile(other, True).items  # others keep theirs

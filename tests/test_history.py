@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from serving.core.history import History, time_gaps
+from serving.core.results import ResolvedHistory
 
 
 def test_time_gaps_rule():
@@ -25,3 +26,26 @@ def test_feeds_truncate_to_the_last_events_and_keep_their_gaps():
     assert feeds["gaps"].tolist() == [[20.0, 30.0, 40.0]]  # the oldest kept event keeps its real gap
     assert feeds["events"].tolist() == [[0, 0, 0]] and feeds["dwell"].dtype == np.float32
     assert {k: v.shape for k, v in history.feeds(max_len=10).items()} == dict.fromkeys(feeds, (1, 5))
+
+
+def resolved(ts: list[float]) -> ResolvedHistory:
+    return ResolvedHistory(
+        History.build(np.arange(len(ts)), ts=np.array(ts)), n_events=len(ts), last_ts=ts[-1]
+    )
+
+
+def test_a_cut_extension_equals_a_re_read_of_the_kept_window():
+    """After the store drops the oldest events, the new first event's predecessor is gone: its gap is unknown."""
+    ts = [0.0, 10, 30, 60, 100, 150]
+    old, more = resolved(ts[:4]), resolved(ts[4:])
+    more.history = History.build(
+        np.arange(4, 6), gaps=time_gaps(np.array(ts[3:]))[1:]
+    )  # gaps from old's last
+    for max_events in (2, 3, 4, 5, 6, 9):
+        joined = old.extended(more, max_events)
+        kept = ts[-min(max_events, len(ts)) :]
+        reread = History.build(np.arange(len(ts))[-len(kept) :], ts=np.array(kept))
+        assert joined.n_events == len(kept) and joined.last_ts == 150.0
+        assert joined.history.rows.tolist() == reread.rows.tolist(), max_events
+        assert joined.history.gaps.tolist() == reread.gaps.tolist(), max_events
+    assert old.extended(more, 1) is None  # the new events alone are over the bound: re-read instead

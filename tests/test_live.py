@@ -245,3 +245,125 @@ def test_a_refused_write_makes_the_service_not_writable_until_a_write_succeeds(l
     assert live.recommend(user_id=next(iter(live.recommender.histories)), k=3).source == "model"  # reads work
     live.store.db.execute("PRAGMA query_only=OFF")
     assert live.probe_writable() and live.writable
+
+
+def test_a_read_racing_an_ingest_never_caches_an_event_twice(live):
+    """A read that takes the version before an ingest commits and the rows after it must not be cached under
+    that version: the ingest would extend it with the event it already holds (forced interleaving)."""
+    items, now, store = live.recommender.item_ids, time.time(), live.store
+    live.ingest([ev("u", items[1], ts=now - 100), ev("u", items[2], ts=now - 90)])
+    live.recommend(user_id="u", k=3)  # cached
+    version_read, committed = threading.Event(), threading.Event()
+    real_version, real_columns, real_append = store.version, store.history_columns, store.append_tracked
+
+    def version(key):  # the reader's version read lets the writer commit
+        found = real_version(key)
+        version_read.set()
+        return found
+
+    def columns(key):  # the reader reads the rows after the commit
+        assert committed.wait(10)
+        return real_columns(key)
+
+    def append(events):  # the writer finishes its cache update after the reader's
+        assert version_read.wait(10)
+        out = real_append(events)
+        committed.set()
+        reader.join(10)
+        return out
+
+    store.version, store.history_columns, store.append_tracked = version, columns, append
+    live._cache.clear()  # evicted: the reader goes to the store
+    reader = threading.Thread(target=live.stored_history, args=("u",))
+    reader.start()
+    try:
+        live.ingest([ev("u", items[3], ts=now - 80)])
+    finally:
+        store.version, store.history_columns, store.append_tracked = real_version, real_columns, real_append
+    served = live.stored_history("u")
+    assert served.n_events == 3 and served.history.rows.tolist() == [1, 2, 3]
+    live._cache.clear()
+    assert live.stored_history("u").history.rows.tolist() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("window", ["short", "model", "model+1"])
+def test_cached_extension_equals_a_re_read_for_any_window(live, tmp_path, window):
+    """The in-place extension of a cached history equals a re-read, also when the store keeps no more than the
+    model's window (the first kept event's predecessor is gone: its gap is unknown)."""
+    rec = live.recommender
+    max_events = {"short": 4, "model": rec.max_len, "model+1": rec.max_len + 1}[window]
+    service = LiveService(rec, SQLiteHistoryStore(tmp_path / window, max_events=max_events))
+    items, start = rec.item_ids, time.time() - 10_000
+    service.ingest([ev("w", items[i], event="click", ts=start + 60 * i) for i in range(max_events)])
+    service.stored_history("w")  # cached, at the bound
+    for step, size in enumerate((1, 2, 1, max_events + 2, 1)):  # the 4th batch alone is over the bound
+        t = start + 5000 + 1000 * step
+        service.ingest([ev("w", items[(5 + step + j) % 30], dwell=5.0, ts=t + 30 * j) for j in range(size)])
+        cached = service.stored_history("w")
+        service._cache.clear()
+        reread = service.stored_history("w")
+        assert cached.n_events == reread.n_events == max_events and cached.last_ts == reread.last_ts
+        for name, array in cached.history.feeds(rec.max_len).items():
+            np.testing.assert_array_equal(array, reread.history.feeds(rec.max_len)[name], err_msg=name)
+
+
+def test_an_event_with_both_an_item_and_a_query_is_refused_naming_the_query(live, secured):
+    item = live.recommender.item_ids[0]
+    with pytest.raises(EventsRejected) as info:
+        live.ingest([ev("u", item), {**ev("u", item), "query": "horror night"}])
+    assert [(e.index, e.field) for e in info.value.errors] == [(1, "query")] and live.user_events("u") == []
+    auth = {"Authorization": "Bearer t0ken"}
+    body = {"events": [{"user_id": "h", "item_id": item, "query": "horror night"}]}
+    bad = secured.post("/events", json=body, headers=auth)
+    assert bad.status_code == 422 and bad.json()["detail"][0]["loc"] == ["body", "events", 0, "query"]
+    assert secured.get("/users/h/history", headers=auth).json()["events"] == []
+
+
+def test_events_on_a_removed_added_item_are_accepted_as_on_a_removed_bundle_item(run_and_bundle, live):
+    """Both kinds of taken-down item keep accepting events (a page shown before the removal), on this process
+    and after a restart; neither is answered, and the history does not report them as unknown."""
+    rec = live.recommender
+    category = rec.bundle.categories[1]
+    live.add_items([("fresh", [category])])
+    live.remove_items(["fresh", rec.item_ids[0]])
+    assert live.ingest([ev("late", "fresh"), ev("late", rec.item_ids[0]), ev("late", rec.item_ids[1])]) == 3
+    answer = live.recommend(user_id="late", k=50)
+    assert answer.unknown_items == [] and not {"fresh", rec.item_ids[0]} & {
+        x["item_id"] for x in answer.items
+    }
+    with pytest.raises(EventsRejected):
+        live.ingest([ev("late", "never-added")])
+    again = LiveService(Recommender.load(run_and_bundle[1]), live.store)  # a restart replays the changes
+    from serving.live import apply_catalog_changes
+
+    apply_catalog_changes(again.recommender, live.store)
+    assert again.ingest([ev("later", "fresh")]) == 1 and "fresh" not in again.recommender.catalog
+    assert again.recommend(user_id="late", k=5).unknown_items == []
+
+
+def test_a_reload_skips_added_items_the_new_bundle_cannot_take(run_and_bundle, live, caplog):
+    """A live item with categories the next bundle lacks is skipped (named in a warning), not a reason to refuse
+    the bundle; it stays stored for a later bundle. A restored bundle item is recorded with its own categories."""
+    rec = live.recommender
+    names = rec.bundle.categories
+    live.store.record_items(
+        [("from-old-bundle", "add", ["a category of another bundle"])]
+    )  # an older state dir
+    live.add_items([("ok", [names[1]])])
+    restored = rec.item_ids[2]
+    live.remove_items([restored])
+    own = [str(c) for c in rec.bundle.items["categories"].iloc[2]]
+    other = next(n for n in names[1:] if n not in own)
+    assert live.add_items([(restored, [other])]) == [
+        restored
+    ]  # restored: the request's categories are unused
+    assert {i: (a, c) for i, a, c in live.store.catalog_changes()}[restored] == ("add", own)
+    with caplog.at_level("WARNING", logger="serving.catalog_replay"):
+        fresh = live.reload(run_and_bundle[1])
+    assert live.replayed.skipped == ("from-old-bundle",) and live.replayed.added == 1
+    assert "from-old-bundle" in caplog.text and "1 added item(s) not replayed" in caplog.text
+    assert "ok" in fresh.catalog and restored in fresh.catalog and "from-old-bundle" not in fresh.catalog
+    assert live.ingest([ev("u", "from-old-bundle")]) == 1  # known, as a taken-down item is
+    assert [i for i, *_ in live.store.catalog_changes()].count(
+        "from-old-bundle"
+    ) == 1  # kept for a later bundle

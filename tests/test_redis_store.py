@@ -144,3 +144,21 @@ def test_a_batch_retried_after_a_lost_reply_is_stored_once(server):
         == 2
     )
     assert [e.item_id for e in store.history("u")] == ["1", "2"] and store.version("u") == calls[0][0]
+
+
+def test_the_sweep_removes_20000_expired_events_of_one_user_and_prunes_the_erasure_log(server):
+    """Lua's unpack() takes about 8,000 values: the sweep removes a user's expired events in chunks."""
+    store = RedisHistoryStore(server.url, max_events=30_000, retention_s=3600, rewrite_on_erase=False)
+    for start in range(0, 20_000, 5_000):
+        store.append([("heavy", StoredEvent("1", "click", None, float(start + j))) for j in range(5_000)])
+    store.append([("light", StoredEvent("2", "click", None, 1.0))])
+    store.erase("gone")
+    cutoff = time.time()  # stored before: expired in the sweep below; stored after: kept
+    store.append(
+        [("heavy", StoredEvent("3", "click", None, 30_000.0)), ("light", StoredEvent("4", "view", None, 2.0))]
+    )
+    before = store.version("heavy")
+    assert store.sweep(now=cutoff + store.retention_s) == 20_001
+    assert [e.item_id for e in store.history("heavy")] == ["3"] and store.version("heavy") != before
+    assert [e.item_id for e in store.history("light")] == ["4"]
+    assert store.erased_since() == []  # the log was pruned after the users were swept

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from serving.core.history import History
+from serving.core.history import UNKNOWN, History
 from serving.core.intent import CategoryIntent
 
 
@@ -42,14 +42,22 @@ class ResolvedHistory:
 
     def extended(self, more: ResolvedHistory, max_events: int) -> ResolvedHistory | None:
         """This history followed by ``more`` (newer events), cut to the newest ``max_events`` as a store would
-        keep them; None when the cut cannot be made here (dropped unknown events make counts ambiguous)."""
+        keep them; None when the cut cannot be made here (dropped unknown events make counts ambiguous, or
+        ``more`` alone is over the bound).
+
+        After a cut the new first event's gap is unknown (-1), as a re-read of the store gives: its predecessor
+        is no longer stored."""
         h, m = self.history, more.history
         total = self.n_events + more.n_events
         drop = max(0, total - max_events)
-        if drop and len(h) != self.n_events:
+        if drop and (len(h) != self.n_events or drop > len(h)):
             return None
-        drop = min(drop, len(h))
-        return ResolvedHistory(h.concat(m, drop), self.unknown + more.unknown, self.live_seen | more.live_seen,
+        joined = h.concat(m, drop)
+        if drop and len(joined):
+            gaps = joined.gaps.copy()  # (E,)
+            gaps[0] = UNKNOWN
+            joined = replace(joined, gaps=gaps)
+        return ResolvedHistory(joined, self.unknown + more.unknown, self.live_seen | more.live_seen,
                                total - drop, more.last_ts)  # fmt: skip
 
 
