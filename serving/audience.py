@@ -215,23 +215,6 @@ _NONE = np.zeros(0, np.int64)
 _NONE.flags.writeable = False
 
 
-def without_erased(
-    users: Sequence[str], histories: Sequence[History], state_dir: str, configured_key: str = ""
-) -> tuple[list[str], list[History]]:
-    """Leave out users a serving state dir's erasure log names (``erasure_key(user_key(id))``): for audiences
-    read from the bundle's or a log's histories, which were written before the erasure."""
-    from serving.privacy import erasure_key, pseudonym_key, user_key
-    from serving.store import SQLiteHistoryStore
-
-    store = SQLiteHistoryStore(state_dir, max_events=1)
-    erased = set(store.erased_since(0.0))
-    key = pseudonym_key(state_dir, configured_key, create=False)
-    keep = [i for i, u in enumerate(users) if erasure_key(user_key(key, u)) not in erased]
-    if len(keep) < len(users):
-        log.info("left out %d erased users (erasure log of %s)", len(users) - len(keep), state_dir)
-    return [users[i] for i in keep], [histories[i] for i in keep]
-
-
 def write_audiences(index: UserIndex, item_ids: Sequence[str], k: int, out: str | Path,
                     exclude_seen: bool = True) -> dict:  # fmt: skip
     """Each item's audience into one Parquet file (temp file + rename: whole or absent); returns a summary."""

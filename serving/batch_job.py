@@ -17,11 +17,11 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pyarrow.parquet as pq
 
 from serving.batch import SCHEMA, BatchScorer
 from serving.core.history import History
+from serving.historylog import read_history_log
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
@@ -38,22 +38,14 @@ def load_users(
     ``users_file`` (one id per line) restricts and orders the users; an id without a history gets the
     popularity fallback."""
     if histories_file:
-        frame = (
-            pd.read_parquet(histories_file)
-            if str(histories_file).endswith(".parquet")
-            else pd.read_csv(histories_file)
-        )
-        missing = {"user_id", "item_id"} - set(frame.columns)
-        if missing:
-            raise ValueError(f"{histories_file}: missing columns {sorted(missing)} (need user_id, item_id)")
-        if "ts" in frame:
-            frame = frame.sort_values(["user_id", "ts"], kind="stable")
+        frame = read_history_log(histories_file)
         table: dict[str, History] = {}
-        for user, group in frame.groupby(frame["user_id"].astype(str), sort=False):
+        for user, group in frame.groupby("user_id", sort=False):
+            dwell = group["dwell_s"].tolist() if "dwell_s" in group else None
             table[user] = rec.resolve(
-                group["item_id"].astype(str).tolist(),
-                group["event"].astype(str).tolist() if "event" in group else None,
-                group["dwell_s"].tolist() if "dwell_s" in group else None,
+                group["item_id"].tolist(),
+                group["event"].tolist() if "event" in group else None,
+                None if dwell is None else [None if d != d else d for d in dwell],  # NaN: unknown
                 group["ts"].tolist() if "ts" in group else None,
             ).history
     elif state_dir:
@@ -76,6 +68,56 @@ def load_users(
     users = _read_ids(users_file) if users_file else sorted(table)
     empty = History.build(np.zeros(0, np.int64))
     return users, [table.get(u, empty) for u in users]
+
+
+def without_erased(
+    users: Sequence[str], histories: Sequence[History], erasures: str, configured_key: str = ""
+) -> tuple[list[str], list[History]]:
+    """Leave out users a serving store's erasure log names (``erasure_key(user_key(id))``): for batch scores
+    and audiences read from the bundle's or a log's histories, which were written before the erasure (and
+    the bundle's users table, which still holds the erased profiles). ``erasures``: the service's state dir
+    (SQLite; its pseudonym key file or ``configured_key`` maps ids onto the log) or its ``redis://`` URL
+    (then ``configured_key``, the service's ``TWOTOWER_PSEUDONYM_KEY``)."""
+    from serving.privacy import erasure_key, pseudonym_key, user_key
+    from serving.redisstore import is_redis_url
+
+    if is_redis_url(erasures):
+        from serving.redisstore import RedisHistoryStore
+
+        if not configured_key:
+            raise ValueError(f"erasures={erasures}: set TWOTOWER_PSEUDONYM_KEY to the service's key (or off)")
+        erased = set(RedisHistoryStore(erasures, max_events=1).erased_since(0.0))
+        key = pseudonym_key("", configured_key, create=False)
+    else:
+        from serving.store import DB_FILE, SQLiteHistoryStore
+
+        if not (Path(erasures) / DB_FILE).is_file():
+            raise FileNotFoundError(f"erasures={erasures}: no history store there ({DB_FILE} not found)")
+        erased = set(SQLiteHistoryStore(erasures, max_events=1).erased_since(0.0))
+        key = pseudonym_key(erasures, configured_key, create=False)
+    keep = [i for i, u in enumerate(users) if erasure_key(user_key(key, u)) not in erased]
+    if len(keep) < len(users):
+        log.info("left out %d erased users (erasure log of %s)", len(users) - len(keep), erasures)
+    return [users[i] for i in keep], [histories[i] for i in keep]
+
+
+def honour_erasures(
+    users: Sequence[str],
+    histories: Sequence[History],
+    erasures: str | None,
+    from_store: bool,
+    configured_key: str,
+) -> tuple[list[str], list[History]]:
+    """The users a batch job may score: without those ``erasures`` names; with none given, a warning when the
+    histories come from the bundle or a log (a store's own histories hold no erased user)."""
+    if erasures:
+        return without_erased(users, histories, erasures, configured_key)
+    if not from_store:
+        log.warning(
+            "no erasure log given: users erased since these histories were written are scored too; "
+            "set erasures=STATE_DIR (or redis://...) or TWOTOWER_STATE_DIR to leave them out"
+        )
+    return list(users), list(histories)
 
 
 def _read_ids(path: str) -> list[str]:

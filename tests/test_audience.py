@@ -15,8 +15,9 @@ import pytest
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.audience import UnknownItems, UserIndex, without_erased, write_audiences
+from serving.audience import UnknownItems, UserIndex, write_audiences
 from serving.audience_live import LiveAudiences
+from serving.batch_job import without_erased
 from serving.privacy import pseudonym_key, user_key
 from serving.settings import Settings
 from serving.store import SQLiteHistoryStore

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.batch import BatchScorer
-from serving.batch_job import load_users, score_to_parquet
+from serving.batch_job import honour_erasures, load_users, score_to_parquet
+from serving.historylog import HistoryLogError, read_history_log
 from serving.recommender import Recommender
 
 
@@ -158,3 +159,44 @@ def test_a_history_longer_than_the_model_window_excludes_every_seen_item(rec, tm
     assert {rec.item_ids[r] for r in rows[0]} <= unseen and (rows[0] >= 0).all()
     online = rec.recommend(history=seen_ids, k=10).items
     assert len(online) == 10 and {x["item_id"] for x in online} <= unseen
+
+
+def test_a_log_keeps_its_ids_as_text_and_reads_iso_times(rec, tmp_path):
+    """Ids are the strings the log holds ("0196" is not 196), stripped; ISO times are UTC seconds; a bad
+    cell is refused naming file, column and row."""
+    (tmp_path / "log.csv").write_text(
+        "user_id,item_id,ts,dwell_s\n0196, 007 ,2024-01-01T10:00:00Z,\n0196,12,2024-01-01T09:30:00+01:00,3.5\n"
+    )
+    frame = read_history_log(tmp_path / "log.csv")
+    assert frame["user_id"].tolist() == ["0196", "0196"] and frame["item_id"].tolist() == ["12", "007"]
+    assert frame["ts"].tolist() == [1704097800.0, 1704103200.0]  # 09:30+01:00 is 08:30Z: first
+    assert np.isnan(frame["dwell_s"].iloc[1]) and frame["dwell_s"].iloc[0] == 3.5
+    known = rec.item_ids[0]
+    pd.DataFrame({"user_id": ["007"], "item_id": [known]}).to_csv(tmp_path / "z.csv", index=False)
+    users, histories = load_users(rec, histories_file=str(tmp_path / "z.csv"))
+    assert users == ["007"] and histories[0].rows.tolist() == [rec.catalog.row_of[known]]
+    for body, where in (("user_id,item_id,ts\na,1,yesterday\n", "column ts: 'yesterday' at row 2"),
+                        ("user_id,item_id\n,1\n", "column user_id: empty at row 2"),
+                        ("user_id,item_id,dwell_s\na,1,long\n", "column dwell_s: 'long' at row 2")):  # fmt: skip
+        (tmp_path / "bad.csv").write_text(body)
+        with pytest.raises(HistoryLogError, match=where):
+            read_history_log(tmp_path / "bad.csv")
+
+
+def test_batch_jobs_leave_out_erased_users_or_warn(rec, tmp_path, caplog):
+    from serving.privacy import pseudonym_key, user_key
+    from serving.store import SQLiteHistoryStore
+
+    users = sorted(rec.histories)[:3]
+    histories = [rec.histories[u] for u in users]
+    SQLiteHistoryStore(tmp_path / "state", max_events=10).erase(
+        user_key(pseudonym_key(tmp_path / "state"), users[0])
+    )
+    kept, _ = honour_erasures(users, histories, str(tmp_path / "state"), from_store=False, configured_key="")
+    assert kept == users[1:]
+    with caplog.at_level("WARNING"):
+        kept, _ = honour_erasures(users, histories, None, from_store=False, configured_key="")
+    assert kept == users and "no erasure log given" in caplog.text
+    with pytest.raises(FileNotFoundError, match="erasures=.*nowhere"):
+        honour_erasures(users, histories, str(tmp_path / "nowhere"), from_store=False, configured_key="")
+    assert not (tmp_path / "nowhere").exists()  # a wrong path creates no store

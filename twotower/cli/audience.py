@@ -12,8 +12,8 @@ import os
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from serving.audience import UserIndex, without_erased, write_audiences
-from serving.batch_job import load_users
+from serving.audience import UserIndex, write_audiences
+from serving.batch_job import honour_erasures, load_users
 from serving.recommender import Recommender
 from serving.settings import Settings
 from twotower.cli._hydra import hydra_app
@@ -40,8 +40,8 @@ def main(cfg: DictConfig) -> None:
     users, histories = load_users(
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )
-    if cfg.erasures:
-        users, histories = without_erased(users, histories, cfg.erasures, Settings.from_env().pseudonym_key)
+    key = Settings.from_env().pseudonym_key
+    users, histories = honour_erasures(users, histories, cfg.erasures, bool(cfg.state_dir), key)
     index = UserIndex.build(rec, users, histories)
     summary = write_audiences(index, items, cfg.k, cfg.out, exclude_seen=cfg.exclude_seen)
     print(json.dumps(summary, indent=2))

@@ -11,8 +11,9 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from serving.batch import BatchScorer
-from serving.batch_job import load_users, score_to_parquet
+from serving.batch_job import honour_erasures, load_users, score_to_parquet
 from serving.recommender import Recommender
+from serving.settings import Settings
 from twotower.cli._hydra import hydra_app
 
 
@@ -23,6 +24,8 @@ def main(cfg: DictConfig) -> None:
     users, histories = load_users(
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )
+    key = Settings.from_env().pseudonym_key
+    users, histories = honour_erasures(users, histories, cfg.erasures, bool(cfg.state_dir), key)
     overrides = OmegaConf.to_container(cfg.get("ranking") or {})
     ranking = rec.ranking.with_overrides(**overrides)
     scorer = BatchScorer(
