@@ -329,7 +329,8 @@ def test_serving_benchmark_writes_figures(run_and_bundle, tmp_path):
     result = run(run_and_bundle[1], tmp_path / "latency.json", n_users=20, http_seconds=1.0)
     saved = json.loads((tmp_path / "latency.json").read_text())
     assert saved["in_process"]["recommend"]["n"] == 60
-    for part in ("encode", "search", "recommend"):
+    assert set(result["in_process"]["ranking"]) >= {"diversity", "calibrate", "explore"}
+    for part in ("encode", "search", "recommend", "recommend_knobs_off", "recommend_without_rerank"):
         figures = result["in_process"][part]
         assert 0 < figures["p50_ms"] <= figures["p95_ms"] <= figures["p99_ms"]
     store = result["in_process_with_store"]

@@ -43,6 +43,27 @@ def test_knobs_off_is_the_plain_answer_and_defaults_apply(knob_rec, run_and_bund
     )  # a request switches it off
 
 
+def test_rerank_false_is_the_models_ranking_alone_whatever_the_defaults(run_and_bundle):
+    """``rerank=False``: no session-intent lift and the list knobs off (not the bundle's defaults); the plain
+    search over the user's encoded history is its twin. Knobs the request sets still apply."""
+    from serving.core.selector import Selector
+
+    rec = Recommender.load(run_and_bundle[1], ranking={"diversity": 0.7, "calibrate": 0.3})
+    differs = 0
+    for user in _users(rec):
+        history = rec.histories[user]
+        with Selector(len(rec.item_ids), history.rows) as selector:
+            scores, rows = rec.search(rec.encode(history), 8, selector)
+        alone = [rec.item_ids[r] for r in rows.tolist()]
+        got = rec.recommend(user_id=user, k=8, rerank=False)
+        assert [x["item_id"] for x in got.items] == alone and got.ranking is None and got.lift is None
+        differs += [x["item_id"] for x in rec.recommend(user_id=user, k=8).items] != alone
+        asked = rec.recommend(user_id=user, k=8, rerank=False, diversity=0.7)
+        assert asked.ranking is not None and asked.ranking.settings.diversity == 0.7
+        assert asked.ranking.settings.calibrate == 0.0  # not the default's: rerank=False started from off
+    assert differs > 0  # the defaults do change lists: the check above can fail
+
+
 def test_diversity_and_cap_change_the_list_within_the_candidates(knob_rec):
     changed = 0
     for user in _users(knob_rec):

@@ -53,11 +53,17 @@ class ListSettings:
         return replace(self, **given) if given else self
 
     def for_request(self, request: Any) -> ListSettings:
-        """These defaults with the knobs a request sets (its ``KNOBS`` attributes that are not None)."""
+        """These defaults with the knobs a request sets (its ``KNOBS`` attributes that are not None); a request
+        with ``rerank=False`` starts from every knob off (the model's ranking alone) instead."""
         r = request
+        base = self if getattr(r, "rerank", True) else self.off()
         if r.diversity is None and r.max_per_category is None and r.calibrate is None and r.explore is None:
-            return self
-        return self.with_overrides(**{name: getattr(r, name) for name in KNOBS})
+            return base
+        return base.with_overrides(**{name: getattr(r, name) for name in KNOBS})
+
+    def off(self) -> ListSettings:
+        """Every knob off (``depth`` kept): the plain top-k by score."""
+        return replace(self, diversity=0.0, max_per_category=0, calibrate=0.0, explore=0.0)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -30,7 +30,8 @@ class RecommendationRequest:
         exclude_seen: leave out items already in the history.
         exclude_items: item ids never to return.
         allow_items: if given, only these item ids may be returned.
-        rerank: apply the session-intent re-rank (False: the model's ranking alone).
+        rerank: apply the re-ranks (False: the model's ranking alone: no session-intent lift, and the list
+            knobs start off instead of at the recommender's defaults; knobs the request sets still apply).
         diversity, max_per_category, calibrate, explore: the list re-rank's knobs
             (:class:`~serving.core.diversify.ListSettings`; None: the recommender's default, 0: off).
         seed: exploration's seed (None: one derived from the request, so the same request gets the same list).

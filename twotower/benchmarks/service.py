@@ -44,8 +44,10 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     Each step runs over all users in its own pass (a step interleaved with others would be timed with their
     data in its caches), and the passes alternate ``repeats`` times so a drift in the machine's speed hits
     every step alike. ``encode_padded_graph``: the same encodes through the bundle's batch graph, the
-    unpadded graph's exact twin. ``recommend_without_rerank``: the model's ranking alone (no session-intent
-    re-rank); ``reranked_share``: how many of the users' histories the re-rank acts on.
+    unpadded graph's exact twin. ``recommend``: with the bundle's defaults (``ranking``: its list knobs);
+    ``recommend_knobs_off``: the session intent without the list knobs; ``recommend_without_rerank``: the
+    model's ranking alone (``rerank=False``); ``reranked_share``: how many of the users' histories the
+    session intent acts on.
     """
     histories = [rec.histories[user] for user in users]
     queries = [rec.encode(history) for history in histories]
@@ -64,11 +66,14 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     def recommend(i: int) -> None:
         rec.recommend(user_id=users[i], k=k)
 
+    def knobs_off(i: int) -> None:
+        rec.recommend(user_id=users[i], k=k, diversity=0.0, max_per_category=0, calibrate=0.0, explore=0.0)
+
     def model_only(i: int) -> None:
         rec.recommend(user_id=users[i], k=k, rerank=False)
 
     steps = {"recommend": recommend, "encode": encode, "search": search, "encode_padded_graph": encode_padded,
-             "recommend_without_rerank": model_only}  # fmt: skip
+             "recommend_knobs_off": knobs_off, "recommend_without_rerank": model_only}  # fmt: skip
     times: dict[str, list[float]] = {name: [] for name in steps}
     for rep in range(repeats + 1):  # the first pass warms up
         for name, step in steps.items():
@@ -83,6 +88,7 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
     reranked = [rec.recommend(user_id=u, k=k).lift is not None for u in users]
     out["reranked_share"] = float(np.mean(reranked)) if reranked else 0.0
     out["history_length_mean"] = float(np.mean([len(rec.histories[u].rows) for u in users]))
+    out["ranking"] = rec.ranking.as_dict()  # the list knobs ``recommend`` ran with
     return out
 
 

@@ -25,9 +25,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--boost", type=float, default=None, help="session-intent boost (default: the bundle's)"
     )
+    parser.add_argument(
+        "--model-only",
+        action="store_true",
+        help="the model's ranking alone: no session intent and the list knobs off (diversity, calibration...)",
+    )
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    rec = Recommender.load(args.bundle, intent_boost=args.boost)
+    if args.model_only:
+        rec = Recommender.load(args.bundle, intent_boost=0.0, ranking={"diversity": 0.0, "max_per_category": 0,
+                                                                      "calibrate": 0.0, "explore": 0.0})  # fmt: skip
+    else:
+        rec = Recommender.load(args.bundle, intent_boost=args.boost)
     result = adaptation_check(rec, args.categories, args.clicks, event=args.event)
     for step in result["steps"]:
         print(f"after {step['category'] or 'no events'}: {step['in_category']} of the top {result['k']}")
