@@ -3,8 +3,11 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-# torch first, pinned: a CPU build that pip finds on local disk here; a bare `torch` would pull CUDA.
+# torch first, pinned: a bare `torch` from PyPI is the CUDA build, several GB. TORCH_INDEX empty (the default)
+# keeps pip's configured index and find-links, which here hold a CPU wheel on local disk; elsewhere
+# `make demo TORCH_INDEX=https://download.pytorch.org/whl/cpu` takes the CPU build from PyTorch's own index.
 TORCH_SPEC ?= torch==2.13.0
+TORCH_INDEX ?=
 
 .PHONY: install demo test test-slow test-fuzz test-all mutants lint format clean gpu-wheels
 
@@ -13,7 +16,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet "$(TORCH_SPEC)"
+	$(PY) -m pip install --quiet $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) "$(TORCH_SPEC)"
 	$(PY) -m pip install --quiet -e ".[train,serve,bench,dev]"
 	touch $(STAMP)
 
