@@ -14,7 +14,8 @@ from fastapi import FastAPI
 from serving import allow, errors, openapi
 from serving.audience_routes import router as audience_router
 from serving.fairness import FairGate
-from serving.live import LiveService, apply_catalog_changes, seed_rows
+from serving.historystore import seed_rows
+from serving.live import LiveService, apply_catalog_changes
 from serving.live_routes import router as live_router
 from serving.page import mount_page
 from serving.paths import RawPathRouting

@@ -12,7 +12,7 @@ whose recent history lifts a category get their top ``max(k, depth)`` re-ranked 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -39,10 +39,14 @@ class BatchScorer:
         overfetch: int = 32,
         exclude_seen: bool = True,
         ranking: ListSettings | None = None,
+        profiles: Mapping[str, np.ndarray] | None = None,
     ) -> None:
-        """``ranking``: the list re-rank's knobs (default: the recommender's, as online requests get them)."""
+        """``ranking``: the list re-rank's knobs (default: the recommender's, as online requests get them);
+        ``profiles``: user id -> (F,) features for a model that reads them (default: the bundle's users table;
+        :func:`serving.batch_job.profiles_for` leaves erased users out)."""
         self.rec, self.k, self.overfetch, self.exclude_seen = rec, k, overfetch, exclude_seen
         self.ranking = ranking if ranking is not None else rec.ranking
+        self.profiles = rec.user_features if profiles is None else profiles
 
     def encode(
         self,
@@ -91,8 +95,8 @@ class BatchScorer:
             scores[empty, : len(popular)], rows[empty, : len(popular)] = rec.popularity[popular], popular
         known = [b for b, h in enumerate(histories) if len(h)]
         feats = None  # stored users' features, for a model that reads them
-        if users is not None and rec.user_features:
-            feats = [rec.user_features.get(str(users[b])) for b in known]
+        if users is not None and self.profiles:
+            feats = [self.profiles.get(str(users[b])) for b in known]
         if known and not self.ranking.active:
             scores[known], rows[known] = self._model_top_k([histories[b] for b in known], k, feats)
         elif known:

@@ -108,8 +108,13 @@ def honour_erasures(
     from_store: bool,
     configured_key: str,
 ) -> tuple[list[str], list[History]]:
-    """The users a batch job may score: without those ``erasures`` names; with none given, a warning when the
-    histories come from the bundle or a log (a store's own histories hold no erased user)."""
+    """The users a batch job may score: without those the erasure log names. ``erasures``: a state dir, a
+    ``redis://`` URL, or ``auto`` (the service's own: ``TWOTOWER_STORE`` when it is Redis, else
+    ``TWOTOWER_STATE_DIR`` when a store is there). With none, a warning when the histories come from the bundle
+    or a log (a store's own histories hold no erased user: only those back with new events, whose profile
+    :func:`profiles_for` leaves out)."""
+    if erasures == "auto":
+        erasures = _service_store()
     if erasures:
         return without_erased(users, histories, erasures, configured_key)
     if not from_store:
@@ -118,6 +123,35 @@ def honour_erasures(
             "set erasures=STATE_DIR (or redis://...) or TWOTOWER_STATE_DIR to leave them out"
         )
     return list(users), list(histories)
+
+
+def _service_store() -> str | None:
+    """The service's store as the environment names it, if there is one to read."""
+    from serving.redisstore import is_redis_url
+    from serving.store import DB_FILE
+
+    url = os.environ.get("TWOTOWER_STORE", "").strip()
+    if is_redis_url(url):
+        return url
+    state = os.environ.get("TWOTOWER_STATE_DIR", "").strip()
+    return state if state and (Path(state) / DB_FILE).is_file() else None
+
+
+def profiles_for(
+    rec: Recommender, users: Sequence[str], state_dir: str | None, configured_key: str = ""
+) -> dict:
+    """The bundle's user features without those of users a store's erasure log names (erased, then back with
+    new events: their history is theirs again, their old profile is not), for :class:`BatchScorer`."""
+    table = rec.user_features
+    if not table or not state_dir:
+        return table
+    from serving.privacy import pseudonym_key, user_key
+    from serving.store import SQLiteHistoryStore
+
+    store = SQLiteHistoryStore(state_dir, max_events=1)
+    key = pseudonym_key(state_dir, configured_key, create=False)
+    erased = {u for u in users if u in table and store.is_erased(user_key(key, u))}
+    return {u: f for u, f in table.items() if u not in erased} if erased else table
 
 
 def _read_ids(path: str) -> list[str]:

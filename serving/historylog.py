@@ -52,12 +52,22 @@ def _row(frame_index: int, path: str) -> str:
 
 def _text(values: pd.Series, path: str, name: str, required: bool) -> pd.Series:
     """Ids and names as stripped strings (no float ``12.0``, no ``nan``); an empty required one is refused."""
-    text = values.map(lambda v: "" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v).strip())
+    text = values.map(_id_text)
     if required:
         empty = np.flatnonzero((text == "").to_numpy())
         if len(empty):
             raise HistoryLogError(f"{path}: column {name}: empty at {_row(int(empty[0]), path)}")
     return text
+
+
+def _id_text(value: object) -> str:
+    """One cell as text: None / NaN empty, a whole float written as the integer it holds (a Parquet id column
+    with gaps is float64 in pandas: 12.0 is the id "12"), anything else as its stripped string."""
+    if value is None:
+        return ""
+    if isinstance(value, float | np.floating):
+        return "" if np.isnan(value) else str(int(value)) if float(value).is_integer() else str(value)
+    return str(value).strip()
 
 
 def _numbers(values: pd.Series, path: str, name: str) -> pd.Series:

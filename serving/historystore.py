@@ -1,14 +1,27 @@
 """The :class:`HistoryStore` interface every live-history store implements (:mod:`serving.store`: SQLite,
-:mod:`serving.redisstore`: Redis), and the values it takes and returns: :class:`StoredEvent`,
-:class:`Appended`, and the ``history_columns`` layout (:func:`columns_of`)."""
+:mod:`serving.redisstore`: Redis), the values it takes and returns (:class:`StoredEvent`, :class:`Appended`,
+the ``history_columns`` layout: :func:`columns_of`), and the rows a bundle seeds it with (:func:`seed_rows`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-__all__ = ["Appended", "HistoryStore", "StoredEvent", "columns_of", "history_entry"]
+if TYPE_CHECKING:
+    from serving.recommender import Recommender
+
+__all__ = [
+    "SEARCH_EVENT",
+    "Appended",
+    "HistoryStore",
+    "StoredEvent",
+    "columns_of",
+    "history_entry",
+    "seed_rows",
+]
+
+SEARCH_EVENT = "<search>"  # the event type a stored search gets when the client names none
 
 
 @dataclass(frozen=True)
@@ -62,3 +75,17 @@ class HistoryStore(Protocol):
     def probe(self) -> bool: ...
     def record_items(self, changes: Sequence[tuple[str, str, Sequence[str]]]) -> None: ...
     def catalog_changes(self) -> list[tuple[str, str, list[str]]]: ...
+
+
+def seed_rows(rec: Recommender) -> Iterator[tuple[str, StoredEvent]]:
+    """(user_key-less) rows of the bundle's training histories, for :meth:`HistoryStore.seed`."""
+    frame = rec.bundle.histories
+    dwell = frame["dwell_s"].to_numpy()
+    queries = frame["queries"] if "queries" in frame else [()] * len(frame)  # the searches after each event
+    for user, item, event, d, ts, texts in zip(
+        frame["user_id"].astype(str), frame["item_id"].astype(str), frame["event"].astype(str), dwell,
+        frame["ts"].to_numpy(), queries, strict=True,
+    ):  # fmt: skip
+        yield user, StoredEvent(item, event, None if not (d >= 0) else float(d), float(ts))
+        for text in texts if texts is not None else ():
+            yield user, StoredEvent("", SEARCH_EVENT, None, float(ts), str(text))

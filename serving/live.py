@@ -22,14 +22,13 @@ from serving.catalog_replay import Replayed, apply_catalog_changes, restored_cat
 from serving.core.request import RecommendationRequest
 from serving.core.results import Recommendation, ResolvedHistory
 from serving.core.texthash import QueryError, check_query
-from serving.historystore import HistoryStore, StoredEvent
+from serving.historystore import SEARCH_EVENT, HistoryStore, StoredEvent
 from serving.privacy import has_lone_surrogate, key_scheme, user_key
 from serving.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
 OTHER_EVENT = "<other>"  # the bucket for event types the model has no embedding of
-SEARCH_EVENT = "<search>"  # the event type a stored search gets when the client names none
 
 
 @dataclass(frozen=True)
@@ -85,6 +84,7 @@ class LiveService:
         # user key -> (store version, resolved history, the recommender whose catalog it was resolved against)
         self._cache: OrderedDict[str, tuple[int, ResolvedHistory, Recommender]] = OrderedDict()
         self._cache_size = cache_size
+        self._erased_seen: OrderedDict[str, tuple[int, bool]] = OrderedDict()  # key -> (version, erased)
         self._reload_lock = threading.Lock()
         self.replayed = Replayed()  # what the last reload's replay of catalog changes did (skipped items)
 
@@ -221,15 +221,18 @@ class LiveService:
 
     def stored_history(self, user_id: str) -> ResolvedHistory | None:
         """The user's current history from the store (None if nothing is stored)."""
-        key = self.user_key(user_id)
+        return self._stored(self.user_key(user_id))[1]
+
+    def _stored(self, key: str) -> tuple[int | None, ResolvedHistory | None]:
+        """(store version, current history) of a stored key; (None, None) when nothing is stored."""
         version = self.store.version(key)  # read before the history: a racing write can only make it newer
         if version is None:
             self._cache.pop(key, None)
-            return None
+            return None, None
         rec = self._recommender
         cached = self._cache.get(key)
         if cached is not None and cached[0] == version and cached[2] is rec:
-            return cached[1]
+            return version, cached[1]
         items, events, dwell, ts = self.store.history_columns(key)
         resolved = rec.resolve(items, events, dwell, ts)
         # Cached only when no write landed between the two version reads: versions are never reused and a
@@ -241,7 +244,7 @@ class LiveService:
                 self._cache[key] = (version, resolved, rec)
                 if len(self._cache) > self._cache_size:
                     self._cache.popitem(last=False)
-        return resolved
+        return version, resolved
 
     def recommend(self, request: RecommendationRequest | None = None, /, **fields) -> Recommendation:
         """:meth:`Recommender.recommend`, with a ``user_id``'s history read from the store (its current one) and
@@ -251,10 +254,26 @@ class LiveService:
         if request.history is not None or request.user_id is None:
             return rec.recommend(request)
         user_id = str(request.user_id)
+        key = self.user_key(user_id)
+        version, resolved = self._stored(key)
         profile = request.features is None and user_id in rec.user_features
         if profile:  # the bundle predates an erasure: its users table still holds the erased profile
-            profile = not self.store.is_erased(self.user_key(user_id))
-        return rec.recommend_resolved(self.stored_history(user_id), request, profile=profile)
+            profile = not self._erased(key, version)
+        return rec.recommend_resolved(resolved, request, profile=profile)
+
+    def _erased(self, key: str, version: int | None) -> bool:
+        """Whether the erasure log names a stored key, remembered per store version: an erasure anywhere
+        changes the version (the user's rows go), and pruning only turns the answer to False, so a remembered
+        True errs on the safe side. A user with nothing stored is asked every time."""
+        seen = self._erased_seen.get(key)
+        if version is not None and seen is not None and seen[0] == version:
+            return seen[1]
+        erased = self.store.is_erased(key)
+        if version is not None:
+            self._erased_seen[key] = (version, erased)
+            if len(self._erased_seen) > self._cache_size:
+                self._erased_seen.popitem(last=False)
+        return erased
 
     def user_events(self, user_id: str) -> list[dict]:
         """What is stored about a user, oldest first."""
@@ -287,17 +306,3 @@ class LiveService:
             return self._recommender.catalog.remove_items(
                 item_ids, persist=lambda: self.store.record_items(changes)
             )
-
-
-def seed_rows(rec: Recommender):
-    """(user_key-less) rows of the bundle's training histories, for :meth:`HistoryStore.seed`."""
-    frame = rec.bundle.histories
-    dwell = frame["dwell_s"].to_numpy()
-    queries = frame["queries"] if "queries" in frame else [()] * len(frame)  # the searches after each event
-    for user, item, event, d, ts, texts in zip(
-        frame["user_id"].astype(str), frame["item_id"].astype(str), frame["event"].astype(str), dwell,
-        frame["ts"].to_numpy(), queries, strict=True,
-    ):  # fmt: skip
-        yield user, StoredEvent(item, event, None if not (d >= 0) else float(d), float(ts))
-        for text in texts if texts is not None else ():
-            yield user, StoredEvent("", SEARCH_EVENT, None, float(ts), str(text))

@@ -267,7 +267,8 @@ def test_audience_quality_on_a_run_counts_every_target(run_and_bundle):
 @pytest.mark.skipif(shutil.which("redis-server") is None, reason="redis-server not on PATH")
 def test_the_live_index_over_a_redis_store(rec, tmp_path):
     pytest.importorskip("redis")
-    from serving.live import LiveService, seed_rows
+    from serving.historystore import seed_rows
+    from serving.live import LiveService
     from serving.redisstore import RedisHistoryStore
     from twotower.benchmarks.servers import RedisServer
 

@@ -14,7 +14,8 @@ from fastapi.testclient import TestClient
 from serving.app import create_app
 from serving.audience_live import LiveAudiences, _bulk_columns, build_from_store
 from serving.batch import BatchScorer
-from serving.live import LiveService, seed_rows
+from serving.historystore import seed_rows
+from serving.live import LiveService
 from serving.recommender import Recommender
 from serving.settings import Settings
 from serving.store import SQLiteHistoryStore, StoreUnavailable

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from serving.batch import BatchScorer
-from serving.batch_job import honour_erasures, load_users, score_to_parquet
+from serving.batch_job import honour_erasures, load_users, profiles_for, score_to_parquet
 from serving.historylog import HistoryLogError, read_history_log
 from serving.recommender import Recommender
 
@@ -169,6 +169,8 @@ def test_a_log_keeps_its_ids_as_text_and_reads_iso_times(rec, tmp_path):
     )
     frame = read_history_log(tmp_path / "log.csv")
     assert frame["user_id"].tolist() == ["0196", "0196"] and frame["item_id"].tolist() == ["12", "007"]
+    pd.DataFrame({"user_id": [196.0, 22.0], "item_id": ["1", "2"]}).to_parquet(tmp_path / "f.parquet")
+    assert read_history_log(tmp_path / "f.parquet")["user_id"].tolist() == ["196", "22"]  # not "196.0"
     assert frame["ts"].tolist() == [1704097800.0, 1704103200.0]  # 09:30+01:00 is 08:30Z: first
     assert np.isnan(frame["dwell_s"].iloc[1]) and frame["dwell_s"].iloc[0] == 3.5
     known = rec.item_ids[0]
@@ -183,7 +185,7 @@ def test_a_log_keeps_its_ids_as_text_and_reads_iso_times(rec, tmp_path):
             read_history_log(tmp_path / "bad.csv")
 
 
-def test_batch_jobs_leave_out_erased_users_or_warn(rec, tmp_path, caplog):
+def test_batch_jobs_leave_out_erased_users_or_warn(rec, tmp_path, caplog, monkeypatch):
     from serving.privacy import pseudonym_key, user_key
     from serving.store import SQLiteHistoryStore
 
@@ -200,3 +202,30 @@ def test_batch_jobs_leave_out_erased_users_or_warn(rec, tmp_path, caplog):
     with pytest.raises(FileNotFoundError, match="erasures=.*nowhere"):
         honour_erasures(users, histories, str(tmp_path / "nowhere"), from_store=False, configured_key="")
     assert not (tmp_path / "nowhere").exists()  # a wrong path creates no store
+    monkeypatch.setenv("TWOTOWER_STATE_DIR", str(tmp_path / "state"))  # auto: the service's store
+    assert honour_erasures(users, histories, "auto", from_store=False, configured_key="")[0] == users[1:]
+    monkeypatch.setenv("TWOTOWER_STATE_DIR", str(tmp_path / "empty"))  # no store there (yet): nothing erased
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        assert honour_erasures(users, histories, "auto", from_store=False, configured_key="")[0] == users
+    assert "no erasure log given" in caplog.text
+
+
+def test_batch_scoring_from_a_store_leaves_out_profiles_of_erased_users(signal_bundle, tmp_path):
+    """A user erased and back with new events is scored from the store's history, without the old profile."""
+    from serving.privacy import pseudonym_key, user_key
+    from serving.recommender import Recommender
+    from serving.store import SQLiteHistoryStore
+
+    rec = Recommender.load(signal_bundle[1])
+    store = SQLiteHistoryStore(tmp_path / "state", max_events=10)
+    store.erase(user_key(pseudonym_key(tmp_path / "state"), "u0"))
+    profiles = profiles_for(rec, ["u0", "u1"], str(tmp_path / "state"))
+    assert "u0" not in profiles and "u1" in profiles and "u0" in rec.user_features
+    assert profiles_for(rec, ["u1"], str(tmp_path / "state")) is rec.user_features  # nobody erased: as is
+    history = rec.histories["u1"]
+    scorer, plain = BatchScorer(rec, k=5, profiles=profiles), BatchScorer(rec, k=5)
+    np.testing.assert_array_equal(scorer.top_k([history], ["u1"])[1], plain.top_k([history], ["u1"])[1])
+    blind = BatchScorer(rec, k=5, profiles={})
+    assert (scorer.top_k([history], ["u0"])[0] == blind.top_k([history], ["u0"])[0]).all()
+    assert not np.allclose(plain.top_k([history], ["u0"])[0], blind.top_k([history], ["u0"])[0])  # it would move

@@ -14,7 +14,8 @@ from serving.app import create_app
 from serving.core.bundle import Bundle
 from serving.core.history import hour_of_week
 from serving.core.signals import SignalError
-from serving.live import LiveService, seed_rows
+from serving.historystore import seed_rows
+from serving.live import LiveService
 from serving.recommender import Recommender
 from serving.settings import Settings
 from serving.store import SQLiteHistoryStore

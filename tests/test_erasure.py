@@ -14,8 +14,8 @@ import pytest
 from serving.app import open_live_service
 from serving.batch_job import load_users
 from serving.core.request import RecommendationRequest
-from serving.historystore import StoredEvent
-from serving.live import LiveService, seed_rows
+from serving.historystore import StoredEvent, seed_rows
+from serving.live import LiveService
 from serving.privacy import KEY_FILE, erasure_key, key_scheme, pseudonym_key
 from serving.recommender import Recommender
 from serving.settings import Settings
@@ -163,3 +163,13 @@ def test_an_erased_users_profile_is_not_used_before_the_retrain(signal_bundle, t
     assert back.source == "model" and back.items == with_profile(user, False).items
     assert back.items != with_profile(user, True).items  # the profile would have moved the list
     assert live.recommend(user_id=other, k=5).items == with_profile(other, True).items  # others keep theirs
+    asked = []
+    live.store.is_erased = lambda key: asked.append(key) or type(live.store).is_erased(live.store, key)
+    for _ in range(3):  # the answer is remembered per store version: one log read for unchanged histories
+        live.recommend(user_id=other, k=5)
+    assert len(asked) <= 1
+    before = len(asked)
+    replica = LiveService(rec, live.store, b"k" * 32)  # another process erases `other`
+    replica.erase(other)
+    after_other = live.recommend(user_id=other, k=5)
+    assert after_other.source == "popularity" and len(asked) == before + 1  # the version moved: read again

@@ -11,7 +11,8 @@ import torch
 from fastapi.testclient import TestClient
 
 from serving.app import create_app
-from serving.live import EventsRejected, LiveService, seed_rows
+from serving.historystore import seed_rows
+from serving.live import EventsRejected, LiveService
 from serving.recommender import Recommender
 from serving.settings import Settings
 from serving.store import SQLiteHistoryStore, StoreUnavailable

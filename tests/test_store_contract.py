@@ -12,8 +12,8 @@ import time
 import numpy as np
 import pytest
 
-from serving.historystore import StoredEvent
-from serving.live import LiveService, seed_rows
+from serving.historystore import StoredEvent, seed_rows
+from serving.live import LiveService
 from serving.privacy import erasure_key, user_key
 from serving.recommender import Recommender
 from serving.store import SQLiteHistoryStore, StoreUnavailable

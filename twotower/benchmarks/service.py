@@ -19,7 +19,8 @@ import numpy as np
 from fastapi import FastAPI
 
 from serving.core.selector import Selector
-from serving.live import LiveService, seed_rows
+from serving.historystore import seed_rows
+from serving.live import LiveService
 from serving.recommender import Recommender
 from serving.store import SQLiteHistoryStore
 from twotower.benchmarks.servers import RedisServer, free_port, wait_ready

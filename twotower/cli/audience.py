@@ -13,7 +13,7 @@ import os
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from serving.audience import UserIndex, write_audiences
-from serving.batch_job import honour_erasures, load_users
+from serving.batch_job import honour_erasures, load_users, profiles_for
 from serving.recommender import Recommender
 from serving.settings import Settings
 from twotower.cli._hydra import hydra_app
@@ -41,8 +41,10 @@ def main(cfg: DictConfig) -> None:
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )
     key = Settings.from_env().pseudonym_key
-    users, histories = honour_erasures(users, histories, cfg.erasures, bool(cfg.state_dir), key)
-    index = UserIndex.build(rec, users, histories)
+    from_store = bool(cfg.state_dir) and not cfg.histories  # load_users reads a log first
+    users, histories = honour_erasures(users, histories, cfg.erasures, from_store, key)
+    profiles = profiles_for(rec, users, cfg.state_dir if from_store else None, key)
+    index = UserIndex.build(rec, users, histories, features=profiles)
     summary = write_audiences(index, items, cfg.k, cfg.out, exclude_seen=cfg.exclude_seen)
     print(json.dumps(summary, indent=2))
 

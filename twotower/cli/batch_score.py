@@ -11,7 +11,7 @@ import os
 from omegaconf import DictConfig, OmegaConf
 
 from serving.batch import BatchScorer
-from serving.batch_job import honour_erasures, load_users, score_to_parquet
+from serving.batch_job import honour_erasures, load_users, profiles_for, score_to_parquet
 from serving.recommender import Recommender
 from serving.settings import Settings
 from twotower.cli._hydra import hydra_app
@@ -25,12 +25,13 @@ def main(cfg: DictConfig) -> None:
         rec, users_file=cfg.users, histories_file=cfg.histories, state_dir=cfg.state_dir
     )
     key = Settings.from_env().pseudonym_key
-    users, histories = honour_erasures(users, histories, cfg.erasures, bool(cfg.state_dir), key)
+    from_store = bool(cfg.state_dir) and not cfg.histories  # load_users reads a log first
+    users, histories = honour_erasures(users, histories, cfg.erasures, from_store, key)
+    profiles = profiles_for(rec, users, cfg.state_dir if from_store else None, key)
     overrides = OmegaConf.to_container(cfg.get("ranking") or {})
     ranking = rec.ranking.with_overrides(**overrides)
-    scorer = BatchScorer(
-        rec, k=cfg.k, overfetch=cfg.overfetch, exclude_seen=cfg.exclude_seen, ranking=ranking
-    )
+    scorer = BatchScorer(rec, k=cfg.k, overfetch=cfg.overfetch, exclude_seen=cfg.exclude_seen, ranking=ranking,
+                         profiles=profiles)  # fmt: skip
     summary = score_to_parquet(scorer, users, histories, cfg.out, chunk_size=cfg.chunk_size,
                                num_shards=cfg.num_shards, shard=cfg.shard, progress=cfg.progress)  # fmt: skip
     print(json.dumps(summary, indent=2))
