@@ -228,4 +228,6 @@ def test_batch_scoring_from_a_store_leaves_out_profiles_of_erased_users(signal_b
     np.testing.assert_array_equal(scorer.top_k([history], ["u1"])[1], plain.top_k([history], ["u1"])[1])
     blind = BatchScorer(rec, k=5, profiles={})
     assert (scorer.top_k([history], ["u0"])[0] == blind.top_k([history], ["u0"])[0]).all()
-    assert not np.allclose(plain.top_k([history], ["u0"])[0], blind.top_k([history], ["u0"])[0])  # it would move
+    assert not np.allclose(
+        plain.top_k([history], ["u0"])[0], blind.top_k([history], ["u0"])[0]
+    )  # it would move

@@ -98,6 +98,16 @@ def test_encode_counts_duplicates_and_short_users(tmp_path):
     assert data.user_ids == ["u1"] and data.n_interactions == 4
 
 
+def test_without_time_only_consecutive_repeats_are_dropped(tmp_path):
+    """A play log with re-listens keeps the latest one: a,1 / a,2 / a,1 is three events; a repeated row is one."""
+    rows = "user_id,item_id\n" + "".join(f"a,{i}\n" for i in (1, 2, 1, 1, 3)) + "b,1\nb,2\nb,1\n"
+    data = encode_log(load_csv_log(write(tmp_path / "log.csv", rows), time_col=None), min_events=3)
+    assert data.report.duplicates_dropped == 1
+    ordered = [data.item_ids[i - 1] for i in data.items]
+    assert ordered == ["1", "2", "1", "3", "1", "2", "1"]
+    assert data.users.tolist() == [0, 0, 0, 0, 1, 1, 1]
+
+
 def test_encode_sorts_by_time_stably(tmp_path):
     raw = load_csv_log(write(tmp_path / "log.csv", "user_id,item_id,timestamp\nu,c,5\nu,a,1\nu,b,5\nu,d,3\n"))
     data = encode_log(raw)

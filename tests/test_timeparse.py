@@ -92,3 +92,76 @@ def test_streamed_path_uses_the_same_time_rules(tmp_path):
     log = load_parquet_log(tmp_path / "ms.parquet", stream=True, cache_dir=tmp_path / "cache", time_unit="ms",
                            min_partitions=1, eval_max_users=None)  # fmt: skip
     assert log.ts.tolist() == [JAN1, JAN1 + 1, JAN1 + 2, JAN1 + 3]
+
+
+def test_parquet_infers_one_format_for_the_dataset_as_csv_does(tmp_path, monkeypatch):
+    """A file whose days are all <= 12 is read day-first when another file settles the order, on both Parquet
+    paths, as data=csv reads the same rows; a dataset that never settles it is refused, naming a file row."""
+
+    def dataset(name: str, days: list[list[int]]) -> tuple:
+        root = tmp_path / name
+        root.mkdir()
+        frames = [
+            pd.DataFrame(
+                {
+                    "user_id": [f"u{k}"] * len(d),
+                    "item_id": [f"i{j}" for j in range(len(d))],
+                    "timestamp": [f"{day:02d}/01/2024 10:00" for day in d],
+                }
+            )  # fmt: skip
+            for k, d in enumerate(days)
+        ]
+        for k, frame in enumerate(frames):
+            frame.to_parquet(root / f"part-{k}.parquet")
+        pd.concat(frames).to_csv(tmp_path / f"{name}.csv", index=False)
+        return root, tmp_path / f"{name}.csv"
+
+    root, csv = dataset("settled", [[5, 6, 7], [8, 9, 25]])
+    expected = [JAN1 + (d - 1) * DAY + 36_000 for d in (5, 6, 7, 8, 9, 25)]
+    assert load_events(csv)["ts"].tolist() == expected
+    assert load_parquet_log(root, stream=False, min_events=1).events["ts"].tolist() == expected
+    streamed = load_parquet_log(root, stream=True, cache_dir=tmp_path / "c1", min_events=1, min_partitions=1,
+                                eval_max_users=None)  # fmt: skip
+    assert sorted(streamed.ts.tolist()) == expected
+    # a sample that misses the one settling row (25/01) is settled by reading every row
+    import twotower.data.parquet.timefmt as timefmt
+
+    monkeypatch.setattr(timefmt, "PER_BATCH", 1)
+    assert load_parquet_log(root, stream=False, min_events=1).events["ts"].tolist() == expected
+    root, csv = dataset("open", [[5, 6, 7], [8, 9, 10]])
+    for load in (lambda: load_events(csv), lambda: load_parquet_log(root, stream=False, min_events=1)):
+        with pytest.raises(DataError, match=r"ambiguous timestamp '05/01/2024 10:00' .* (line 2|row 1)"):
+            load()
+    assert (
+        load_parquet_log(root, stream=False, min_events=1, time_format="%d/%m/%Y %H:%M").events["ts"].iloc[0]
+        == expected[0]
+    )
+
+
+def test_a_row_off_the_inferred_format_is_named_in_its_file(tmp_path, monkeypatch):
+    import twotower.data.parquet.timefmt as timefmt
+
+    for k, stamps in enumerate(
+        [["25/01/2024 10:00", "26/01/2024 10:00"], ["27/01/2024 10:00", "2024/01/28"]]
+    ):
+        frame = pd.DataFrame({"user_id": ["u", "u"], "item_id": ["a", "b"], "timestamp": stamps})
+        frame.to_parquet(tmp_path / f"part-{k}.parquet")
+    where = r"part-1\.parquet: unparsable timestamp '2024/01/28' in column 'timestamp' at row 2"
+    with pytest.raises(DataError, match=where + r": the column is read with one format for every row"):
+        load_parquet_log(tmp_path, stream=False, min_events=1)  # the sample holds the row
+    monkeypatch.setattr(timefmt, "PER_BATCH", 1)
+    with pytest.raises(DataError, match=where + r" \(it does not match .*inferred from rows of every file"):
+        load_parquet_log(tmp_path, stream=False, min_events=1)  # the batch's parse finds it
+
+
+def test_raw_time_unit_reads_any_number_as_seconds(tmp_path):
+    with pytest.raises(DataError, match=r"'-100' .* data\.time_unit=raw reads any number as seconds"):
+        times(tmp_path, ["-100", "5", "10"])
+    assert times(tmp_path, ["-100", "5", "1e11"], time_unit="raw") == [-100.0, 5.0, 1e11]
+    frame = pd.DataFrame({"user_id": ["a"] * 3, "item_id": list("xyz"), "timestamp": [-3.5, 0.0, 2.0]})
+    frame.to_parquet(tmp_path / "rel.parquet")
+    log = load_parquet_log(tmp_path / "rel.parquet", stream=True, cache_dir=tmp_path / "cache", time_unit="raw",
+                           min_partitions=1, eval_max_users=None)  # fmt: skip
+    assert log.ts.tolist() == [-3.5, 0.0, 2.0]
+    with pytest.raises(DataError, match=r"non-finite timestamp"):
+        times(tmp_path, ["1", "inf"], time_unit="raw")

@@ -35,9 +35,10 @@ def encode_log(
     report.rows_read = report.rows_read or len(events)
     if drop_duplicates:
         # only identical events go: every column the event carries (a purchase and a view at the same time are
-        # two events); without a time column ``ts`` is the row number, so it is left out of the key
+        # two events); without a time column ``ts`` is the row number, so it is left out of the key and only a
+        # user's consecutive repeats go (a re-listen later on is an event, and the latest one is kept)
         key = [c for c in events.columns if c != TIME or raw.has_time]
-        dup = events.duplicated(subset=key, keep="first")
+        dup = events.duplicated(subset=key, keep="first") if raw.has_time else repeats(events, key)
         report.duplicates_dropped = int(dup.sum())
         if report.duplicates_dropped:
             log.warning(
@@ -105,6 +106,17 @@ def encode_log(
         report=report,
     )
     return attach_signals(encoded, events, order, searches, query_hashing, raw.users)
+
+
+def repeats(events: pd.DataFrame, key: list[str]) -> pd.Series:
+    """(E,) bool: rows equal in ``key`` to their user's previous row in file order (a log without time)."""
+    codes = np.stack([pd.factorize(events[c])[0] for c in key], axis=1)  # (E, K), missing -> -1
+    users = codes[:, key.index(USER)]
+    order = np.argsort(users, kind="stable")  # each user's rows in file order
+    same = (codes[order][1:] == codes[order][:-1]).all(axis=1)  # (E - 1,) user is in the key
+    dup = np.zeros(len(events), dtype=bool)
+    dup[order[1:][same]] = True
+    return pd.Series(dup, index=events.index)
 
 
 def item_runs(users: np.ndarray, items: pd.Series) -> np.ndarray:

@@ -64,8 +64,8 @@ def clean_partition(
     table: pa.Table, min_events: int, drop_duplicates: bool, has_time: bool = True
 ) -> tuple[pa.Table, dict[str, int]]:
     """Drop identical events (the first in file order stays; the in-memory path's key: user, item, event, dwell
-    and time, the time left out when the log has none) and users with fewer than ``min_events`` events; sort by
-    (user, time, file order). Returns the rows and what was dropped."""
+    and time; a log without time drops only a user's consecutive repeats) and users with fewer than
+    ``min_events`` events; sort by (user, time, file order). Returns the rows and what was dropped."""
     users = pc.dictionary_encode(table[USER]).combine_chunks()
     u = users.indices.to_numpy(zero_copy_only=False).astype(np.int64)
     ts = table[TIME].to_numpy()
@@ -79,7 +79,9 @@ def clean_partition(
             keys.append(table[DWELL].to_numpy())
         if has_time:
             keys.append(ts)
-        order = np.lexsort((row, *reversed(keys)))
+        # with time equal keys sort together; without, each user's rows stay in file order, so only a repeat
+        # of the row just before is dropped (:func:`twotower.data.encode.repeats`)
+        order = np.lexsort((row, *reversed(keys))) if has_time else np.lexsort((row, u))
         same = np.ones(len(u) - 1, dtype=bool)
         for key in keys:
             same &= key[order][1:] == key[order][:-1]

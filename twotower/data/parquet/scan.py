@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.dataset as ds
 
 from twotower.data.loaders import parse_dwell
+from twotower.data.parquet.timefmt import dataset_format
 from twotower.data.schema import CONTEXT_PREFIX, DWELL, EVENT, ITEM, QUERY, TIME, USER, DataError
 from twotower.data.timeparse import parse_time
 
@@ -40,7 +41,7 @@ class Columns:
     time_format: str | None = None
     query_col: str | None = None  # search text (in memory only: the streamed shards carry no signal)
     context_cols: tuple[str, ...] = ()  # per-event context columns (likewise)
-    time_unit: str = "s"  # unit of numeric epochs: s, ms, us, ns
+    time_unit: str = "s"  # unit of numeric epochs: s, ms, us, ns; raw: seconds, unchecked
 
     def mapping(self) -> dict[str, str | None]:
         """Option -> source column; the signal options only when set (a streamed log's fingerprint stays)."""
@@ -94,6 +95,8 @@ def iter_batches(dataset: ds.Dataset, columns: Columns, batch_rows: int = 262_14
     """Canonical tables (user, item, ts[, event][, dwell_s], row) of at most ``batch_rows`` rows, in file order."""
     wanted = [c for c in columns.mapping().values() if c is not None]
     wanted = list(dict.fromkeys(wanted))
+    inferred = columns.time_col is not None and columns.time_format is None
+    fmt = dataset_format(dataset, columns.time_col, batch_rows) if inferred else columns.time_format
     row = 0
     for fragment in _fragments(dataset):
         scanner = ds.Scanner.from_fragment(
@@ -104,7 +107,7 @@ def iter_batches(dataset: ds.Dataset, columns: Columns, batch_rows: int = 262_14
         for batch in scanner.to_batches():
             if batch.num_rows == 0:
                 continue
-            yield canonical(batch, columns, fragment.path, offset, row)
+            yield canonical(batch, columns, fragment.path, offset, row, fmt, inferred and fmt is not None)
             offset += batch.num_rows
             row += batch.num_rows
             rows_in_file += batch.num_rows
@@ -114,8 +117,17 @@ def iter_batches(dataset: ds.Dataset, columns: Columns, batch_rows: int = 262_14
         raise DataError(f"{Path(dataset.files[0]).parent}: no data rows")
 
 
-def canonical(batch: pa.RecordBatch, columns: Columns, file: str, offset: int, row: int) -> pa.Table:
-    """One record batch -> canonical columns; ``offset`` is the batch's first row in ``file``."""
+def canonical(
+    batch: pa.RecordBatch,
+    columns: Columns,
+    file: str,
+    offset: int,
+    row: int,
+    time_format: str | None = None,
+    inferred: bool = False,
+) -> pa.Table:
+    """One record batch -> canonical columns; ``offset`` is the batch's first row in ``file``; ``time_format``:
+    the dataset's (set, or ``inferred`` from every file by :func:`.timefmt.dataset_format`)."""
     n = batch.num_rows
     query = None if columns.query_col is None else _text(batch.column(columns.query_col))
     searches = None if query is None else pc.is_valid(query)  # a search row may leave the item empty
@@ -130,7 +142,9 @@ def canonical(batch: pa.RecordBatch, columns: Columns, file: str, offset: int, r
     if columns.time_col is None:
         out[TIME] = pa.array(np.arange(row, row + n, dtype=np.float64))
     else:
-        out[TIME] = pa.array(times(batch.column(columns.time_col), file, columns, offset))
+        out[TIME] = pa.array(
+            times(batch.column(columns.time_col), file, columns, offset, time_format, inferred)
+        )
     if columns.event_col is not None:
         out[EVENT] = _text(batch.column(columns.event_col))
     if columns.dwell_col is not None:
@@ -171,14 +185,25 @@ def ids(values: pa.Array, file: str, column: str, offset: int, optional: pa.Arra
     return text
 
 
-def times(values: pa.Array, file: str, columns: Columns, offset: int) -> np.ndarray:
+def times(
+    values: pa.Array, file: str, columns: Columns, offset: int, time_format: str | None, inferred: bool
+) -> np.ndarray:
     """(n,) float64 seconds: Arrow timestamps and dates as datetimes, numbers and text parsed like CSV (one
-    shared parser, so ``data=csv`` and ``data=parquet`` read a file's time column alike)."""
+    shared parser, and text in the one format of the whole dataset, so ``data=csv`` and ``data=parquet`` read a
+    time column alike)."""
     if pa.types.is_date(values.type):
         values = pc.cast(values, pa.timestamp("s"))  # to_pandas: datetime64 (timestamps already are)
     series = values.to_pandas()
     return _shifted(
-        parse_time, offset, series, Path(file), columns.time_col, True, columns.time_format, columns.time_unit
+        parse_time,
+        offset,
+        series,
+        Path(file),
+        columns.time_col,
+        True,
+        time_format,
+        columns.time_unit,
+        inferred,
     )
 
 
