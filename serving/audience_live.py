@@ -203,11 +203,8 @@ class KeyedFeatures:
 def reading(store) -> AbstractContextManager:
     """The store's read guard: an unreachable Redis or a SQLite file that cannot be read raises
     StoreUnavailable ("read"), which the service answers with a 503 (any other store: no guard)."""
-    if hasattr(store, "_guard"):  # Redis
-        return store._guard("read")
-    if hasattr(store, "_read"):  # SQLite
-        return store._read()
-    return contextlib.nullcontext()
+    guard = getattr(store, "reading", None)  # SQLite and Redis stores have one
+    return guard() if guard is not None else contextlib.nullcontext()
 
 
 def store_clock(store) -> int | None:

@@ -71,6 +71,10 @@ class RedisDatabase:
         if write:
             self.writable = True
 
+    def reading(self) -> contextlib.AbstractContextManager[None]:
+        """A read guard for callers outside the store (an unreachable server: StoreUnavailable, "read")."""
+        return self._guard("read")
+
     def _persistence(self) -> str:
         """``appendonly``/``appendfsync`` as the server reports them; a warning when acknowledged events can be
         lost on a crash (CONFIG may be disabled on a managed Redis: then it is only logged as unknown)."""

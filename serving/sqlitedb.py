@@ -110,6 +110,10 @@ class SQLiteFile:
                 raise
             raise StoreUnavailable(f"history store {self.path} cannot be read: {exc}", "read") from exc
 
+    def reading(self) -> contextlib.AbstractContextManager[sqlite3.Connection]:
+        """A read guard for callers outside the store (as :meth:`_read`)."""
+        return self._read()
+
     def probe(self) -> bool:
         """Whether the store takes writes now (a one-row write): how an unwritable store recovers when no
         client write comes to show it."""

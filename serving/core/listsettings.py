@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields, replace
 from typing import Any
 
 KNOBS = ("diversity", "max_per_category", "calibrate", "explore")  # what a request may set
+KNOBS_OFF = {"diversity": 0.0, "max_per_category": 0, "calibrate": 0.0, "explore": 0.0}  # the plain top-k
 
 
 def check_knob(name: str, value: Any) -> None:
@@ -63,7 +64,7 @@ class ListSettings:
 
     def off(self) -> ListSettings:
         """Every knob off (``depth`` kept): the plain top-k by score."""
-        return replace(self, diversity=0.0, max_per_category=0, calibrate=0.0, explore=0.0)
+        return replace(self, **KNOBS_OFF)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 from fastapi import FastAPI
 
+from serving.core.listsettings import KNOBS_OFF
 from serving.core.selector import Selector
 from serving.historystore import seed_rows
 from serving.live import LiveService
@@ -68,7 +69,7 @@ def in_process(rec: Recommender, users: list[str], k: int = 10, repeats: int = 3
         rec.recommend(user_id=users[i], k=k)
 
     def knobs_off(i: int) -> None:
-        rec.recommend(user_id=users[i], k=k, diversity=0.0, max_per_category=0, calibrate=0.0, explore=0.0)
+        rec.recommend(user_id=users[i], k=k, **KNOBS_OFF)
 
     def model_only(i: int) -> None:
         rec.recommend(user_id=users[i], k=k, rerank=False)

@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from serving.core.listsettings import KNOBS_OFF
 from serving.recommender import Recommender
 from twotower.benchmarks.adaptation import adaptation_check, pair_sweep
 
@@ -33,8 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     if args.model_only:
-        rec = Recommender.load(args.bundle, intent_boost=0.0, ranking={"diversity": 0.0, "max_per_category": 0,
-                                                                      "calibrate": 0.0, "explore": 0.0})  # fmt: skip
+        rec = Recommender.load(args.bundle, intent_boost=0.0, ranking=KNOBS_OFF)
     else:
         rec = Recommender.load(args.bundle, intent_boost=args.boost)
     result = adaptation_check(rec, args.categories, args.clicks, event=args.event)

@@ -44,6 +44,7 @@ from typing import Any
 
 import numpy as np
 
+from serving.core.listsettings import KNOBS_OFF
 from serving.core.request import RecommendationRequest
 from serving.live import LiveService
 from serving.recommender import Recommender
@@ -54,7 +55,7 @@ from twotower.responsible.oracle import EaseOracle, choose
 log = logging.getLogger(__name__)
 
 POLICIES: dict[str, dict[str, Any]] = {
-    "model": {"rerank": False, "diversity": 0.0, "max_per_category": 0, "calibrate": 0.0, "explore": 0.0},
+    "model": {"rerank": False, **KNOBS_OFF},
     "served": {},
     "diversity": {"diversity": 0.7},
     "explore": {"explore": 0.2},
