@@ -3,6 +3,7 @@
 #   1. ml-100k on the GPU (bench_train: training throughput, full evaluation, both rankers compared)
 #   2. experiment=scale end to end (100k users, ~200k items, ~3M events) with trainer=gpu datamodule=gpu
 #   3. batch scoring: exact top-100 over 1M items, raw loop vs Lightning predict writing Parquet
+#   4. torch.profiler over 20 training steps of experiment=scale (smaller log) on the device: profile/profile.txt
 # then prints ONE summary JSON (also $OUT/summary.json) with the issue's targets checked.
 # Needs python3 with torch + pytorch-lightning + pandas/pyarrow/scipy (the CUDA image), the hydra wheels in
 # .whl/ (`make gpu-wheels`), ml-100k under $TWOTOWER_DATA_DIR/ml-100k (skipped without it).
@@ -21,14 +22,17 @@ if [ "$TINY" = 1 ]; then
   SCALE=(data.loader.n_users=300 data.loader.n_items=2000 data.loader.mean_events=12 trainer.max_epochs=2
          model.loss.num_uniform_negatives=64 datamodule.batch_size=64 datamodule.val_max_users=100 eval_users=200)
   BATCH=(--items 5000 --users 2000 --batch 512 --workers 0)
-  T_ML=120 T_SCALE=120 T_BATCH=120
+  PROF=(data.loader.n_users=300 data.loader.n_items=2000 data.loader.mean_events=12 model.loss.num_uniform_negatives=64
+        datamodule.batch_size=64 profile_steps=3)
+  T_ML=120 T_SCALE=120 T_BATCH=120 T_PROF=120
 else
   ML=(eval_users=null trainer.precision=32-true)  # fp32: at ml-100k's size bf16 autocast costs more than it saves
   # the evaluation on the card: bigger batches, 1 GiB of scores per step, collated by 4 workers
   SCALE=(trainer.max_time=00:00:02:30 eval_users=10000 eval.batch_size=1024 eval.max_batch_scores=268435456
          eval.num_workers=4)
   BATCH=(--items 1000000 --users 100000 --batch 8192 --workers 8)
-  T_ML=90 T_SCALE=290 T_BATCH=90
+  PROF=(data.loader.n_users=20000 data.loader.n_items=50000 profile_steps=20)
+  T_ML=90 T_SCALE=290 T_BATCH=90 T_PROF=45
 fi
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 DATA_DIR=${TWOTOWER_DATA_DIR:-../shared/data}
@@ -42,6 +46,10 @@ fi
 timeout $T_SCALE python3 -m twotower.cli.bench_train experiment=scale out="$OUT/scale" "${DEVICE[@]}" "${COMMON[@]}" "${SCALE[@]}" \
   2>&1 | grep -v Warning | tail -3
 timeout $T_BATCH python3 -m twotower.cli.gpu_bench --out "$OUT/batch" --k 100 "${BATCH[@]}" 2>&1 | grep -v Warning | tail -2
+# where a training step's time goes on this device (torch.profiler, the training precision): profile/profile.txt
+timeout $T_PROF python3 -m twotower.cli.bench_train experiment=scale out="$OUT/profile" "${DEVICE[@]}" "${PROF[@]}" \
+  2>&1 | grep -v Warning | sed -n '1,8p'
+rm -rf "$OUT/batch/parts"  # the scored Parquet parts: measured, not needed afterwards
 python3 - "$OUT" <<'PY'
 import json, pathlib, sys
 out = pathlib.Path(sys.argv[1])
@@ -61,6 +69,8 @@ for name in ("ml100k", "scale"):
     summary[name]["eval_users_per_s"] = {r: b["eval"][r]["users_per_s"] for r in ("torch", "numpy")}
 batch = load("batch/gpu_batch.json")
 summary["batch"] = batch if batch is not None else "did not finish"
+prof = out / "profile" / "profile.txt"
+summary["profile_phases"] = prof.read_text().split("\n\n")[0].splitlines() if prof.exists() else "did not finish"
 s, targets = summary.get("scale"), {}
 if isinstance(s, dict):
     pop = s["baselines_test_recall@10"].get("popularity")

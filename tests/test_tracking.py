@@ -68,3 +68,17 @@ def test_a_tiny_run_is_readable_through_mlflow(tmp_path, monkeypatch):
     following = compose_config(TINY_DATA + overrides, tmp_path / "next")
     logger = instantiate(following.logger.mlflow)
     assert logger._tracking_uri == f"sqlite:///{tmp_path / 'next' / 'mlruns' / 'mlflow.db'}"
+
+
+def test_a_run_without_mlflow_logger_never_imports_mlflow(tmp_path, monkeypatch):
+    """mlflow is an optional extra (the CUDA image of the GPU check lacks it): a run logging to CSV alone must
+    finish its results without importing it."""
+    import sys
+
+    from pytorch_lightning.loggers import CSVLogger
+
+    from twotower.tracking import log_results
+
+    monkeypatch.setitem(sys.modules, "mlflow", None)  # `import mlflow...` now raises ImportError
+    monkeypatch.setitem(sys.modules, "mlflow.entities", None)
+    log_results([CSVLogger(str(tmp_path))], {"metrics": {"recall@10": 0.5}, "output_dir": str(tmp_path)})

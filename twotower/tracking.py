@@ -92,9 +92,12 @@ def numeric_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 def log_results(loggers: Sequence[Logger], result: Mapping[str, Any]) -> None:
     """The final metrics (at the last training step, so that a per-epoch series such as ``val/ndcg_at_10``
     ends with the kept model's value), ``metrics.json`` and ``config.yaml``, and ``OUT/bundle`` if exported."""
+    chosen = list(mlflow_loggers(loggers))
+    if not chosen:
+        return  # mlflow is an optional extra: a run without logger=mlflow never imports it
     from mlflow.entities import Metric
 
-    for logger in mlflow_loggers(loggers):
+    for logger in chosen:
         client, run_id = logger.experiment, logger.run_id
         now = int(time.time() * 1000)
         step = getattr(logger, "last_step", 0)

@@ -11,6 +11,7 @@ own figures (the full-protocol test metrics, wall seconds).
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import platform
@@ -187,12 +188,21 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss).to(device).train()
     optimizer = module.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    batches = iter(datamodule.train_dataloader())
+    loader = datamodule.train_dataloader()
+    batches = (
+        batch for _ in itertools.count() for batch in loader
+    )  # epoch after epoch: a small log runs out
+    bf16 = str(cfg.trainer.get("precision", "")).startswith(
+        "bf16"
+    )  # as Lightning's bf16-mixed: autocast forward
 
     def step() -> None:
         with record_function("step: next batch (collate)"):
             batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
-        with record_function("step: forward + loss"):
+        with (
+            record_function("step: forward + loss"),
+            torch.autocast(device.type, torch.bfloat16, enabled=bf16),
+        ):
             value = module._shared_step(batch)
         with record_function("step: backward"):
             value.backward()
@@ -212,5 +222,5 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     total = sum(phases.values()) or 1.0
     lines = [f"{name:<32s} {ms:10.1f} ms/step {100 * ms / total:5.1f}%" for name, ms in phases.items()]
     sort = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
-    return "\n".join([f"{steps} steps on {device}, phases (wall on the host):", *lines, "",
+    return "\n".join([f"{steps} steps on {device} ({'bf16 autocast' if bf16 else 'fp32'}), phases (wall on the host):", *lines, "",
                       events.table(sort_by=sort, row_limit=30)])  # fmt: skip
