@@ -8,9 +8,13 @@
 # Needs python3 with torch + pytorch-lightning + pandas/pyarrow/scipy (the CUDA image), the hydra wheels in
 # .whl/ (`make gpu-wheels`), ml-100k under $TWOTOWER_DATA_DIR/ml-100k (skipped without it).
 # GPU_CHECK_TINY=1: the same steps shrunk to seconds, on CPU when there is no GPU (the script's own test).
+# GPU_CHECK_STEPS="scale batch": only those steps (of ml100k scale batch profile), to rerun what a short lease
+# left out; GPU_CHECK_SCALE_TIME=HH:MM:SS: experiment=scale's training budget (default 00:02:30).
 OUT=${OUT:-runs/gpu_check}
 source "$(dirname "$0")/gpu_env.sh"
 TINY=${GPU_CHECK_TINY:-0}
+STEPS=" ${GPU_CHECK_STEPS:-ml100k scale batch profile} "
+step() { [[ "$STEPS" == *" $1 "* ]]; }
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   TRAINER=gpu DEVICE=(trainer=gpu datamodule=gpu)
 else
@@ -28,40 +32,48 @@ if [ "$TINY" = 1 ]; then
 else
   ML=(eval_users=null trainer.precision=32-true)  # fp32: at ml-100k's size bf16 autocast costs more than it saves
   # the evaluation on the card: bigger batches, 1 GiB of scores per step, collated by 4 workers
-  SCALE=(trainer.max_time=00:00:02:30 eval_users=10000 eval.batch_size=1024 eval.max_batch_scores=268435456
+  SCALE_TIME=${GPU_CHECK_SCALE_TIME:-00:02:30}
+  IFS=: read -r H M S <<<"$SCALE_TIME"
+  SCALE=(trainer.max_time=00:$SCALE_TIME eval_users=10000 eval.batch_size=1024 eval.max_batch_scores=268435456
          eval.num_workers=4)
   BATCH=(--items 1000000 --users 100000 --batch 8192 --workers 8)
   PROF=(data.loader.n_users=20000 data.loader.n_items=50000 profile_steps=20)
-  T_ML=90 T_SCALE=290 T_BATCH=90 T_PROF=45
+  # the scale step: its training budget + 140 s for data, the evaluations and the baseline
+  T_ML=90 T_SCALE=$((10#$H * 3600 + 10#$M * 60 + 10#$S + 140)) T_BATCH=90 T_PROF=45
 fi
 python3 -c "import torch, pytorch_lightning as pl; print('torch', torch.__version__, 'lightning', pl.__version__, 'cuda', torch.cuda.is_available())" | tee -a "$OUT/gpu.txt"
 DATA_DIR=${TWOTOWER_DATA_DIR:-../shared/data}
-if [ -f "$DATA_DIR/ml-100k/u.data" ]; then
+if ! step ml100k; then
+  echo "step 1 (ml-100k) not asked for"
+elif [ -f "$DATA_DIR/ml-100k/u.data" ]; then
   # all 40 epochs, as the docs quote it: no 150 s guard from conf/experiment/ml100k.yaml
   timeout $T_ML python3 -m twotower.cli.bench_train experiment=ml100k data.path="$DATA_DIR/ml-100k" out="$OUT/ml100k" \
-    trainer=$TRAINER trainer.max_time=null "${COMMON[@]}" "${ML[@]}" 2>&1 | grep -v Warning | tail -3
+    trainer=$TRAINER trainer.max_time=null "${COMMON[@]}" "${ML[@]}" 2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -3
 else
   echo "ml-100k not found under $DATA_DIR: step 1 skipped"
 fi
-timeout $T_SCALE python3 -m twotower.cli.bench_train experiment=scale out="$OUT/scale" "${DEVICE[@]}" "${COMMON[@]}" "${SCALE[@]}" \
-  2>&1 | grep -v Warning | tail -3
-timeout $T_BATCH python3 -m twotower.cli.gpu_bench --out "$OUT/batch" --k 100 "${BATCH[@]}" 2>&1 | grep -v Warning | tail -2
+step scale && timeout $T_SCALE python3 -m twotower.cli.bench_train experiment=scale out="$OUT/scale" "${DEVICE[@]}" \
+  "${COMMON[@]}" "${SCALE[@]}" 2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -3
+step batch && timeout $T_BATCH python3 -m twotower.cli.gpu_bench --out "$OUT/batch" --k 100 "${BATCH[@]}" 2>&1 | tr '\r' '\n' |
+  grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -2
 # where a training step's time goes on this device (torch.profiler, the training precision): profile/profile.txt
-timeout $T_PROF python3 -m twotower.cli.bench_train experiment=scale out="$OUT/profile" "${DEVICE[@]}" "${PROF[@]}" \
-  2>&1 | grep -v Warning | sed -n '1,8p'
+step profile && timeout $T_PROF python3 -m twotower.cli.bench_train experiment=scale out="$OUT/profile" "${DEVICE[@]}" "${PROF[@]}" \
+  2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | sed -n '1,8p'
 rm -rf "$OUT/batch/parts"  # the scored Parquet parts: measured, not needed afterwards
 python3 - "$OUT" <<'PY'
-import json, pathlib, sys
+import json, os, pathlib, sys
 out = pathlib.Path(sys.argv[1])
 def load(path):
     p = out / path
     return json.loads(p.read_text()) if p.exists() else None
 gpu = (out / "gpu.txt").read_text().strip().splitlines()
-summary = {"card": gpu[1] if len(gpu) > 1 else gpu[0], "software": gpu[-1]}
+summary = {"card": gpu[1] if len(gpu) > 1 else gpu[0], "software": gpu[-1],
+           "steps": os.environ.get("GPU_CHECK_STEPS", "ml100k scale batch profile"),
+           "scale_max_time": os.environ.get("GPU_CHECK_SCALE_TIME", "00:02:30")}
 for name in ("ml100k", "scale"):
     b = load(f"{name}/bench_train.json")
     if b is None:
-        summary[name] = "did not finish"
+        summary[name] = "did not finish" if name in summary["steps"].split() else "not asked for"
         continue
     summary[name] = {k: b[k] for k in ("device", "precision", "train_targets_per_s", "epoch_seconds",
                                        "validation_seconds", "validation_share_of_epoch", "epochs", "run_seconds",

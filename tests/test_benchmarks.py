@@ -83,7 +83,7 @@ def test_interleaved_times_the_call_not_its_preparation():
     assert seen == [1, 10, 1, 2, 10, 20, 1, 2, 10, 20]  # warm-up, then the passes alternating
 
 
-def _predict_parts(tmp_path, writer_cls=None, fail: bool = False):
+def _predict_parts(tmp_path, writer_cls=None, fail: bool = False, **writer_args):
     """Lightning predict over a small catalog with the Parquet writer; returns the parts directory."""
     import pytorch_lightning as pl
 
@@ -96,7 +96,7 @@ def _predict_parts(tmp_path, writer_cls=None, fail: bool = False):
     histories = [History(rng.integers(0, 500, size=n), np.ones(n, np.int64), np.ones(n, np.float32),
                          np.ones(n, np.float32)) for n in rng.integers(1, 12, size=70)]  # fmt: skip
     users, items = [f"u{i}" for i in range(70)], [f"i{i}" for i in range(500)]
-    writer = (writer_cls or ParquetPartWriter)(tmp_path, users, items)
+    writer = (writer_cls or ParquetPartWriter)(tmp_path, users, items, **writer_args)
     if fail:
         writer.table = lambda *a: (_ for _ in ()).throw(OSError("disk full"))
     trainer = pl.Trainer(
@@ -143,7 +143,20 @@ def test_parquet_writer_in_a_thread_writes_the_files_the_frame_writer_did(tmp_pa
     assert sum(len(pd.read_parquet(new / n)) for n in names) == 70 * 7
 
 
-def test_parquet_writer_thread_errors_surface(tmp_path):
+def test_parquet_writers_side_by_side_write_what_one_writer_does(tmp_path):
+    """Three writer threads with two parts in flight (the loop waits on them) give one thread's files."""
+    import pandas as pd
+
+    many = _predict_parts(tmp_path / "many", writers=3, queue_size=2)
+    one = _predict_parts(tmp_path / "one", writers=1, queue_size=1)
+    names = sorted(p.name for p in one.glob("*.parquet"))
+    assert names == sorted(p.name for p in many.glob("*.parquet")) and len(names) == 5
+    for name in names:
+        pd.testing.assert_frame_equal(pd.read_parquet(many / name), pd.read_parquet(one / name))
+
+
+@pytest.mark.parametrize("writers", [1, 3])
+def test_parquet_writer_thread_errors_surface(tmp_path, writers):
     with pytest.raises(RuntimeError, match="writing Parquet parts") as info:
-        _predict_parts(tmp_path, fail=True)
+        _predict_parts(tmp_path, fail=True, writers=writers)
     assert isinstance(info.value.__cause__, OSError)

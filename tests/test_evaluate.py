@@ -80,3 +80,36 @@ def test_every_seen_item_is_excluded_even_beyond_the_model_window(tiny_data, tin
     fresh = np.mean([queries.targets[i] not in seen(i) for i in range(len(queries))])
     result = evaluate_scorer(seen_first, queries, tiny_data.n_items, _popularity(tiny_data), ks=(1,))
     assert result["recall@1"] == pytest.approx(fresh)
+
+
+def test_a_broadcast_host_row_travels_once_and_is_expanded_on_the_device():
+    """Popularity's (B, N) broadcast goes to the ranking device as one (N,) row (no (B, N) copy per batch); a
+    plain matrix goes whole. `meta` stands in for a GPU: same placement, no data."""
+    import torch
+
+    from twotower.evaluate import _host_scores
+
+    row = np.arange(5, dtype=np.float32)
+    broadcast = np.broadcast_to(row, (3, 5))
+    on_device = _host_scores(broadcast, torch.device("meta"))
+    assert on_device.shape == (3, 5) and on_device.device.type == "meta" and on_device.stride(0) == 0
+    dense = _host_scores(np.ones((3, 5)), torch.device("meta"))
+    assert dense.shape == (3, 5) and dense.stride(0) == 5 and dense.dtype == torch.float32
+    on_cpu = _host_scores(broadcast, torch.device("cpu"))
+    assert np.array_equal(on_cpu.numpy(), broadcast)
+
+
+def test_a_host_scorer_ranked_on_a_named_device_matches_the_numpy_twin(tiny_data, tiny_split):
+    """A baseline's scores ranked by the torch ranker on the device passed (the model's) give the numpy
+    twin's metrics; popularity's broadcast row among them."""
+    from twotower.baselines import Popularity, interaction_matrix
+
+    pop = Popularity(interaction_matrix(tiny_data, tiny_split))
+    queries = _queries(tiny_data, tiny_split)
+    common = {"n_items": tiny_data.n_items, "popularity": _popularity(tiny_data), "batch_size": 7}
+    on_device = evaluate_scorer(pop, queries, ranker="torch", device="cpu", **common)
+    twin = evaluate_scorer(pop, queries, ranker="numpy", **common)
+    from twotower.benchmarks.train import differing
+
+    assert on_device["queries"] == twin["queries"] > 0
+    assert differing(on_device, twin) == []

@@ -142,20 +142,21 @@ def rank_batch_torch(
     exclude_history: bool,
     chunk_items: int | None = None,
     reranker: ListChooser | None = None,
+    device: torch.device | str | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """The twin of :func:`rank_batch_numpy` in torch: a model scorer's scores stay on its device (scored chunk
-    by chunk when ``chunk_items`` < N); the served re-rank reads the best ``reranker.depth`` candidates only."""
+    by chunk when ``chunk_items`` < N); the served re-rank reads the best ``reranker.depth`` candidates only.
+    A host scorer's (B, N) numpy scores (the baselines) are ranked on ``device`` (None: the CPU)."""
     scores: torch.Tensor | ScoreChunk
     if hasattr(scorer, "chunks") and chunk_items is not None and chunk_items < n_items:
         scores = scorer.chunks(batch)  # type: ignore[attr-defined]
     elif hasattr(scorer, "scores"):
         scores = _checked(scorer.scores(batch), batch, n_items)  # type: ignore[attr-defined]  # (B, N)
     else:
-        host = np.asarray(scorer(batch), dtype=np.float32)  # (B, N), read-only when broadcast (popularity)
-        with warnings.catch_warnings():  # the ranking never writes into its scores: no copy
-            warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-            scores = _checked(torch.from_numpy(host), batch, n_items)
-    device = getattr(scorer, "device", torch.device("cpu"))
+        scores = _checked(_host_scores(scorer(batch), torch.device(device or "cpu")), batch, n_items)
+    device = getattr(
+        scorer, "device", scores.device if isinstance(scores, torch.Tensor) else torch.device("cpu")
+    )
     exclude = batch["exclude"].to(device) if exclude_history else None
     depth = TOP if reranker is None else max(TOP, reranker.depth)
     with _one_thread_on_cpu(device, scores):
@@ -172,6 +173,20 @@ def rank_batch_torch(
         reranked_ranks_from_top(top, top_scores, targets, target_scores, ranks, lists),
         _fill(lists, top[:, :TOP]),
     )
+
+
+def _host_scores(scores: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host scorer's (B, N) scores as a float32 tensor on ``device``. A row broadcast to every query
+    (popularity) travels once and is expanded there: a (B, N) copy per batch would bound a GPU's ranking by
+    the host link."""
+    host = np.asarray(scores, dtype=np.float32)
+    with warnings.catch_warnings():  # the ranking never writes into its scores: no copy of a read-only view
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if device.type == "cpu":
+            return torch.from_numpy(host)
+        if host.ndim == 2 and host.strides[0] == 0:  # (B, N) broadcast of one (N,) row
+            return torch.from_numpy(host[:1]).to(device).expand(host.shape[0], host.shape[1])
+        return torch.from_numpy(host).to(device)
 
 
 @contextlib.contextmanager
@@ -229,6 +244,7 @@ def evaluate_scorer(
     reranker: ListChooser | None = None,
     max_batch_scores: int = MAX_BATCH_SCORES,
     num_workers: int = 0,
+    device: torch.device | str | None = None,
 ) -> dict[str, Any]:
     """Rank every query's target against the whole catalog; returns ranking + beyond-accuracy metrics.
 
@@ -236,7 +252,8 @@ def evaluate_scorer(
     catalog has categories. ``ranker`` "torch" ranks with :mod:`twotower.ranking` in chunks of ``chunk_items``
     catalog columns (None: as many as keep a batch within ``max_batch_scores`` scores), "numpy" with the
     numpy twin; ``reranker``: the served list re-rank; ``num_workers``: processes collating the queries (a fast
-    device waits on a single one).
+    device waits on a single one); ``device``: where the torch ranker ranks a host scorer's scores (the
+    baselines beside a model trained on a GPU; None: the CPU).
     """
     if ranker not in RANKERS:
         raise ValueError(f"ranker must be one of {RANKERS}, not {ranker!r}")
@@ -248,7 +265,7 @@ def evaluate_scorer(
     for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
         if ranker == "torch":
             batch_ranks, top = rank_batch_torch(
-                scorer, batch, n_items, exclude_history, chunk_items, reranker
+                scorer, batch, n_items, exclude_history, chunk_items, reranker, device
             )
         else:
             batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)

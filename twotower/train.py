@@ -139,6 +139,7 @@ def evaluate_all(
     val_q = datamodule.queries("val", max_users=cfg.eval.get("val_max_users"))  # null: every user
     test_q = datamodule.queries("test", max_users=cfg.eval.test_max_users)
     scorer = ModelScorer(net)
+    common["device"] = scorer.device  # the baselines' scores are ranked where the model's are
     results: dict[str, Any] = {
         "val": evaluate_scorer(scorer, val_q, desc="model val", **common),
         "test": evaluate_scorer(scorer, test_q, desc="model test", **common),
