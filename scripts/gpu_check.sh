@@ -77,7 +77,8 @@ for name in ("ml100k", "scale"):
         continue
     summary[name] = {k: b[k] for k in ("device", "precision", "train_targets_per_s", "epoch_seconds",
                                        "validation_seconds", "validation_share_of_epoch", "epochs", "run_seconds",
-                                       "eval_agree", "eval_users", "test", "baselines_test_recall@10")}
+                                       "eval_agree", "eval_users", "eval_all_users", "test",
+                                       "baselines_test_recall@10")}
     summary[name]["eval_users_per_s"] = {r: b["eval"][r]["users_per_s"] for r in ("torch", "numpy")}
 batch = load("batch/gpu_batch.json")
 summary["batch"] = batch if batch is not None else "did not finish"
@@ -86,7 +87,7 @@ summary["profile_phases"] = prof.read_text().split("\n\n")[0].splitlines() if pr
 s, targets = summary.get("scale"), {}
 if isinstance(s, dict):
     pop = s["baselines_test_recall@10"].get("popularity")
-    targets = {"eval_users_per_s>=20000": s["eval_users_per_s"]["torch"] >= 20000,
+    targets = {"eval_users_per_s>=20000": s["eval_all_users"]["users_per_s"] >= 20000,  # every test user
                "validation_share<=0.15": s["validation_share_of_epoch"] <= 0.15,
                "train_targets_per_s>=1e6": s["train_targets_per_s"] >= 1e6,
                "scale_end_to_end<=300s": s["run_seconds"] <= 300,

@@ -42,6 +42,8 @@ def test_bench_train_on_scale_shrunk_writes_the_contract(tmp_path):
         )
     assert result["eval"]["torch"]["metrics"] == result["eval"]["numpy"]["metrics"] and result["eval_agree"]
     assert result["eval"]["torch"]["metrics"]["queries"] == result["eval_users"] == 100
+    everyone = result["eval_all_users"]  # the torch ranker on every test user, beside the 100-user comparison
+    assert everyone["users"] == result["test"]["queries"] > 100 and everyone["users_per_s"] > 0
     assert (
         result["train_targets_per_s"] > 0 and result["epoch_seconds"] > 0 and result["validation_seconds"] > 0
     )
@@ -76,7 +78,7 @@ def test_gpu_scripts_parse():
 
 @pytest.mark.slow
 def test_gpu_check_tiny_runs_every_step_on_cpu(tmp_path):
-    """GPU_CHECK_TINY=1: the GPU check's three steps shrunk, on CPU, ending in the one summary."""
+    """GPU_CHECK_TINY=1: the GPU check's four steps shrunk, on CPU, ending in the one summary."""
     env = {**os.environ, "GPU_CHECK_TINY": "1", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
     proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=PROJECT_ROOT, env=env, capture_output=True,
@@ -86,5 +88,7 @@ def test_gpu_check_tiny_runs_every_step_on_cpu(tmp_path):
     assert isinstance(summary["scale"], dict) and summary["scale"]["eval_agree"]
     assert summary["batch"]["agreement_with_cpu_exact"] == 1.0
     assert summary["targets_met"]["rankers_agree"] is True
+    assert summary["scale"]["eval_all_users"]["users"] == summary["scale"]["test"]["queries"]
+    assert summary["profile_phases"][0].startswith("3 steps on cpu") and len(summary["profile_phases"]) == 5
     if ML100K_FOUND:
         assert summary["ml100k"]["eval_agree"]

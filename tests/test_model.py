@@ -131,3 +131,21 @@ def test_folded_attention_equals_attention(heads, length):
         folded = attention(x)
     torch.testing.assert_close(folded, expected, atol=1e-5, rtol=1e-4)
     assert not torch.equal(folded[:, 0], folded[:, -1]) or length == 1  # not a constant
+
+
+def test_cuda_attention_leaves_cudnn_out_and_other_devices_keep_the_defaults():
+    """On CUDA the causal attention runs with cuDNN's backend off (its host cost per call bounded a GPU step);
+    the CPU (and an ONNX export's trace) keep the defaults. A stand-in flagged CUDA checks the switch here."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from twotower.encoders import _without_cudnn
+
+    before = torch.backends.cuda.cudnn_sdp_enabled()
+    with _without_cudnn(SimpleNamespace(is_cuda=True)):
+        assert not torch.backends.cuda.cudnn_sdp_enabled()
+        assert torch.backends.cuda.flash_sdp_enabled() and torch.backends.cuda.mem_efficient_sdp_enabled()
+    assert torch.backends.cuda.cudnn_sdp_enabled() == before
+    with _without_cudnn(torch.zeros(1)):
+        assert torch.backends.cuda.cudnn_sdp_enabled() == before

@@ -7,17 +7,31 @@ Each is a :class:`SequenceEncoder`, whose ``forward_last`` gives one state per r
 
 from __future__ import annotations
 
+import contextlib
 from abc import ABC, abstractmethod
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 
 def at_positions(x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
     """(B, L, D) states and (B,) positions -> (B, D): each row's state at its position."""
     b, _, d = x.shape
     return x.gather(1, positions.view(b, 1, 1).expand(b, 1, d)).squeeze(1)
+
+
+# Attention kernels for CUDA tensors, cuDNN's left out: at a recommender's short sequences its calls cost far more
+# host time than device time, and they bounded a training step on the host (docs/benchmarks.md, GPU at scale);
+# flash and memory-efficient attention launch at a small fixed cost.
+_CUDA_ATTENTION = (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)
+
+
+def _without_cudnn(q: torch.Tensor) -> contextlib.AbstractContextManager:
+    """The attention backends for ``q``'s device: on CUDA all but cuDNN; elsewhere (the CPU, an ONNX
+    export's trace) the defaults, untouched."""
+    return sdpa_kernel(list(_CUDA_ATTENTION)) if q.is_cuda else contextlib.nullcontext()
 
 
 class SequenceEncoder(nn.Module, ABC):
@@ -103,7 +117,8 @@ class CausalSelfAttention(nn.Module):
         b, length, d = x.shape
         q, k, v = (self._heads(t) for t in self.qkv(x).split(d, dim=-1))  # 3 x (B, H, L, Dh)
         drop = self.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, H, L, Dh)
+        with _without_cudnn(q):
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)  # (B, H, L, Dh)
         out = out.transpose(1, 2).reshape(b, length, d)  # (B, L, D)
         return self.proj(out)
 
