@@ -31,6 +31,26 @@ def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], _n: Any, de
             p_ema.copy_(p_ema * decay + p_model * (1 - decay))
 
 
+def target_layout(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A host batch's targets, located on the host: ``target_index`` (M,) flat positions of the targets in
+    (B, L), ``target_unique`` (P,) their distinct items and ``target_inverse`` (M,) each target's place among
+    them; with ``start_targets`` (user features) the same with suffix ``_start`` for the (B, S + L) layout.
+    Counted here, these sizes need no read-back from the device in the training step (``nonzero``, boolean
+    indexing and ``unique`` each wait for it)."""
+    targets = batch["targets"]  # (B, L)
+    layouts = {"": targets}
+    if "start_targets" in batch:
+        layouts["_start"] = torch.cat([batch["start_targets"].reshape(len(targets), -1), targets], 1)
+    out = {}
+    for suffix, layout in layouts.items():
+        flat = layout.reshape(-1)  # (B * L',)
+        index = (flat > 0).nonzero().squeeze(1)  # (M,)
+        unique, inverse = torch.unique(flat[index], return_inverse=True)  # (P,), (M,)
+        out |= {f"target_index{suffix}": index, f"target_unique{suffix}": unique,
+                f"target_inverse{suffix}": inverse}  # fmt: skip
+    return out
+
+
 class TwoTowerModule(pl.LightningModule):
     """Trains every position of a history window to predict the next item; validates with full-catalog
     NDCG@10 / Recall@10 (history excluded, ties against the model), the metric early stopping watches.
@@ -109,17 +129,25 @@ class TwoTowerModule(pl.LightningModule):
             states = torch.cat([states[:, :1].expand(-1, shift, -1), states[:, 1:]], 1)  # (B, S + L, D)
             targets = torch.cat([start_targets, targets], 1)  # (B, S + L)
             weights = torch.cat([batch["start_weights"].reshape(len(targets), -1), weights], 1)
-        mask = targets > 0  # (B, L')
-        rows, positions = mask.nonzero(as_tuple=True)  # (M,), (M,)
+        suffix = "_start" if shift else ""
+        index = batch.get(f"target_index{suffix}")  # (M,) flat positions in (B, L'), counted on the host
+        if index is None:  # validation, or a step called without the trainer's transfer hook
+            rows, positions = (targets > 0).nonzero(as_tuple=True)  # (M,), (M,): waits on a device's count
+            unique = None
+        else:  # integer gathers of a known length: nothing waits on the device, in the step or its backward
+            rows, positions = index // targets.shape[1], index % targets.shape[1]  # (M,), (M,)
+            unique = (batch[f"target_unique{suffix}"], batch[f"target_inverse{suffix}"])  # (P,), (M,)
         seen = (positions - shift).clamp(min=-1)  # the start state's rows (-1) have seen nothing
         history = WindowHistory(batch["items"], rows, seen)
-        return self.loss(self.net, states[mask], targets[mask], weights[mask], history)
+        return self.loss(self.net, states[rows, positions], targets[rows, positions], weights[rows, positions],
+                         history, unique=unique)  # fmt: skip
 
     def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Count a training batch's targets on the host, before it moves: on a GPU the count read back from
         the device would wait for the step (a host synchronisation per step)."""
         if self.trainer.training and isinstance(batch, dict) and "targets" in batch:
             batch["n_targets"] = int((batch["targets"] > 0).sum())
+            batch.update(target_layout(batch))
         return batch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

@@ -105,8 +105,11 @@ class SoftmaxLoss(nn.Module):
         targets: torch.Tensor,
         weights: torch.Tensor | None = None,
         history: WindowHistory | None = None,
+        unique: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """users (M, D) output-space vectors, targets (M,) item indices >= 1, weights (M,) -> scalar loss."""
+        """users (M, D) output-space vectors, targets (M,) item indices >= 1, weights (M,) -> scalar loss.
+        ``unique``: ``torch.unique(targets, return_inverse=True)`` computed beforehand (on the host: the sampled
+        softmax then reads no count back from the device)."""
         n_items = model.config.n_items
         cross_rank = self.cross_rank_negatives and distributed.active()
         if self.uses_full_softmax(n_items):
@@ -117,7 +120,7 @@ class SoftmaxLoss(nn.Module):
         elif cross_rank:
             candidates, logits, labels = self._global_sampled_logits(model, users, targets, n_items)
         else:
-            candidates, logits, labels = self._sampled_logits(model, users, targets, n_items)
+            candidates, logits, labels = self._sampled_logits(model, users, targets, n_items, unique)
         if self.mask_history and history is not None:
             rows = torch.arange(len(labels), device=labels.device)
             label_logits = logits[rows, labels]  # (M,) kept: a repeated target is the label, not a negative
@@ -136,9 +139,16 @@ class SoftmaxLoss(nn.Module):
         return (losses * weights).sum() / weights.sum().clamp_min(1e-8)
 
     def _sampled_logits(
-        self, model: TwoTower, users: torch.Tensor, targets: torch.Tensor, n_items: int
+        self,
+        model: TwoTower,
+        users: torch.Tensor,
+        targets: torch.Tensor,
+        n_items: int,
+        unique: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        in_batch, labels = torch.unique(targets, return_inverse=True)  # (P,), (M,)
+        if unique is None:
+            unique = torch.unique(targets, return_inverse=True)
+        in_batch, labels = unique  # (P,), (M,)
         candidates = in_batch
         n_uniform = self.num_uniform_negatives
         if n_uniform > 0:

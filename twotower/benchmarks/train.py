@@ -192,6 +192,7 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     import hydra
     from torch.profiler import ProfilerActivity, profile, record_function
 
+    from twotower.lit_module import target_layout
     from twotower.train import build_net, load_data
 
     data, split = load_data(cfg)
@@ -216,7 +217,9 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
 
     def step() -> None:
         with record_function("step: next batch (collate)"):
-            batch = {k: v.to(device, non_blocking=True) for k, v in next(batches).items()}
+            host = next(batches)
+            host |= target_layout(host)  # as the trainer's transfer hook does
+            batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
         with (
             record_function("step: forward + loss"),
             torch.autocast(device.type, torch.bfloat16, enabled=bf16),
