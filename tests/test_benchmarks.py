@@ -155,6 +155,28 @@ def test_parquet_writers_side_by_side_write_what_one_writer_does(tmp_path):
         pd.testing.assert_frame_equal(pd.read_parquet(many / name), pd.read_parquet(one / name))
 
 
+def test_a_failed_predict_loop_stops_the_writers_and_keeps_its_own_error(tmp_path):
+    """The loop fails while parts wait for a writer: the waiting parts are dropped, the parts under way
+    finish, nothing else is raised from the hook (the loop's error is the one the trainer raises), and the
+    writer can run again."""
+    import threading
+
+    from twotower.batch_predict import ParquetPartWriter
+
+    writer = ParquetPartWriter(tmp_path, ["u0", "u1"], ["a", "b", "c"], queue_size=8, writers=1)
+    gate, written = threading.Event(), []
+    writer._write = lambda path, part: (gate.wait(5), written.append(path))
+    part = (np.array([0, 1]), np.array([[0, 1], [2, 0]]), np.ones((2, 2), np.float32))
+    for i in range(4):  # one under way (held at the gate), three waiting
+        writer._put(tmp_path / f"p{i}.parquet", part)
+    threading.Timer(0.2, gate.set).start()
+    writer.on_exception(None, None, RuntimeError("CUDA out of memory"))
+    assert len(written) < 4 and writer._pool is None and writer._pending == []
+    writer._put(tmp_path / "again.parquet", part)
+    writer.close()
+    assert written[-1] == tmp_path / "again.parquet"
+
+
 @pytest.mark.parametrize("writers", [1, 3])
 def test_parquet_writer_thread_errors_surface(tmp_path, writers):
     with pytest.raises(RuntimeError, match="writing Parquet parts") as info:

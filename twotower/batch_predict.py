@@ -192,8 +192,8 @@ class ParquetPartWriter(BasePredictionWriter):
         for future in self._pending:
             if not future.done():
                 still.append(future)
-            elif future.exception() is not None and self._error is None:
-                self._error = future.exception()
+            elif not future.cancelled() and future.exception() is not None and self._error is None:
+                self._error = future.exception()  # a cancelled write (the loop failed first) is no error
         self._pending = still
 
     def _raise(self) -> None:
@@ -201,12 +201,13 @@ class ParquetPartWriter(BasePredictionWriter):
             raise RuntimeError(f"writing Parquet parts under {self.out} failed") from self._error
 
     def _stop(self, cancel: bool) -> None:
+        """Wait for the writes under way (``cancel``: drop those not started) and keep a write's error."""
         if self._pool is not None:
-            for future in self._pending if cancel else []:
-                future.cancel()
-            self._pool.shutdown(wait=True)
-            self._settle(block=False)
-            self._pool, self._pending = None, []
+            try:
+                self._pool.shutdown(wait=True, cancel_futures=cancel)
+                self._settle(block=False)
+            finally:
+                self._pool, self._pending = None, []
 
     def close(self) -> None:
         """Wait for every queued file; raise a writer's error if one failed."""
