@@ -147,6 +147,9 @@ def loss_worker(rank: int, port: int, out: str) -> None:
     except RankMismatchError as error:
         results["mismatch"] = str(error)
     torch.save(results, Path(out) / f"rank{rank}.pt")
+    # both ranks done before either tears down: rank 0 hosts the store, and a rank still talking to it when it
+    # goes aborts in gloo ("terminate called without an active exception", seen once in a CI run)
+    dist.barrier()
     dist.destroy_process_group()
 
 
