@@ -15,6 +15,7 @@ source "$(dirname "$0")/gpu_env.sh"
 TINY=${GPU_CHECK_TINY:-0}
 STEPS=" ${GPU_CHECK_STEPS:-ml100k scale batch profile} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
+quiet() { tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]'; }  # no warnings, no progress bars
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
   TRAINER=gpu DEVICE=(trainer=gpu datamodule=gpu)
 else
@@ -52,17 +53,16 @@ if ! step ml100k; then
 elif [ -f "$DATA_DIR/ml-100k/u.data" ]; then
   # all 40 epochs, as the docs quote it: no 150 s guard from conf/experiment/ml100k.yaml
   timeout $T_ML python3 -m twotower.cli.bench_train experiment=ml100k data.path="$DATA_DIR/ml-100k" out="$OUT/ml100k" \
-    trainer=$TRAINER trainer.max_time=null "${COMMON[@]}" "${ML[@]}" 2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -3
+    trainer=$TRAINER trainer.max_time=null "${COMMON[@]}" "${ML[@]}" 2>&1 | quiet | tail -3
 else
   echo "ml-100k not found under $DATA_DIR: step 1 skipped"
 fi
 step scale && timeout $T_SCALE python3 -m twotower.cli.bench_train experiment=scale out="$OUT/scale" "${DEVICE[@]}" \
-  "${COMMON[@]}" "${SCALE[@]}" 2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -3
-step batch && timeout $T_BATCH python3 -m twotower.cli.gpu_bench --out "$OUT/batch" --k 100 "${BATCH[@]}" 2>&1 | tr '\r' '\n' |
-  grep -v -e Warning -e 'it/s]' -e 's/it]' | tail -2
+  "${COMMON[@]}" "${SCALE[@]}" 2>&1 | quiet | tail -3
+step batch && timeout $T_BATCH python3 -m twotower.cli.gpu_bench --out "$OUT/batch" --k 100 "${BATCH[@]}" 2>&1 | quiet | tail -2
 # where a training step's time goes on this device (torch.profiler, the training precision): profile/profile.txt
 step profile && timeout $T_PROF python3 -m twotower.cli.bench_train experiment=scale out="$OUT/profile" "${DEVICE[@]}" "${PROF[@]}" \
-  2>&1 | tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]' | sed -n '1,8p'
+  2>&1 | quiet | sed -n '1,8p'
 rm -rf "$OUT/batch/parts"  # the scored Parquet parts: measured, not needed afterwards
 python3 - "$OUT" <<'PY'
 import json, os, pathlib, sys

@@ -42,6 +42,16 @@ def tiny_split(tiny_data):
     return leave_last_out(tiny_data)
 
 
+def with_user_features(data):
+    """An encoded log with one static user feature (3 values) for every user."""
+    import dataclasses
+
+    import numpy as np
+
+    features = (np.arange(data.n_users) % 3 + 1).reshape(-1, 1)  # (U, 1), 0 = unknown stays unused
+    return dataclasses.replace(data, user_features=features, user_feature_vocab={"f": ["", "a", "b", "c"]})
+
+
 def compose_config(overrides: list[str], output_dir: Path | None = None):
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         extra = [f"paths.output_dir={output_dir}"] if output_dir else []

@@ -19,6 +19,7 @@ from serving.live import LiveService
 from serving.recommender import Recommender
 from serving.settings import Settings
 from serving.store import SQLiteHistoryStore
+from tests.conftest import with_user_features
 from twotower.artifacts import load_model
 from twotower.data.movielens import age_bucket, zip_region
 from twotower.export import input_names, onnx_parity
@@ -171,20 +172,12 @@ def test_cold_start_reads_the_first_events_and_scores_the_held_out_target(
         )
 
 
-def _with_features(data):
-    """tiny_data with one static user feature (3 values) for every user."""
-    import dataclasses
-
-    features = (np.arange(data.n_users) % 3 + 1).reshape(-1, 1)  # (U, 1), 0 = unknown stays unused
-    return dataclasses.replace(data, user_features=features, user_feature_vocab={"f": ["", "a", "b", "c"]})
-
-
 def test_start_targets_are_the_window_first_item_then_draws_from_the_users_training_events(
     tiny_data, tiny_split
 ):
     from twotower.data.sequences import SequenceArrays, TrainWindows
 
-    data = _with_features(tiny_data)
+    data = with_user_features(tiny_data)
     arrays = SequenceArrays.from_log(data)
     one = TrainWindows(data, tiny_split, arrays, max_len=5, seed=0)
     windows = TrainWindows(data, tiny_split, arrays, max_len=5, seed=0, start_targets=6)
@@ -217,7 +210,7 @@ def test_each_start_target_is_scored_from_the_features_state_with_nothing_seen(t
     from twotower.model import TwoTower, model_inputs
     from twotower.model_config import ModelConfig
 
-    data = _with_features(tiny_data)
+    data = with_user_features(tiny_data)
     windows = TrainWindows(data, tiny_split, SequenceArrays.from_log(data), max_len=5, start_targets=3)
     batch = windows.collate([windows[i] for i in range(6)])
     torch.manual_seed(0)
@@ -343,68 +336,3 @@ def test_gpu_batch_predict_feeds_searches_context_and_features_as_the_cpu_batch_
     for b, h in enumerate(histories):
         scores[b, h.rows] = -np.inf
     np.testing.assert_array_equal(top["rows"].numpy(), np.argsort(-scores, 1, kind="stable")[:, :5])
-
-
-@pytest.mark.parametrize("features", [False, True])
-@pytest.mark.parametrize("mode", ["full", "sampled"])
-def test_targets_located_on_the_host_give_the_same_loss_and_gradients_and_read_nothing_back(
-    tiny_data, tiny_split, features, mode
-):
-    """The trainer's transfer hook locates a batch's targets on the host (`target_layout`): the step then gives
-    the loss and gradients of the device-side `nonzero` path exactly, and neither its forward nor its backward
-    runs an operator whose output size waits on device data (nonzero, boolean indexing, unique)."""
-    import contextlib
-
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    from twotower.data.sequences import SequenceArrays, TrainWindows
-    from twotower.lit_module import TwoTowerModule, target_layout
-    from twotower.losses import SoftmaxLoss
-    from twotower.model import TwoTower
-    from twotower.model_config import ModelConfig
-
-    data = _with_features(tiny_data) if features else tiny_data
-    windows = TrainWindows(data, tiny_split, SequenceArrays.from_log(data), max_len=5,
-                           start_targets=3 if features else 1)  # fmt: skip
-    batch = windows.collate([windows[i] for i in range(8)])
-    torch.manual_seed(0)
-    config = ModelConfig(n_items=data.n_items, n_events=data.n_events, dim=8, max_len=5, dropout=0.0,
-                         user_feature_sizes=(4,) if features else ())  # fmt: skip
-    loss = SoftmaxLoss(mode=mode, num_uniform_negatives=16, mask_history=True)
-    loss.set_item_frequencies(torch.ones(data.n_items + 1))
-    module = TwoTowerModule(TwoTower(config), loss, torch.optim.Adam)
-
-    class DataDependent(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.seen: set[str] = set()
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            name = str(func)
-            bool_index = "index" in name and any(
-                isinstance(a, torch.Tensor) and a.dtype == torch.bool
-                for arg in args if isinstance(arg, list | tuple) for a in arg
-            )  # fmt: skip
-            if "nonzero" in name or "unique" in name or bool_index:
-                self.seen.add(name)
-            return func(*args, **(kwargs or {}))
-
-    def run(step_batch, watch=False):
-        module.zero_grad()
-        torch.manual_seed(1)  # the same uniform draws on both paths
-        with DataDependent() if watch else contextlib.nullcontext() as mode_:
-            value = module._shared_step(step_batch)
-            value.backward()
-        grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
-        return value.detach(), grads, (mode_.seen if watch else None)
-
-    plain, plain_grads, _ = run(batch)
-    located, located_grads, seen = run(batch | target_layout(batch), watch=True)
-    torch.testing.assert_close(located, plain, rtol=0, atol=0)
-    assert len(located_grads) == len(plain_grads) > 0
-    for a, b in zip(located_grads, plain_grads, strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
-    assert seen == set(), seen
-    _, _, seen_plain = run(batch, watch=True)  # the check can fail: the device-side path trips it
-    assert seen_plain

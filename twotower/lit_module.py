@@ -146,8 +146,8 @@ class TwoTowerModule(pl.LightningModule):
         """Count a training batch's targets on the host, before it moves: on a GPU the count read back from
         the device would wait for the step (a host synchronisation per step)."""
         if self.trainer.training and isinstance(batch, dict) and "targets" in batch:
-            batch["n_targets"] = int((batch["targets"] > 0).sum())
             batch.update(target_layout(batch))
+            batch["n_targets"] = len(batch["target_index"])
         return batch
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:

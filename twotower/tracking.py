@@ -92,7 +92,7 @@ def numeric_leaves(tree: Any, prefix: str = "") -> Iterator[tuple[str, float]]:
 def log_results(loggers: Sequence[Logger], result: Mapping[str, Any]) -> None:
     """The final metrics (at the last training step, so that a per-epoch series such as ``val/ndcg_at_10``
     ends with the kept model's value), ``metrics.json`` and ``config.yaml``, and ``OUT/bundle`` if exported."""
-    chosen = list(mlflow_loggers(loggers))
+    chosen = mlflow_loggers(loggers)
     if not chosen:
         return  # mlflow is an optional extra: a run without logger=mlflow never imports it
     from mlflow.entities import Metric

@@ -208,12 +208,10 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     optimizer = module.configure_optimizers()
     optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
     loader = datamodule.train_dataloader()
-    batches = (
-        batch for _ in itertools.count() for batch in loader
-    )  # epoch after epoch: a small log runs out
-    bf16 = str(cfg.trainer.get("precision", "")).startswith(
-        "bf16"
-    )  # as Lightning's bf16-mixed: autocast forward
+    # epoch after epoch: a small log runs out of batches
+    batches = (batch for _ in itertools.count() for batch in loader)
+    # as Lightning's bf16-mixed: the forward under autocast
+    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
 
     def step() -> None:
         with record_function("step: next batch (collate)"):
