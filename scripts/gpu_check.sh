@@ -1,19 +1,21 @@
 #!/usr/bin/env bash
 # The GPU check (issue 14), one prepared run of <= 8 minutes on one H100/H200 through the device tool, not in CI:
 #   1. ml-100k on the GPU (bench_train: training throughput, full evaluation, both rankers compared)
-#   2. experiment=scale end to end (100k users, ~200k items, ~3M events) with trainer=gpu datamodule=gpu
+#   2. experiment=scale end to end (100k users, ~200k items, ~3M events) with trainer=gpu datamodule=gpu, 20 of
+#      its fit's steps and 8 batches of its every-user evaluation under torch.profiler, the host synchronisations
+#      located: scale/fit_profile.txt, scale/eval_profile.txt
 #   3. batch scoring: exact top-100 over 1M items, raw loop vs Lightning predict writing Parquet
-#   4. torch.profiler over 20 training steps of experiment=scale (smaller log) on the device: profile/profile.txt
+#   4. (asked for only) torch.profiler over 20 hand-driven training steps of a smaller log: profile/profile.txt
 # then prints ONE summary JSON (also $OUT/summary.json) with the issue's targets checked.
 # Needs python3 with torch + pytorch-lightning + pandas/pyarrow/scipy (the CUDA image), the hydra wheels in
 # .whl/ (`make gpu-wheels`), ml-100k under $TWOTOWER_DATA_DIR/ml-100k (skipped without it).
 # GPU_CHECK_TINY=1: the same steps shrunk to seconds, on CPU when there is no GPU (the script's own test).
-# GPU_CHECK_STEPS="scale batch": only those steps (of ml100k scale batch profile), to rerun what a short lease
-# left out; GPU_CHECK_SCALE_TIME=HH:MM:SS: experiment=scale's training budget (default 00:02:30).
+# GPU_CHECK_STEPS="scale batch": only those steps (of ml100k scale batch profile; default all but profile), to
+# rerun what a short lease left out; GPU_CHECK_SCALE_TIME=HH:MM:SS: experiment=scale's training budget (default 00:02:30).
 OUT=${OUT:-runs/gpu_check}
 source "$(dirname "$0")/gpu_env.sh"
 TINY=${GPU_CHECK_TINY:-0}
-STEPS=" ${GPU_CHECK_STEPS:-ml100k scale batch profile} "
+STEPS=" ${GPU_CHECK_STEPS:-ml100k scale batch} "
 step() { [[ "$STEPS" == *" $1 "* ]]; }
 quiet() { tr '\r' '\n' | grep -v -e Warning -e 'it/s]' -e 's/it]'; }  # no warnings, no progress bars
 if python3 -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
@@ -25,7 +27,8 @@ COMMON=(trainer.enable_progress_bar=false logger=csv)
 if [ "$TINY" = 1 ]; then
   ML=(trainer.max_epochs=1 'eval.baselines=[popularity]' eval_users=200)
   SCALE=(data.loader.n_users=300 data.loader.n_items=2000 data.loader.mean_events=12 trainer.max_epochs=2
-         model.loss.num_uniform_negatives=64 datamodule.batch_size=64 datamodule.val_max_users=100 eval_users=200)
+         model.loss.num_uniform_negatives=64 datamodule.batch_size=64 datamodule.val_max_users=100 eval_users=200
+         profile_fit_start=1 profile_fit_steps=2 profile_eval_batches=2 eval.batch_size=64)
   BATCH=(--items 5000 --users 2000 --batch 512 --workers 0)
   PROF=(data.loader.n_users=300 data.loader.n_items=2000 data.loader.mean_events=12 model.loss.num_uniform_negatives=64
         datamodule.batch_size=64 profile_steps=3)
@@ -39,8 +42,8 @@ else
     exit 2
   fi
   IFS=: read -r H M S <<<"$SCALE_TIME"
-  SCALE=(trainer.max_time=00:$SCALE_TIME eval_users=10000 eval.batch_size=1024 eval.max_batch_scores=268435456
-         eval.num_workers=4)
+  SCALE=(trainer.max_time=00:$SCALE_TIME eval_users=4000 eval.batch_size=1024 eval.max_batch_scores=268435456
+         eval.num_workers=4 profile_fit_start=10 profile_fit_steps=20 profile_eval_batches=8)
   BATCH=(--items 1000000 --users 100000 --batch 8192 --workers 8)
   PROF=(data.loader.n_users=20000 data.loader.n_items=50000 profile_steps=20)
   # the scale step: its training budget + 140 s for data, the evaluations and the baseline
@@ -72,7 +75,7 @@ def load(path):
     return json.loads(p.read_text()) if p.exists() else None
 gpu = (out / "gpu.txt").read_text().strip().splitlines()
 summary = {"card": gpu[1] if len(gpu) > 1 else gpu[0], "software": gpu[-1],
-           "steps": os.environ.get("GPU_CHECK_STEPS", "ml100k scale batch profile"),
+           "steps": os.environ.get("GPU_CHECK_STEPS", "ml100k scale batch"),
            "scale_max_time": os.environ.get("GPU_CHECK_SCALE_TIME", "00:02:30")}
 for name in ("ml100k", "scale"):
     b = load(f"{name}/bench_train.json")
@@ -87,7 +90,11 @@ for name in ("ml100k", "scale"):
 batch = load("batch/gpu_batch.json")
 summary["batch"] = batch if batch is not None else "did not finish"
 prof = out / "profile" / "profile.txt"
-summary["profile_phases"] = prof.read_text().split("\n\n")[0].splitlines() if prof.exists() else "did not finish"
+summary["profile_phases"] = prof.read_text().split("\n\n")[0].splitlines() if prof.exists() else "not run"
+for name in ("fit_profile", "eval_profile"):  # the phases and the sync sites, not the op tables
+    p = out / "scale" / f"{name}.txt"
+    summary[f"scale_{name}"] = [line for block in p.read_text().split("\n\n")[:2] for line in block.splitlines()][:24] \
+        if p.exists() else "not written"
 s, targets = summary.get("scale"), {}
 if isinstance(s, dict):
     pop = s["baselines_test_recall@10"].get("popularity")

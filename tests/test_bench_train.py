@@ -12,6 +12,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from tests.conftest import FAST_TRAIN, ML100K, TINY_DATA
+from twotower.benchmarks.profiling import FitProfile
 from twotower.benchmarks.train import differing, run_bench_train
 from twotower.config import CONFIG_DIR, PROJECT_ROOT
 
@@ -26,14 +27,22 @@ def bench_config(overrides: list[str]):
 
 def test_bench_train_on_scale_shrunk_writes_the_contract(tmp_path):
     """experiment=scale, shrunk by overrides (its sampled softmax, its settings), runs on CPU; the torch ranker
-    and its numpy twin give the same metrics on the same model and queries."""
+    and its numpy twin give the same metrics on the same model and queries. The fit's steps and the every-user
+    evaluation are profiled beside it."""
     shrink = ["data.loader.n_users=150", "data.loader.n_items=400", "data.loader.mean_events=12",
               "model.net.dim=16", "model.loss.num_uniform_negatives=64", "datamodule.batch_size=64",
               "datamodule.val_max_users=50", "trainer.max_epochs=2", "trainer.enable_progress_bar=false",
-              "logger=csv", "eval_users=100", "eval.max_batch_scores=3200"]  # fmt: skip
+              "logger=csv", "eval_users=100", "eval.max_batch_scores=3200", "eval.batch_size=64"]  # fmt: skip
     cfg = bench_config(["experiment=scale", f"out={tmp_path}", *shrink])
     assert cfg.paths.output_dir == f"{tmp_path}/run" and cfg.model.loss.mode == "sampled"
-    result = run_bench_train(cfg, eval_users=cfg.eval_users)
+    fit = FitProfile(start=1, steps=1, traced=1)
+    result = run_bench_train(cfg, eval_users=cfg.eval_users, callbacks=(fit,), profile_eval_batches=2)
+    assert fit.text is not None and fit.text.startswith("1 steps of the Lightning fit on cpu (32-true)")
+    assert all(f"fit: {phase}" in fit.text for phase in ("forward + loss", "backward", "optimizer"))
+    assert "host synchronisations: 0.00 per step (0 in 1)" in fit.text  # the traced step ran: none on a CPU
+    evaluation = result.pop("eval_profile")
+    assert evaluation.startswith("2 evaluation batches of 64 users on cpu (torch ranker")
+    assert "eval: score and rank" in evaluation and "eval: next batch (collate)" in evaluation
     assert set(result) >= KEYS and set(result["eval"]) == {"torch", "numpy"}
     for ranker in ("torch", "numpy"):
         assert (
@@ -78,8 +87,10 @@ def test_gpu_scripts_parse():
 
 @pytest.mark.slow
 def test_gpu_check_tiny_runs_every_step_on_cpu(tmp_path):
-    """GPU_CHECK_TINY=1: the GPU check's four steps shrunk, on CPU, ending in the one summary."""
+    """GPU_CHECK_TINY=1: the GPU check's four steps shrunk, on CPU, ending in the one summary (with the scale
+    step's fit and evaluation profiles)."""
     env = {**os.environ, "GPU_CHECK_TINY": "1", "OUT": str(tmp_path), "PYTHONWARNINGS": "ignore",
+           "GPU_CHECK_STEPS": "ml100k scale batch profile",
            "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}  # fmt: skip
     proc = subprocess.run(["bash", "scripts/gpu_check.sh"], cwd=PROJECT_ROOT, env=env, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
@@ -89,6 +100,9 @@ def test_gpu_check_tiny_runs_every_step_on_cpu(tmp_path):
     assert summary["batch"]["agreement_with_cpu_exact"] == 1.0
     assert summary["targets_met"]["rankers_agree"] is True
     assert summary["scale"]["eval_all_users"]["users"] == summary["scale"]["test"]["queries"]
-    assert summary["profile_phases"][0].startswith("3 steps on cpu") and len(summary["profile_phases"]) == 5
+    assert summary["profile_phases"][0].startswith("3 steps on cpu") and len(summary["profile_phases"]) == 6
+    assert summary["scale_fit_profile"][0].startswith("2 steps of the Lightning fit on cpu")
+    assert summary["scale_eval_profile"][0].startswith("2 evaluation batches of 64 users on cpu")
+    assert summary["scale_fit_profile"][-1] == "host synchronisations: 0.00 per step (0 in 2)"
     if ML100K_FOUND:
         assert summary["ml100k"]["eval_agree"]

@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import torch
+from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
@@ -262,17 +263,25 @@ def evaluate_scorer(
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate,
                         num_workers=num_workers)  # fmt: skip
     ranks, tops, kls = [], [], []
-    for batch in tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4):
-        if ranker == "torch":
-            batch_ranks, top = rank_batch_torch(
-                scorer, batch, n_items, exclude_history, chunk_items, reranker, device
-            )
-        else:
-            batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)
+    # the labelled phases are what a profile of the evaluation reports (twotower.benchmarks.profiling)
+    batches = iter(tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4))
+    while True:
+        with record_function("eval: next batch (collate)"):
+            batch = next(batches, None)
+        if batch is None:
+            break
+        with record_function("eval: score and rank"):
+            if ranker == "torch":
+                batch_ranks, top = rank_batch_torch(
+                    scorer, batch, n_items, exclude_history, chunk_items, reranker, device
+                )
+            else:
+                batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)
         ranks.append(batch_ranks)
         tops.append(top)
         if members is not None:  # the history the model reads (its window) against the list
-            kls.append(metrics.miscalibration(top[:, :TOP], batch["items"].numpy() - 1, members))
+            with record_function("eval: miscalibration (host)"):
+                kls.append(metrics.miscalibration(top[:, :TOP], batch["items"].numpy() - 1, members))
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     top_lists = np.concatenate(tops) if tops else np.zeros((0, TOP), dtype=np.int64)
     out: dict[str, Any] = metrics.ranking_metrics(all_ranks, ks)

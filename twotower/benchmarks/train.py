@@ -11,7 +11,6 @@ own figures (the full-protocol test metrics, wall seconds).
 from __future__ import annotations
 
 import contextlib
-import itertools
 import logging
 import os
 import platform
@@ -24,16 +23,12 @@ import torch
 from omegaconf import DictConfig
 
 from twotower.artifacts import load_model
+from twotower.benchmarks.profiling import _sync, profile_evaluation
 from twotower.evaluate import ModelScorer, evaluate_scorer
 from twotower.train import eval_context, train
 
 log = logging.getLogger(__name__)
 RANKERS = ("torch", "numpy")
-
-
-def _sync() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
 
 
 class EpochTimer(pl.Callback):
@@ -125,12 +120,20 @@ def _both_nan(x: Any, y: Any) -> bool:
     return isinstance(x, float) and isinstance(y, float) and np.isnan(x) and np.isnan(y)
 
 
-def run_bench_train(cfg: DictConfig, eval_users: int | None = 10000) -> dict[str, Any]:
+def run_bench_train(
+    cfg: DictConfig,
+    eval_users: int | None = 10000,
+    callbacks: tuple[pl.Callback, ...] = (),
+    profile_eval_batches: int = 0,
+) -> dict[str, Any]:
     """Train ``cfg`` (a composed training config), time it, and compare the two rankers on ``eval_users``
-    test queries (None: every test user). Returns what ``bench_train.json`` holds."""
+    test queries (None: every test user). Returns what ``bench_train.json`` holds; with
+    ``profile_eval_batches`` > 0 also ``eval_profile``, the torch ranker's profile over that many batches of
+    every user (:func:`~twotower.benchmarks.profiling.profile_evaluation`). ``callbacks``: added to the fit
+    (a :class:`~twotower.benchmarks.profiling.FitProfile`)."""
     timer = EpochTimer()
     start = time.perf_counter()
-    result = train(cfg, extra_callbacks=[timer])
+    result = train(cfg, extra_callbacks=[timer, *callbacks])
     run_seconds = time.perf_counter() - start
     run_metrics = result["metrics"]
     device = torch.device(run_metrics["device"])
@@ -149,6 +152,10 @@ def run_bench_train(cfg: DictConfig, eval_users: int | None = 10000) -> dict[str
         else timed_evaluation(scorer, everyone, {**common, "ranker": "torch"}, desc="eval torch, every user")
     )
     diff = differing(rankers["torch"]["metrics"], rankers["numpy"]["metrics"])
+    profiled = {}
+    if profile_eval_batches > 0:
+        settings = {**common, "ranker": "torch"}
+        profiled["eval_profile"] = profile_evaluation(scorer, everyone, settings, profile_eval_batches)
     epoch_seconds = float(np.mean(timer.train_seconds))
     validation_seconds = float(np.mean(timer.validation_seconds)) if timer.validation_seconds else 0.0
     return {
@@ -182,69 +189,5 @@ def run_bench_train(cfg: DictConfig, eval_users: int | None = 10000) -> dict[str
         "test": {k: run_metrics["test"][k] for k in ("recall@10", "ndcg@10", "recall@100", "queries")},
         "baselines_test_recall@10": {n: m["recall@10"] for n, m in run_metrics["baselines"].items()},
         "output_dir": result["output_dir"],
+        **profiled,
     }
-
-
-def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
-    """torch.profiler over ``steps`` training steps of ``cfg`` (after ``warmup``), on the device the trainer
-    would pick: the table of ops by self time, with the step's phases (batch, forward + loss, backward,
-    optimizer) as labelled regions. Where the time of a training step goes."""
-    import hydra
-    from torch.profiler import ProfilerActivity, profile, record_function
-
-    from twotower.lit_module import target_layout
-    from twotower.train import build_net, load_data
-
-    data, split = load_data(cfg)
-    datamodule = hydra.utils.instantiate(cfg.datamodule, _partial_=True)(
-        data=data, split=split, max_len=cfg.model.net.max_len
-    )
-    device = torch.device("cuda" if torch.cuda.is_available() and cfg.trainer.accelerator != "cpu" else "cpu")
-    net = build_net(cfg.model.net, data)
-    loss = hydra.utils.instantiate(cfg.model.loss)
-    loss.set_item_frequencies(datamodule.target_counts())
-    module_cfg = {k: v for k, v in cfg.model.items() if k not in ("net", "loss")}
-    module = hydra.utils.instantiate(module_cfg, _partial_=True)(net=net, loss=loss).to(device).train()
-    optimizer = module.configure_optimizers()
-    optimizer = optimizer["optimizer"] if isinstance(optimizer, dict) else optimizer
-    loader = datamodule.train_dataloader()
-    # epoch after epoch: a small log runs out of batches
-    batches = (batch for _ in itertools.count() for batch in loader)
-    # as Lightning's bf16-mixed: the forward under autocast
-    bf16 = str(cfg.trainer.get("precision", "")).startswith("bf16")
-
-    def step() -> None:
-        with record_function("step: next batch (collate)"):
-            host = next(batches)
-            host |= target_layout(host)  # as the trainer's transfer hook does
-            batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
-        with (
-            record_function("step: forward + loss"),
-            torch.autocast(device.type, torch.bfloat16, enabled=bf16),
-        ):
-            value = module._shared_step(batch)
-        with record_function("step: backward"):
-            value.backward()
-        with record_function("step: optimizer"):
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-    for _ in range(warmup):
-        step()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(steps):
-            step()
-        _sync()
-    events = prof.key_averages()
-    phases: dict[str, float] = {}
-    for e in events:  # on CUDA each label comes twice (host range, device range): the host one has the time
-        if e.key.startswith("step: "):
-            phases[e.key] = max(phases.get(e.key, 0.0), e.cpu_time_total / 1e3 / steps)
-    total = sum(phases.values()) or 1.0
-    lines = [f"{name:<32s} {ms:10.1f} ms/step {100 * ms / total:5.1f}%" for name, ms in phases.items()]
-    tables = [events.table(sort_by="self_cpu_time_total", row_limit=25)]
-    if device.type == "cuda":  # where the card's time goes too
-        tables.append(events.table(sort_by="self_cuda_time_total", row_limit=25))
-    head = f"{steps} steps on {device} ({'bf16 autocast' if bf16 else 'fp32'}), phases (wall on the host):"
-    return "\n".join([head, *lines, "", *tables])
