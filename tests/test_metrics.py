@@ -60,3 +60,33 @@ def test_intra_list_diversity_by_hand():
     three = metrics.intra_list_diversity(np.array([[0, 1, 2]]), categories)
     assert three == pytest.approx((0.5 + 1 + 1) / 3)
     assert "diversity@10" not in metrics.beyond_accuracy(np.array([[0, 1]]), 4, np.full(4, 0.5), k=10)
+
+
+def test_category_mix_equals_the_dense_sum_of_category_weights():
+    """The sparse product against the exact dense twin: each list's items' weight rows summed (padding -1
+    left out), items of no category and of several categories included."""
+    from serving.core.diversify import category_weights
+
+    rng = np.random.default_rng(3)
+    members = rng.random((50, 6)) < 0.3  # some items in no category, some in several
+    members[:, 0] = False
+    lists = rng.integers(-1, 50, (8, 12))
+    lists[0] = -1  # an empty list
+    weights = category_weights(members)  # (N, C)
+    dense = np.where(lists[..., None] >= 0, weights[np.maximum(lists, 0)], 0.0).sum(1)  # (B, C)
+    mix = metrics.CategoryMix(members)
+    assert np.allclose(mix(lists), dense, rtol=0, atol=1e-12) and mix(lists)[0].sum() == 0
+    top = rng.integers(0, 50, (8, 3))
+    shared = metrics.miscalibration(top, lists, mix=mix)
+    assert np.array_equal(shared, metrics.miscalibration(top, lists, members), equal_nan=True)
+    assert np.isnan(shared[0])  # an empty history: nothing to be calibrated to
+
+
+def test_evaluation_membership_matches_serving_membership():
+    from serving.core.intent import membership
+    from twotower.evaluate import _members
+
+    categories = np.random.default_rng(4).integers(0, 9, (300, 3))
+    categories[:7] = 0
+    assert np.array_equal(_members(categories), membership(categories.tolist(), int(categories.max()) + 1))
+    assert _members(np.zeros((5, 2), dtype=np.int64)) is None

@@ -25,7 +25,6 @@ from torch.profiler import record_function
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from serving.core.intent import membership
 from twotower import metrics
 from twotower.data.sequences import EvalQueries
 from twotower.ranking import ScoreChunk, rank_top
@@ -260,6 +259,7 @@ def evaluate_scorer(
         raise ValueError(f"ranker must be one of {RANKERS}, not {ranker!r}")
     chunk_items = chunk_items or auto_chunk(n_items, batch_size, max_batch_scores)
     members = _members(categories)
+    mix = metrics.CategoryMix(members) if members is not None else None  # once: every batch's lists share it
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate,
                         num_workers=num_workers)  # fmt: skip
     ranks, tops, kls = [], [], []
@@ -279,9 +279,9 @@ def evaluate_scorer(
                 batch_ranks, top = rank_batch_numpy(scorer, batch, n_items, exclude_history, reranker)
         ranks.append(batch_ranks)
         tops.append(top)
-        if members is not None:  # the history the model reads (its window) against the list
+        if mix is not None:  # the history the model reads (its window) against the list
             with record_function("eval: miscalibration (host)"):
-                kls.append(metrics.miscalibration(top[:, :TOP], batch["items"].numpy() - 1, members))
+                kls.append(metrics.miscalibration(top[:, :TOP], batch["items"].numpy() - 1, mix=mix))
     all_ranks = np.concatenate(ranks) if ranks else np.zeros(0)
     top_lists = np.concatenate(tops) if tops else np.zeros((0, TOP), dtype=np.int64)
     out: dict[str, Any] = metrics.ranking_metrics(all_ranks, ks)
@@ -311,7 +311,12 @@ def auto_chunk(n_items: int, batch_size: int, max_batch_scores: int = MAX_BATCH_
 
 
 def _members(categories: np.ndarray | None) -> np.ndarray | None:
-    """(N, C_max) category indices per column (0 = none) -> (N, C) bool membership; None without categories."""
+    """(N, C_max) category indices per column (0 = none) -> (N, C) bool membership; None without categories.
+    Vectorised (a catalog of a million items is one scatter, not a loop over its rows)."""
     if categories is None or not categories.any():
         return None
-    return membership(categories.tolist(), int(categories.max()) + 1)
+    members = np.zeros((len(categories), int(categories.max()) + 1), dtype=bool)  # (N, C)
+    rows = np.broadcast_to(np.arange(len(categories))[:, None], categories.shape)  # (N, C_max)
+    real = categories > 0  # 0 is no category (padding), never a column of its own
+    members[rows[real], categories[real]] = True
+    return members

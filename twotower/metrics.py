@@ -8,8 +8,9 @@ never outrank anything.
 from __future__ import annotations
 
 import numpy as np
+import scipy.sparse as sp
 
-from serving.core.diversify import category_weights, kl_divergence
+from serving.core.diversify import kl_divergence
 
 DECILES = 10
 
@@ -141,19 +142,48 @@ def exposure_by_decile(
     return (counts / total).round(6).tolist() if total else [0.0] * DECILES
 
 
-def miscalibration(top_lists: np.ndarray, histories: np.ndarray, members: np.ndarray) -> np.ndarray:
+class CategoryMix:
+    """The category mix of many item lists at once, for a catalog's (N, C) bool membership: an item spreads
+    1 / |its categories| over them. Built once per catalog as a sparse (N, C) matrix of those shares; a batch
+    of lists is one sparse product, not a gather of (B, L, C) dense weights."""
+
+    def __init__(self, members: np.ndarray) -> None:
+        counts = members.sum(1, keepdims=True)  # (N, 1)
+        self.shares = sp.csr_matrix(members / np.maximum(counts, 1))  # (N, C) float64
+        self.n_items, self.n_categories = members.shape
+
+    def __call__(self, lists: np.ndarray) -> np.ndarray:
+        """(B, L) catalog columns (-1 = padding) -> (B, C) float64 summed category shares."""
+        valid = lists >= 0  # (B, L)
+        rows = np.broadcast_to(np.arange(len(lists))[:, None], lists.shape)[valid]  # (V,)
+        counts = sp.csr_matrix(
+            (np.ones(len(rows)), (rows, lists[valid])), shape=(len(lists), self.n_items)
+        )  # (B, N) how often each list holds each item
+        return np.asarray((counts @ self.shares).todense())  # (B, C)
+
+
+def miscalibration(
+    top_lists: np.ndarray,
+    histories: np.ndarray,
+    members: np.ndarray | None = None,
+    mix: CategoryMix | None = None,
+) -> np.ndarray:
     """Steck's miscalibration per list: KL(p || 0.99 q + 0.01 p) between the category mix ``p`` of the history
     and ``q`` of the list, an item spreading 1 / |its categories| over them.
 
-    top_lists (B, k) and histories (B, H) are catalog columns (-1 = padding); members (N, C) bool. Returns
-    (B,) KL, NaN where the history has no category (nothing to be calibrated to)."""
-    weights = category_weights(members).astype(np.float32)  # (N, C)
-    q = weights[top_lists].sum(1)  # (B, C)
+    top_lists (B, k) and histories (B, H) are catalog columns (-1 = padding); members (N, C) bool, or ``mix``
+    built from them once (an evaluation's batches share it). Returns (B,) KL, NaN where the history has no
+    category (nothing to be calibrated to)."""
+    if mix is None:
+        if members is None:
+            raise ValueError("miscalibration needs the catalog's members or a CategoryMix of them")
+        mix = CategoryMix(members)
+    q = mix(top_lists)  # (B, C)
     q /= np.maximum(q.sum(1, keepdims=True), 1e-12)
-    p = np.where(histories[..., None] >= 0, weights[np.maximum(histories, 0)], 0.0).sum(1)  # (B, C)
+    p = mix(histories)  # (B, C)
     mass = p.sum(1, keepdims=True)  # (B, 1)
     p = p / np.maximum(mass, 1e-12)
-    return np.where(mass[:, 0] > 0, kl_divergence(p.astype(np.float64), q.astype(np.float64)), np.nan)
+    return np.where(mass[:, 0] > 0, kl_divergence(p, q), np.nan)
 
 
 def beyond_accuracy(
