@@ -129,15 +129,16 @@ def WindowHistoryFor(inputs, rows, positions):  # noqa: N802 - reads like the cl
 def test_targets_located_on_the_host_give_the_same_loss_and_gradients_and_read_nothing_back(
     tiny_data, tiny_split, features, mode
 ):
-    """The trainer's transfer hook locates a batch's targets on the host (`target_layout`): the step then gives
+    """A batch's targets located on the host (`target_layout`, as TrainWindows collates): the step then gives
     the loss and gradients of the device-side `nonzero` path exactly, and neither its forward nor its backward
     runs an operator whose output size waits on device data (nonzero, boolean indexing, unique)."""
     import contextlib
 
     from torch.utils._python_dispatch import TorchDispatchMode
 
+    from twotower.data.layout import target_layout
     from twotower.data.sequences import SequenceArrays, TrainWindows
-    from twotower.lit_module import TwoTowerModule, target_layout
+    from twotower.lit_module import TwoTowerModule
     from twotower.model_config import ModelConfig
 
     data = with_user_features(tiny_data) if features else tiny_data
@@ -175,12 +176,49 @@ def test_targets_located_on_the_host_give_the_same_loss_and_gradients_and_read_n
         grads = [p.grad.clone() for p in module.parameters() if p.grad is not None]
         return value.detach(), grads, (mode_.seen if watch else None)
 
-    plain, plain_grads, _ = run(batch)
-    located, located_grads, seen = run(batch | target_layout(batch), watch=True)
+    bare = {
+        k: v
+        for k, v in batch.items()
+        if not k.startswith(("target_index", "target_unique", "target_inverse"))
+    }
+    assert len(bare) < len(batch)  # TrainWindows locates the targets as it collates (the loader's workers)
+    for key, value in target_layout(bare).items():
+        assert torch.equal(batch[key], value), key
+    plain, plain_grads, _ = run(bare)
+    located, located_grads, seen = run(batch, watch=True)
     torch.testing.assert_close(located, plain, rtol=0, atol=0)
     assert len(located_grads) == len(plain_grads) > 0
     for a, b in zip(located_grads, plain_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
     assert seen == set(), seen
-    _, _, seen_plain = run(batch, watch=True)  # the check can fail: the device-side path trips it
+    _, _, seen_plain = run(bare, watch=True)  # the check can fail: the device-side path trips it
     assert seen_plain
+
+
+def test_update_average_is_averaged_model_update_parameters_without_reading_the_count():
+    """The EMA step the module takes (the count kept on the host) against AveragedModel's own, which reads
+    ``n_averaged`` back twice a step: the same weights and count after every update, the first a copy."""
+    import functools
+
+    from torch.optim.swa_utils import AveragedModel
+
+    from twotower.lit_module import ema_update, update_average
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.LayerNorm(3))
+    averaged = functools.partial(ema_update, decay=0.9)
+    ours, theirs = AveragedModel(net, multi_avg_fn=averaged), AveragedModel(net, multi_avg_fn=averaged)
+    with torch.no_grad():
+        for p in ours.module.parameters():
+            p.fill_(7.0)  # not yet a copy: the first update must overwrite this, not average it in
+        theirs.load_state_dict(ours.state_dict())
+    for step in range(4):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        update_average(ours, net, first=step == 0)
+        theirs.update_parameters(net)
+        assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
+        assert int(ours.n_averaged) == int(theirs.n_averaged) == step + 1
+    with pytest.raises(ValueError, match="parameters only"):
+        update_average(AveragedModel(net, use_buffers=True), net, first=True)

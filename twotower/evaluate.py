@@ -157,10 +157,12 @@ def rank_batch_torch(
     device = getattr(
         scorer, "device", scores.device if isinstance(scores, torch.Tensor) else torch.device("cpu")
     )
-    exclude = batch["exclude"].to(device) if exclude_history else None
+    # non-blocking: a blocking copy to a GPU waits for the work queued before it (a host synchronisation)
+    exclude = batch["exclude"].to(device, non_blocking=True) if exclude_history else None
+    columns = batch["targets"].to(device, non_blocking=True) - 1  # (B,) the targets' catalog columns
     depth = TOP if reranker is None else max(TOP, reranker.depth)
     with _one_thread_on_cpu(device, scores):
-        ranked = rank_top(scores, batch["targets"].to(device) - 1, exclude, depth, chunk_items, n_items)
+        ranked = rank_top(scores, columns, exclude, depth, chunk_items, n_items)
     assert ranked.top is not None and ranked.top_scores is not None
     ranks, top = ranked.ranks.cpu().numpy(), ranked.top.cpu().numpy()  # (B,), (B, depth)
     if reranker is None:

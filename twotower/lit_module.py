@@ -12,6 +12,7 @@ import pytorch_lightning as pl
 import torch
 
 from twotower import distributed, metrics
+from twotower.data.layout import target_layout
 from twotower.losses import SoftmaxLoss, WindowHistory
 from twotower.model import TwoTower, model_inputs
 from twotower.ranking import rank_targets
@@ -31,24 +32,26 @@ def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], _n: Any, de
             p_ema.copy_(p_ema * decay + p_model * (1 - decay))
 
 
-def target_layout(batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """A host batch's targets, located on the host: ``target_index`` (M,) flat positions of the targets in
-    (B, L), ``target_unique`` (P,) their distinct items and ``target_inverse`` (M,) each target's place among
-    them; with ``start_targets`` (user features) the same with suffix ``_start`` for the (B, S + L) layout.
-    Counted here, these sizes need no read-back from the device in the training step (``nonzero``, boolean
-    indexing and ``unique`` each wait for it)."""
-    targets = batch["targets"]  # (B, L)
-    layouts = {"": targets}
-    if "start_targets" in batch:
-        layouts["_start"] = torch.cat([batch["start_targets"].reshape(len(targets), -1), targets], 1)
-    out = {}
-    for suffix, layout in layouts.items():
-        flat = layout.reshape(-1)  # (B * L',)
-        index = (flat > 0).nonzero().squeeze(1)  # (M,)
-        unique, inverse = torch.unique(flat[index], return_inverse=True)  # (P,), (M,)
-        out |= {f"target_index{suffix}": index, f"target_unique{suffix}": unique,
-                f"target_inverse{suffix}": inverse}  # fmt: skip
-    return out
+def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Module, first: bool) -> None:
+    """``ema.update_parameters(model)`` (parameters only, as ``use_buffers=False``) without reading
+    ``ema.n_averaged`` back from the device, which costs two host synchronisations per step on a GPU: the
+    caller knows whether this is the first update (a copy) or a later one (``ema.multi_avg_fn``)."""
+    if ema.use_buffers:
+        raise ValueError("update_average averages parameters only (use_buffers=False)")
+    averaged = [p.detach() for p in ema.module.parameters()]
+    current = [p.detach().to(a.device) for p, a in zip(model.parameters(), averaged, strict=True)]
+    if first:
+        for a, c in zip(averaged, current, strict=True):
+            a.copy_(c)
+    else:  # as AveragedModel: one multi-tensor update per (device, dtype) group
+        groups: dict[tuple[torch.device, torch.dtype], tuple[list, list]] = {}
+        for a, c in zip(averaged, current, strict=True):
+            pair = groups.setdefault((a.device, a.dtype), ([], []))
+            pair[0].append(a)
+            pair[1].append(c)
+        for group_averaged, group_current in groups.values():
+            ema.multi_avg_fn(group_averaged, group_current, ema.n_averaged)
+    ema.n_averaged += 1
 
 
 class TwoTowerModule(pl.LightningModule):
@@ -92,6 +95,7 @@ class TwoTowerModule(pl.LightningModule):
         self.eval_chunk_items = eval_chunk_items
         self._item_vectors: torch.Tensor | None = None
         self._val_ranks: list[torch.Tensor] = []
+        self._ema_updates: int | None = None  # on the host: how often the EMA was updated
         self.save_hyperparameters(
             {"net_config": net.config.to_dict(), "eval_k": eval_k, "ema_decay": ema_decay}
         )
@@ -146,7 +150,8 @@ class TwoTowerModule(pl.LightningModule):
         """Count a training batch's targets on the host, before it moves: on a GPU the count read back from
         the device would wait for the step (a host synchronisation per step)."""
         if self.trainer.training and isinstance(batch, dict) and "targets" in batch:
-            batch.update(target_layout(batch))
+            if "target_index" not in batch:  # collated elsewhere than TrainWindows
+                batch.update(target_layout(batch))
             batch["n_targets"] = len(batch["target_index"])
         return batch
 
@@ -155,14 +160,19 @@ class TwoTowerModule(pl.LightningModule):
         n_targets = batch.get("n_targets")
         if n_targets is None:  # called directly, without the trainer's transfer hook
             n_targets = int((batch["targets"] > 0).sum())
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=n_targets)
+        # on the progress bar only when there is one: Lightning reads a bar's values back every step
+        on_bar = getattr(self._trainer, "progress_bar_callback", None) is not None
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=on_bar, batch_size=n_targets)
         if self.net.log_temperature.requires_grad:
             self.log("train/temperature", self.net.temperature, on_step=False, on_epoch=True)
         return loss
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:
-            self.ema.update_parameters(self.net)
+            if self._ema_updates is None:  # read once, at the first step (a resumed run carries its count)
+                self._ema_updates = int(self.ema.n_averaged)
+            update_average(self.ema, self.net, first=self._ema_updates == 0)
+            self._ema_updates += 1
 
     def on_validation_epoch_start(self) -> None:
         self._val_ranks = []

@@ -44,7 +44,7 @@ class WindowHistory:
         small = torch.int16 if length < 2**15 else torch.int32
         where = torch.arange(length, device=self.inputs.device, dtype=small).view(1, -1, 1)  # (1, L, 1)
         match = self.inputs.unsqueeze(2) == candidates.view(1, 1, -1)  # (B, L, C); padding 0 is no candidate
-        none = torch.tensor(length, dtype=small, device=where.device)  # not in the window
+        none = torch.full((), length, dtype=small, device=where.device)  # not in the window (filled there)
         first = torch.where(match, where, none).amin(1)  # (B, C)
         return first[self.batch] <= self.position.to(small).unsqueeze(1)  # (M, C)
 
@@ -160,7 +160,7 @@ class SoftmaxLoss(nn.Module):
             logits = logits - expected.clamp_min(1e-12).log()
         if self.mask_accidental_hits and n_uniform > 0:
             hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P + S)
-            hits[torch.arange(len(targets), device=targets.device), labels] = False
+            hits.scatter_(1, labels.unsqueeze(1), False)  # the label itself is no hit (no host value copied)
             logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
         return candidates, logits, labels
 
@@ -198,6 +198,6 @@ class SoftmaxLoss(nn.Module):
             logits = logits - expected.clamp_min(1e-12).log()
         if self.mask_accidental_hits and len(drawn) > 0:
             hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P_g + W * S)
-            hits[torch.arange(len(targets), device=targets.device), labels] = False
+            hits.scatter_(1, labels.unsqueeze(1), False)  # the label itself is no hit (no host value copied)
             logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
         return candidates, logits, labels

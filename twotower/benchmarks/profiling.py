@@ -96,7 +96,6 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     ``min(steps, 5)`` steps more with Python frames for the sync sites."""
     import hydra
 
-    from twotower.lit_module import target_layout
     from twotower.train import build_net, load_data
 
     data, split = load_data(cfg)
@@ -120,7 +119,6 @@ def profile_training(cfg: DictConfig, steps: int = 20, warmup: int = 3) -> str:
     def step() -> None:
         with record_function("step: next batch (collate)"):
             host = next(batches)
-            host |= target_layout(host)  # as the trainer's transfer hook does
             batch = {k: v.to(device, non_blocking=True) for k, v in host.items()}
         with (
             record_function("step: forward + loss"),

@@ -18,6 +18,7 @@ from torch.utils.data import Dataset, Sampler
 
 from serving.core.history import sequence_starts, time_gaps
 from twotower.config_check import ConfigError
+from twotower.data.layout import target_layout
 from twotower.data.schema import EncodedLog
 from twotower.data.splits import Split
 
@@ -167,7 +168,7 @@ class TrainWindows(Dataset):
         inputs, outputs = [o[:-1] for o in orders], [o[1:] for o in orders]
         # gaps stay positional: inside a tie group every gap is 0 whatever the order
         gaps = [a.gaps[b : e - 1] for b, e in batch]
-        return {
+        collated = {
             "items": torch.from_numpy(pad_rows([a.items[s] for s in inputs], np.int64)),  # (B, L)
             "events": torch.from_numpy(pad_rows([a.events[s] for s in inputs], np.int64)),
             "dwell": torch.from_numpy(pad_rows([a.dwell[s] for s in inputs], np.float32, -1.0)),
@@ -176,6 +177,7 @@ class TrainWindows(Dataset):
             "weights": torch.from_numpy(pad_rows([a.weights[s] for s in outputs], np.float32, 0.0)),
             **self.signals_of(inputs),
         }
+        return collated | target_layout(collated)  # located here: in the loader's workers
 
     def signals_of(self, inputs: list[np.ndarray]) -> dict[str, torch.Tensor]:
         """Optional inputs of the windows; with user features also ``start_targets`` / ``start_weights``
