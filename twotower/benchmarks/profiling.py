@@ -55,6 +55,12 @@ def sync_sites(
     ``events``: a profile's FunctionEvents (``prof.events()``), recorded ``with_stack=True`` so that Python
     frames are among each event's parents. ``calls``: the runtime calls that wait; ``own``: the paths whose
     frames are reported."""
+    events = list(events)
+    # a phase by time as well as by nesting: on CUDA the backward runs on the autograd engine's own thread,
+    # under none of the training thread's ranges
+    spans = [
+        (e.time_range.start, e.time_range.end, e.name) for e in events if e.name.startswith(PHASE_PREFIXES)
+    ]
     counts: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.name not in calls:
@@ -64,7 +70,9 @@ def sync_sites(
             chain.append(parent.name)  # innermost first
             parent = parent.cpu_parent
         ops = [name for name in chain if name.startswith("aten::")]
-        phase = next((name for name in chain if name.startswith(PHASE_PREFIXES)), "(no phase)")
+        phase = next((name for name in chain if name.startswith(PHASE_PREFIXES)), None) or next(
+            (name for start, end, name in spans if start <= event.time_range.start <= end), "(no phase)"
+        )
         frame = next((name for name in chain if any(mine in name for mine in own)), "(no frame of ours)")
         op = " <- ".join(dict.fromkeys([ops[-1], ops[0]])) if ops else event.name
         counts[f"{phase} | {op} | {frame}"] += 1
