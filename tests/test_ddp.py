@@ -137,7 +137,7 @@ def loss_worker(rank: int, port: int, out: str) -> None:
     torch.manual_seed(0)  # both ranks draw alike: the rotation must still tell their negatives apart
     model, loss_fn = make_loss(num_uniform_negatives=5)
     batch = global_batch()
-    candidates, logits, labels = loss_fn._global_sampled_logits(
+    candidates, logits, labels, _ = loss_fn._global_sampled_logits(
         model, batch["users"][rows], batch["targets"][rows], 12
     )
     results["uniform"] = {"candidates": candidates, "logits": logits, "labels": labels}

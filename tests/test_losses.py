@@ -43,16 +43,20 @@ def test_accidental_hits_are_masked_and_logq_applied():
     users = torch.randn(2, 8)
     targets = torch.tensor([1, 3])
     torch.manual_seed(0)
-    _, logits, labels = loss_fn._sampled_logits(model, users, targets, n_items=3)
+    _, logits, labels, hits = loss_fn._sampled_logits(model, users, targets, n_items=3)
     assert labels.tolist() == [0, 1]
     candidates = torch.cat([torch.tensor([1, 3]), torch.randint(1, 4, (64,), generator=torch.manual_seed(0))])
-    masked = logits <= torch.finfo(logits.dtype).min / 2
-    # a uniform draw equal to the row's own target is masked; the labelled column is not
-    assert masked[0, 2:].tolist() == (candidates[2:] == 1).tolist()
-    assert not masked[0, 0] and not masked[1, 1]
+    # a uniform draw equal to the row's own target is a hit (the label column too, until the loss clears it)
+    assert hits[0].tolist() == (candidates == 1).tolist() and hits[1].tolist() == (candidates == 3).tolist()
     # logQ: in-batch column 0 (item 1, p = 0.25) corrected by log(2 * 0.25 + 64 / 3)
     raw = users @ model.encode_items(torch.tensor([1])).T
     torch.testing.assert_close(logits[:, 0:1], raw - torch.log(torch.tensor(2 * 0.25 + 64 / 3)))
+    # the loss masks every hit but the labelled column
+    masked = hits.clone()
+    masked[0, 0] = masked[1, 1] = False
+    expected = F.cross_entropy(logits.masked_fill(masked, torch.finfo(logits.dtype).min), labels)
+    torch.manual_seed(0)
+    torch.testing.assert_close(loss_fn(model, users, targets), expected)
 
 
 def test_weights_scale_the_loss():
@@ -116,6 +120,26 @@ def test_mask_history_drops_seen_negatives_but_keeps_a_repeated_target():
     logits[0, 0] = float("-inf")  # row 0 has seen item 1
     logits[1, 1] = float("-inf")  # row 1 has seen items 1 (its target) and 2
     torch.testing.assert_close(loss, F.cross_entropy(logits, targets - 1))
+
+
+def test_sampled_loss_masks_hits_and_history_in_one_pass_but_never_the_label():
+    """Sampled softmax with both masks: a uniform draw of the row's target and an item of its history are
+    not negatives, and the labelled column stays even when the history holds the target (a repeat)."""
+    model = small_model(n_items=6)
+    users = torch.randn(3, 8)
+    inputs = torch.tensor([[1, 2, 3]])
+    history = WindowHistoryFor(inputs, rows=[0, 0, 0], positions=[0, 1, 2])
+    targets = torch.tensor([2, 1, 4])  # row 1 repeats item 1, which it has seen
+    loss_fn = SoftmaxLoss(mode="sampled", num_uniform_negatives=24, mask_history=True)
+    loss_fn.set_item_frequencies(torch.ones(7))
+    torch.manual_seed(3)
+    candidates, logits, labels, hits = loss_fn._sampled_logits(model, users, targets, n_items=6)
+    blocked = hits | history.seen(candidates, 6)
+    blocked[torch.arange(3), labels] = False
+    expected = F.cross_entropy(logits.masked_fill(blocked, torch.finfo(logits.dtype).min), labels)
+    assert hits.sum() > 3 and blocked[1].sum() > 0  # the draw holds hits, and row 1's history blocks some
+    torch.manual_seed(3)
+    torch.testing.assert_close(loss_fn(model, users, targets, history=history), expected)
 
 
 def WindowHistoryFor(inputs, rows, positions):  # noqa: N802 - reads like the class it builds

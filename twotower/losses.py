@@ -112,20 +112,23 @@ class SoftmaxLoss(nn.Module):
         softmax then reads no count back from the device)."""
         n_items = model.config.n_items
         cross_rank = self.cross_rank_negatives and distributed.active()
+        hits = None  # (M, C) bool: a sampled candidate that is the row's own target (not its label)
         if self.uses_full_softmax(n_items):
             candidates = None
             items = model.encode_items()  # (N, D)
             logits = model.score(users, items)  # (M, N)
             labels = targets - 1
         elif cross_rank:
-            candidates, logits, labels = self._global_sampled_logits(model, users, targets, n_items)
+            candidates, logits, labels, hits = self._global_sampled_logits(model, users, targets, n_items)
         else:
-            candidates, logits, labels = self._sampled_logits(model, users, targets, n_items, unique)
+            candidates, logits, labels, hits = self._sampled_logits(model, users, targets, n_items, unique)
+        blocked = hits
         if self.mask_history and history is not None:
-            rows = torch.arange(len(labels), device=labels.device)
-            label_logits = logits[rows, labels]  # (M,) kept: a repeated target is the label, not a negative
-            logits.masked_fill_(history.seen(candidates, n_items), torch.finfo(logits.dtype).min)  # in place:
-            logits.index_put_((rows, labels), label_logits)  # the (M, C) logits are never copied
+            seen = history.seen(candidates, n_items)  # (M, C)
+            blocked = seen if blocked is None else blocked | seen
+        if blocked is not None:  # one masking pass over the (M, C) logits for both masks (and its backward)
+            blocked.scatter_(1, labels.unsqueeze(1), False)  # a repeated target is the label, not a negative
+            logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
         losses = F.cross_entropy(
             logits.float(), labels, reduction="none", label_smoothing=self.label_smoothing
         )
@@ -145,7 +148,8 @@ class SoftmaxLoss(nn.Module):
         targets: torch.Tensor,
         n_items: int,
         unique: tuple[torch.Tensor, torch.Tensor] | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(candidates (C,), logits (M, C), labels (M,), accidental hits (M, C) or None)."""
         if unique is None:
             unique = torch.unique(targets, return_inverse=True)
         in_batch, labels = unique  # (P,), (M,)
@@ -158,15 +162,14 @@ class SoftmaxLoss(nn.Module):
         if self.logq_correction and self.item_probs.numel():
             expected = targets.numel() * self.item_probs[candidates] + n_uniform / n_items  # (P + S,)
             logits = logits - expected.clamp_min(1e-12).log()
+        hits = None
         if self.mask_accidental_hits and n_uniform > 0:
-            hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P + S)
-            hits.scatter_(1, labels.unsqueeze(1), False)  # the label itself is no hit (no host value copied)
-            logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
-        return candidates, logits, labels
+            hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P + S); forward masks them
+        return candidates, logits, labels, hits
 
     def _global_sampled_logits(
         self, model: TwoTower, users: torch.Tensor, targets: torch.Tensor, n_items: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """:meth:`_sampled_logits` over the global batch: each rank encodes its own unique targets and uniform
         draws, the vectors are gathered with gradients (an item that is a target on several ranks keeps the
         lowest rank's vector) and this rank's users are scored against all of them."""
@@ -196,8 +199,7 @@ class SoftmaxLoss(nn.Module):
         if self.logq_correction and self.item_probs.numel():
             expected = n_targets * self.item_probs[candidates] + len(drawn) / n_items  # (P_g + W * S,)
             logits = logits - expected.clamp_min(1e-12).log()
+        hits = None
         if self.mask_accidental_hits and len(drawn) > 0:
-            hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P_g + W * S)
-            hits.scatter_(1, labels.unsqueeze(1), False)  # the label itself is no hit (no host value copied)
-            logits = logits.masked_fill(hits, torch.finfo(logits.dtype).min)
-        return candidates, logits, labels
+            hits = candidates.unsqueeze(0) == targets.unsqueeze(1)  # (M, P_g + W * S); forward masks them
+        return candidates, logits, labels, hits
