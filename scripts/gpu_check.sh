@@ -82,7 +82,8 @@ for name in ("ml100k", "scale"):
     if b is None:
         summary[name] = "did not finish" if name in summary["steps"].split() else "not asked for"
         continue
-    summary[name] = {k: b.get(k) for k in ("device", "precision", "train_targets_per_s", "epoch_seconds",
+    summary[name] = {k: b.get(k) for k in ("device", "precision", "train_targets_per_s",
+                                       "train_targets_per_s_unprofiled", "profiled_epochs", "epoch_seconds",
                                        "validation_seconds", "validation_share_of_epoch", "epochs", "run_seconds",
                                        "eval_agree", "eval_users", "eval_all_users", "test",
                                        "baselines_test_recall@10")}
@@ -101,7 +102,8 @@ if isinstance(s, dict):
     everyone = s["eval_all_users"] or {"users_per_s": 0.0}  # a bench_train.json from before it: not met
     targets = {"eval_users_per_s>=20000": everyone["users_per_s"] >= 20000,  # every test user
                "validation_share<=0.15": s["validation_share_of_epoch"] <= 0.15,
-               "train_targets_per_s>=1e6": s["train_targets_per_s"] >= 1e6,
+               # the epochs the fit profile did not slow, when there are any
+               "train_targets_per_s>=1e6": (s.get("train_targets_per_s_unprofiled") or s["train_targets_per_s"]) >= 1e6,
                "scale_end_to_end<=300s": s["run_seconds"] <= 300,
                "recall@10>=2x_popularity": pop is not None and s["test"]["recall@10"] >= 2 * pop,
                "rankers_agree": s["eval_agree"]}

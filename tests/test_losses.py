@@ -245,4 +245,6 @@ def test_update_average_is_averaged_model_update_parameters_without_reading_the_
         assert all(torch.equal(a, b) for a, b in zip(ours.parameters(), theirs.parameters(), strict=True))
         assert int(ours.n_averaged) == int(theirs.n_averaged) == step + 1
     with pytest.raises(ValueError, match="parameters only"):
-        update_average(AveragedModel(net, use_buffers=True), net, first=True)
+        update_average(AveragedModel(net, multi_avg_fn=averaged, use_buffers=True), net, first=True)
+    with pytest.raises(ValueError, match="with a multi_avg_fn"):
+        update_average(AveragedModel(net), net, first=True)

@@ -37,16 +37,22 @@ def test_sync_sites_with_no_waits_say_so():
 def test_sync_sites_place_a_wait_on_another_thread_in_the_phase_open_at_its_time():
     """On CUDA the backward runs on the autograd engine's own thread, outside every range the training
     thread opened, so a wait there has no phase among its parents: it is placed in the phase open when it
-    began. (A CPU profile records no such thread, so the events are built by hand, shaped as the profiler's.)"""
+    began on the host (not the device's lagging copy of an earlier label). (A CPU profile records no such
+    thread, so the events are built by hand, shaped as the profiler's.)"""
     from types import SimpleNamespace
 
-    def event(name, start, end, parent=None):
-        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), cpu_parent=parent)
+    from torch.autograd import DeviceType
+
+    def event(name, start, end, parent=None, device=DeviceType.CPU):
+        return SimpleNamespace(name=name, time_range=SimpleNamespace(start=start, end=end), cpu_parent=parent,
+                               device_type=device)  # fmt: skip
 
     item = event("aten::item", 14, 16)
     scalar = event("aten::_local_scalar_dense", 14, 16, item)
     events = [
-        event("fit: backward", 10, 20),  # the training thread's phase
+        event("fit: forward + loss", 3, 10),  # the training thread's phases, one after the other
+        event("fit: forward + loss", 4, 17, device=DeviceType.CUDA),  # the same label on the device's timeline
+        event("fit: backward", 10, 20),
         item, scalar, event("cudaStreamSynchronize", 15, 16, scalar),  # the engine thread's wait, inside it
         event("cudaStreamSynchronize", 30, 31, event("aten::copy_", 30, 31, event("aten::to", 30, 31))),
     ]  # fmt: skip
@@ -55,3 +61,20 @@ def test_sync_sites_place_a_wait_on_another_thread_in_the_phase_open_at_its_time
         "  0.50 per step  fit: backward | aten::item <- aten::_local_scalar_dense | (no frame of ours)",
         "  0.50 per step  (no phase) | aten::to <- aten::copy_ | (no frame of ours)",
     ]
+
+
+def test_fit_profile_stops_the_profiler_when_the_fit_fails():
+    """On an exception Lightning calls neither the epoch's nor the fit's end: the profiler (with its Python
+    tracer in the traced pass) must not outlive the failed run, nor its open phase."""
+    from types import SimpleNamespace
+
+    from twotower.benchmarks.profiling import FitProfile
+
+    fit = FitProfile(start=0, steps=2, traced=1)
+    trainer = SimpleNamespace(global_step=0, current_epoch=0, precision="32-true")
+    module = SimpleNamespace(device=torch.device("cpu"))
+    fit.on_train_batch_start(trainer, module, {}, 0)
+    assert torch.autograd._profiler_enabled() and fit.epochs == {0}
+    fit.on_exception(trainer, module, RuntimeError("the step failed"))
+    assert not torch.autograd._profiler_enabled() and fit.text is None
+    fit.on_fit_end(trainer, module)  # nothing left to stop

@@ -157,7 +157,7 @@ def rank_batch_torch(
     device = getattr(
         scorer, "device", scores.device if isinstance(scores, torch.Tensor) else torch.device("cpu")
     )
-    # non-blocking: a blocking copy to a GPU waits for the work queued before it (a host synchronisation)
+    # non-blocking (from the loader's pinned pages on a GPU): a blocking copy waits for the queued work
     exclude = batch["exclude"].to(device, non_blocking=True) if exclude_history else None
     columns = batch["targets"].to(device, non_blocking=True) - 1  # (B,) the targets' catalog columns
     depth = TOP if reranker is None else max(TOP, reranker.depth)
@@ -262,8 +262,9 @@ def evaluate_scorer(
     chunk_items = chunk_items or auto_chunk(n_items, batch_size, max_batch_scores)
     members = _members(categories)
     mix = metrics.CategoryMix(members) if members is not None else None  # once: every batch's lists share it
+    on_gpu = torch.device(getattr(scorer, "device", None) or device or "cpu").type == "cuda"
     loader = DataLoader(queries, batch_size=batch_size, shuffle=False, collate_fn=queries.collate,
-                        num_workers=num_workers)  # fmt: skip
+                        num_workers=num_workers, pin_memory=on_gpu)  # fmt: skip
     ranks, tops, kls = [], [], []
     # the labelled phases are what a profile of the evaluation reports (twotower.benchmarks.profiling)
     batches = iter(tqdm(loader, desc=desc, leave=False, disable=len(loader) < 4))

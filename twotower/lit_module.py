@@ -33,11 +33,12 @@ def ema_update(ema: list[torch.Tensor], current: list[torch.Tensor], _n: Any, de
 
 
 def update_average(ema: torch.optim.swa_utils.AveragedModel, model: torch.nn.Module, first: bool) -> None:
-    """``ema.update_parameters(model)`` (parameters only, as ``use_buffers=False``) without reading
-    ``ema.n_averaged`` back from the device, which costs two host synchronisations per step on a GPU: the
-    caller knows whether this is the first update (a copy) or a later one (``ema.multi_avg_fn``)."""
-    if ema.use_buffers:
-        raise ValueError("update_average averages parameters only (use_buffers=False)")
+    """``ema.update_parameters(model)`` for ``use_buffers=False`` without reading ``ema.n_averaged`` back from
+    the device, which costs two host synchronisations per step on a GPU: the caller knows whether this is the
+    first update (a copy) or a later one (``ema.multi_avg_fn``). Parameters only: unlike torch's, the
+    model's buffers are not copied over at each step (the towers' buffers are set once, on both copies)."""
+    if ema.use_buffers or ema.multi_avg_fn is None:
+        raise ValueError("update_average averages parameters only, with a multi_avg_fn")
     averaged = [p.detach() for p in ema.module.parameters()]
     current = [p.detach().to(a.device) for p, a in zip(model.parameters(), averaged, strict=True)]
     if first:
@@ -166,6 +167,9 @@ class TwoTowerModule(pl.LightningModule):
         if self.net.log_temperature.requires_grad:
             self.log("train/temperature", self.net.temperature, on_step=False, on_epoch=True)
         return loss
+
+    def on_train_start(self) -> None:
+        self._ema_updates = None  # read again from the (possibly restored) average at the first step
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.ema is not None:

@@ -128,7 +128,8 @@ class SoftmaxLoss(nn.Module):
             blocked = seen if blocked is None else blocked | seen
         if blocked is not None:  # one masking pass over the (M, C) logits for both masks (and its backward)
             blocked.scatter_(1, labels.unsqueeze(1), False)  # a repeated target is the label, not a negative
-            logits = logits.masked_fill(blocked, torch.finfo(logits.dtype).min)
+            # in place: the logits are the product's (or the logQ's) own output, which no backward reads
+            logits.masked_fill_(blocked, torch.finfo(logits.dtype).min)
         losses = F.cross_entropy(
             logits.float(), labels, reduction="none", label_smoothing=self.label_smoothing
         )

@@ -11,7 +11,9 @@ pass runs without it).
 from __future__ import annotations
 
 import collections
+import contextlib
 import itertools
+import logging
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -19,15 +21,18 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from omegaconf import DictConfig
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile, record_function
 
 SYNC_CALLS = ("cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy")
+log = logging.getLogger(__name__)
 PHASE_PREFIXES = ("step: ", "fit: ", "eval: ")
 # frames of our code (or Lightning's) name the line that waited; anything else is too deep to act on
-OWN_FRAMES = ("twotower/", "serving/", "pytorch_lightning/", "lightning/")
+OWN_FRAMES = ("twotower/", "serving/", "lightning/")  # lightning/ matches pytorch_lightning/ too
 
 
-def _sync() -> None:
+def synchronize() -> None:
+    """Wait for the GPU's queued work (no-op without CUDA): timings end when the device's work does."""
     if torch.cuda.is_available():
         torch.cuda.synchronize()
 
@@ -57,10 +62,13 @@ def sync_sites(
     frames are reported."""
     events = list(events)
     # a phase by time as well as by nesting: on CUDA the backward runs on the autograd engine's own thread,
-    # under none of the training thread's ranges
-    spans = [
-        (e.time_range.start, e.time_range.end, e.name) for e in events if e.name.startswith(PHASE_PREFIXES)
-    ]
+    # under none of the training thread's ranges, and Lightning's optimizer range crosses the fit's phases.
+    # Host ranges only (a CUDA profile copies each label onto the device's lagging timeline), the latest first
+    spans = sorted(
+        ((e.time_range.start, e.time_range.end, e.name) for e in events
+         if e.name.startswith(PHASE_PREFIXES) and getattr(e, "device_type", DeviceType.CPU) == DeviceType.CPU),
+        reverse=True,
+    )  # fmt: skip
     counts: collections.Counter[str] = collections.Counter()
     for event in events:
         if event.name not in calls:
@@ -94,7 +102,7 @@ def report(prof: Any, steps: int, head: str, wall_ms: float | None = None, sites
     lines += [f"{name:<40s} {ms:10.1f} ms/{unit} {100 * ms / total:5.1f}%" for name, ms in spent.items()]
     tables = [events.table(sort_by="self_cpu_time_total", row_limit=25)]
     if device is not None and device.type == "cuda":  # where the card's time goes too
-        tables.append(events.table(sort_by="self_cuda_time_total", row_limit=25))
+        tables.append(events.table(sort_by="self_device_time_total", row_limit=25))
     return "\n".join([*lines, "", *(sites or ["host synchronisations: not located"]), "", *tables])
 
 
@@ -151,29 +159,35 @@ def _timed(
     run: Callable[[], None], steps: int, device: torch.device, with_stack: bool = False
 ) -> tuple[float, Any]:
     """``run`` called ``steps`` times under the profiler: (wall ms per step, the profile)."""
-    _sync()
+    synchronize()
     start = time.perf_counter()
     with profile(activities=activities(device), with_stack=with_stack) as prof:
         for _ in range(steps):
             run()
-        _sync()
+        synchronize()
     return (time.perf_counter() - start) * 1e3 / max(steps, 1), prof
 
 
 class FitProfile(pl.Callback):
     """torch.profiler over the Lightning fit's own training steps (its loop, hooks, logging and batch transfer
-    included): ``steps`` steps from global step ``start`` timed, then ``traced`` steps with Python frames for
-    the sync sites. Phases: forward + loss (from the batch's start to its backward), backward, optimizer (to
-    the batch's end) and between steps (the next batch and its transfer). Cut short by an epoch's end or
-    validation; :attr:`text` holds the report (None until a profile ran)."""
+    included): ``steps`` steps from the first at or after global step ``start`` timed, then ``traced`` steps
+    with Python frames for the sync sites. A step runs from one ``on_train_batch_start`` to the next, so its
+    phases cover the whole cycle: forward + loss (to the backward), backward, optimizer (to the callbacks'
+    batch end), then the batch's end and the next batch (the module's own batch end, e.g. the EMA update,
+    Lightning's logging, the loader and the transfer). Cut short by validation, the epoch's end, the fit's
+    end or an exception. :attr:`text` holds the report (None until a profile ran) and :attr:`epochs` the
+    epochs it slowed."""
+
+    BATCH_END = "fit: batch end + next batch (EMA, logging, loader, transfer)"
 
     def __init__(self, start: int = 10, steps: int = 20, traced: int = 5) -> None:
         self.start, self.steps, self.traced = start, steps, traced
         self.text: str | None = None
+        self.epochs: set[int] = set()
         self._stage = "waiting"  # -> timed -> traced -> done
         self._prof: Any = None
         self._range: Any = None
-        self._count = self._targets = 0
+        self._count = self._targets = self._first = 0
         self._began = 0.0
         self._timed: tuple[Any, int, float, int] | None = None
 
@@ -185,9 +199,11 @@ class FitProfile(pl.Callback):
             self._range = record_function(name)
             self._range.__enter__()
 
-    def _begin(self, stage: str, device: torch.device) -> None:
-        _sync()
+    def _begin(self, stage: str, trainer: pl.Trainer, device: torch.device) -> None:
+        synchronize()
         self._stage, self._count, self._targets = stage, 0, 0
+        self._first = self._first if stage == "traced" else trainer.global_step
+        self.epochs.add(trainer.current_epoch)
         self._prof = profile(activities=activities(device), with_stack=stage == "traced")
         self._prof.__enter__()
         self._began = time.perf_counter()
@@ -195,7 +211,7 @@ class FitProfile(pl.Callback):
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, go_on: bool = True) -> None:
         """Stop the running pass; after a full timed pass the traced one starts (``go_on``), else the report."""
         self._label(None)
-        _sync()
+        synchronize()
         wall = time.perf_counter() - self._began
         self._prof.__exit__(None, None, None)
         prof, self._prof = self._prof, None
@@ -203,7 +219,7 @@ class FitProfile(pl.Callback):
         if self._stage == "timed":
             self._timed = (prof, self._count, wall, self._targets)
             if go_on and self._count >= self.steps:
-                self._begin("traced", pl_module.device)
+                self._begin("traced", trainer, pl_module.device)
                 return
         elif self._count:
             sites = sync_sites(prof.events(), self._count)
@@ -211,12 +227,16 @@ class FitProfile(pl.Callback):
         if self._timed is not None and self._timed[1]:
             timed, count, seconds, targets = self._timed
             head = (f"{count} steps of the Lightning fit on {pl_module.device} ({trainer.precision}) from global step"
-                    f" {self.start}: {targets / seconds:,.0f} targets/s; phases (wall on the host):")  # fmt: skip
+                    f" {self._first}: {targets / seconds:,.0f} targets/s; phases (wall on the host):")  # fmt: skip
             self.text = report(timed, count, head, seconds * 1e3 / count, sites, pl_module.device)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:  # fmt: skip
+        if self._prof is not None and self._count >= (self.steps if self._stage == "timed" else self.traced):
+            self._end(
+                trainer, pl_module
+            )  # the last step's cycle ends here (its batch end, this batch's fetch)
         if self._stage == "waiting" and trainer.global_step >= self.start:
-            self._begin("timed", pl_module.device)
+            self._begin("timed", trainer, pl_module.device)
         self._label("fit: forward + loss")
 
     def on_before_backward(
@@ -232,10 +252,7 @@ class FitProfile(pl.Callback):
             return
         self._count += 1
         self._targets += int(batch.get("n_targets", 0)) if isinstance(batch, dict) else 0
-        if self._count >= (self.steps if self._stage == "timed" else self.traced):
-            self._end(trainer, pl_module)
-        else:
-            self._label("fit: between steps (next batch, transfer)")
+        self._label(self.BATCH_END)
 
     def _cut_short(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._prof is not None:  # a traced pass is not started inside validation or after the epoch
@@ -249,6 +266,20 @@ class FitProfile(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._cut_short(trainer, pl_module)
+        if self._stage == "waiting":
+            log.warning("FitProfile: the fit ended before global step %d: nothing profiled", self.start)
+
+    def on_exception(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException
+    ) -> None:
+        """The profiler (and its Python tracer) stopped, without a report: the run failed."""
+        with contextlib.suppress(Exception):
+            self._label(None)
+        if self._prof is not None:
+            prof, self._prof = self._prof, None
+            with contextlib.suppress(Exception):
+                prof.__exit__(None, None, None)
+        self._stage = "done"
 
 
 def profile_evaluation(scorer: Any, queries: Any, settings: dict[str, Any], batches: int = 8) -> str:
