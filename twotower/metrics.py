@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import scipy.sparse as sp
 
-from serving.core.diversify import kl_divergence
+from serving.core.diversify import category_weights, kl_divergence
 
 DECILES = 10
 
@@ -148,8 +148,7 @@ class CategoryMix:
     of lists is one sparse product, not a gather of (B, L, C) dense weights."""
 
     def __init__(self, members: np.ndarray) -> None:
-        counts = members.sum(1, keepdims=True)  # (N, 1)
-        self.shares = sp.csr_matrix(members / np.maximum(counts, 1))  # (N, C) float64
+        self.shares = sp.csr_matrix(category_weights(members))  # (N, C) float64
         self.n_items, self.n_categories = members.shape
 
     def __call__(self, lists: np.ndarray) -> np.ndarray:

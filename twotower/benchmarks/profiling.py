@@ -37,6 +37,13 @@ def synchronize() -> None:
         torch.cuda.synchronize()
 
 
+def first_queries(queries: Any, n: int) -> Any:
+    """The first ``n`` evaluation queries (a torch Subset that keeps the collate of its dataset)."""
+    subset = torch.utils.data.Subset(queries, range(min(n, len(queries))))
+    subset.collate = queries.collate  # type: ignore[attr-defined]
+    return subset
+
+
 def activities(device: torch.device) -> list[ProfilerActivity]:
     return [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
 
@@ -291,14 +298,9 @@ def profile_evaluation(scorer: Any, queries: Any, settings: dict[str, Any], batc
     size = settings.get("batch_size", 256)
     batches = max(1, min(batches, -(-len(queries) // size)))
 
-    def first(n: int) -> Any:
-        subset = torch.utils.data.Subset(queries, range(min(n, len(queries))))
-        subset.collate = queries.collate  # type: ignore[attr-defined]
-        return subset
-
     device = torch.device(getattr(scorer, "device", "cpu"))
-    evaluate_scorer(scorer, first(size), desc="eval profile warm-up", **settings)
-    some, few = first(batches * size), first(2 * size)
+    evaluate_scorer(scorer, first_queries(queries, size), desc="eval profile warm-up", **settings)
+    some, few = first_queries(queries, batches * size), first_queries(queries, 2 * size)
     wall, prof = _timed(lambda: evaluate_scorer(scorer, some, desc="eval profile", **settings), 1, device)
     _, traced = _timed(lambda: evaluate_scorer(scorer, few, desc="eval profile", **settings), 1, device, True)
     users = len(some)

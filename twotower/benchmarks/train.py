@@ -23,7 +23,7 @@ import torch
 from omegaconf import DictConfig
 
 from twotower.artifacts import load_model
-from twotower.benchmarks.profiling import profile_evaluation, synchronize
+from twotower.benchmarks.profiling import first_queries, profile_evaluation, synchronize
 from twotower.evaluate import ModelScorer, evaluate_scorer
 from twotower.train import eval_context, train
 
@@ -85,7 +85,7 @@ def compare_rankers(
     out: dict[str, dict[str, Any]] = {}
     for ranker in RANKERS:
         settings = {**common, "ranker": ranker}
-        evaluate_scorer(scorer, _subset(queries, warmup_users), desc=f"warm-up {ranker}", **settings)
+        evaluate_scorer(scorer, first_queries(queries, warmup_users), desc=f"warm-up {ranker}", **settings)
         out[ranker] = timed_evaluation(scorer, queries, settings, desc=f"eval {ranker}")
     return out
 
@@ -101,13 +101,6 @@ def timed_evaluation(
     synchronize()
     seconds = time.perf_counter() - start
     return {"users_per_s": len(queries) / seconds, "seconds": seconds, "metrics": metrics}
-
-
-def _subset(queries: Any, n: int) -> Any:
-    """The first ``n`` queries (a torch Subset keeps the collate of its dataset)."""
-    subset = torch.utils.data.Subset(queries, range(min(n, len(queries))))
-    subset.collate = queries.collate  # type: ignore[attr-defined]
-    return subset
 
 
 def differing(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
